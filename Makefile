@@ -1,0 +1,61 @@
+# histofuse: `make demo` installs and runs the demo cohort; `make test` runs the tests.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR := resources/demo
+CORES ?= all
+export PATH := $(abspath $(BIN)):$(PATH)
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+# pip's notes about this machine's empty local package indexes are noise.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+
+.PHONY: install demo demo-data test test-slurm lint bench-quick lock clean
+
+install: $(STAMP)
+
+# torch 2.14.1 + torchvision 0.29.1 come from wheels on disk; every version is pinned in
+# requirements/lock.txt and installed without resolution (--no-deps) because tiatoolbox 2.1.3
+# declares torch<2.13, which the available torchvision build cannot satisfy (see README).
+$(STAMP): pyproject.toml requirements/lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24" $(QUIET_PIP)
+	$(BIN)/pip install --quiet --no-deps -r requirements/lock.txt $(QUIET_PIP)
+	$(BIN)/pip install --quiet "setuptools>=68" wheel $(QUIET_PIP)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . $(QUIET_PIP)
+	$(BIN)/python -c "import histofuse, torch, timm, openslide; from tiatoolbox.tools.tissuemask import OtsuTissueMasker"
+	touch $(STAMP)
+
+demo-data: $(STAMP)
+	$(BIN)/histofuse demo --out $(DEMO_DIR)
+
+demo: demo-data
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	@echo "Report: results/report.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slurm" $(PYTEST_ARGS)
+
+test-slurm: $(STAMP)
+	$(BIN)/python -m pytest -m slurm $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/snakefmt --check workflow/
+	$(BIN)/snakemake --lint --configfile config/config.yaml
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/extract_throughput.py --quick --device cpu
+
+# Re-resolve the pinned environment (needs the package registry).
+lock:
+	rm -rf /tmp/histofuse-lock && $(PYTHON) -m venv /tmp/histofuse-lock
+	/tmp/histofuse-lock/bin/pip install torch==2.14.1 torchvision==0.29.1 -r requirements/tiatoolbox-deps.txt -e '.[test]'
+	/tmp/histofuse-lock/bin/pip install --no-deps tiatoolbox==2.1.3
+	(echo "# Fully pinned environment, installed with --no-deps by the Makefile (see README)."; \
+	 echo "# Regenerate with: make lock"; \
+	 /tmp/histofuse-lock/bin/pip freeze --exclude-editable | grep -v '^histofuse') > requirements/lock.txt
+
+clean:
+	rm -rf results .snakemake

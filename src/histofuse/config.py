@@ -1,0 +1,149 @@
+"""Loading and validating the pipeline configuration and its sample sheets against JSON schemas.
+
+Every error names the file, the key (or row and column) and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from histofuse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """Read a YAML JSON-schema file."""
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _extend_with_defaults(validator_class: type[jsonschema.protocols.Validator]) -> type:
+    """A validator that fills in schema defaults while it validates (objects only)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Mapping[str, Any], instance: Any, schema: Any) -> Any:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    default = subschema["default"]
+                    instance[name] = dict(default) if isinstance(default, dict) else default
+                elif subschema.get("type") == "object" and name not in instance and "properties" in subschema:
+                    instance[name] = {}
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultingValidator = _extend_with_defaults(jsonschema.Draft7Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def _fix_for(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"remove or correct the key; allowed keys here are: {', '.join(allowed)}."
+    if error.validator == "enum":
+        return f"use one of: {', '.join(map(str, error.validator_value))}."
+    hint = error.schema.get("description")
+    return f"see the comment on this key in config/config.yaml ({hint})." if hint else "see config/config.yaml."
+
+
+def validate_config(config: dict[str, Any], *, schema_path: str | Path, source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` in place (filling defaults); raise ConfigError listing every problem."""
+    schema = load_schema(schema_path)
+    validator = _DefaultingValidator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  - key '{_key_path(e)}': {e.message}. Fix: {_fix_for(e)}" for e in errors]
+        raise ConfigError(
+            f"the configuration is invalid ({len(errors)} problem(s)):\n" + "\n".join(lines),
+            path=source,
+        )
+    return config
+
+
+def read_sheet(path: str | Path) -> pd.DataFrame:
+    """Read a TSV or CSV sheet as strings (types are checked afterwards, row by row)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("sheet does not exist.", path=path, fix="correct its path in the config.")
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot parse the sheet ({err}).", path=path, fix="save it as UTF-8 tab-separated text.") from err
+    frame.columns = [c.strip() for c in frame.columns]
+    return frame
+
+
+def _coerce(value: Any, types: list[str]) -> Any:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if "number" in types or "integer" in types:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return value
+        if "integer" in types and number.is_integer():
+            return int(number)
+        return number
+    return value
+
+
+def validate_sheet(frame: pd.DataFrame, *, schema_path: str | Path, path: str | Path, id_column: str) -> pd.DataFrame:
+    """Check every row of a sheet against a schema; errors name the row (1-based, header = row 1) and column."""
+    schema = load_schema(schema_path)
+    props: dict[str, Any] = schema.get("properties", {})
+    missing = [c for c in schema.get("required", []) if c not in frame.columns]
+    if missing:
+        raise ConfigError(
+            f"required column(s) missing: {', '.join(missing)} (found: {', '.join(frame.columns)}).",
+            path=path,
+            fix=f"add the column(s); the sheet needs {', '.join(schema.get('required', []))}.",
+        )
+    validator = jsonschema.Draft7Validator(schema)
+    problems: list[str] = []
+    for index, row in frame.iterrows():
+        record = {}
+        for column, value in row.items():
+            spec = props.get(str(column), {})
+            types = spec.get("type", [])
+            types = [types] if isinstance(types, str) else list(types)
+            coerced = _coerce(value, types)
+            if coerced is not None:
+                record[str(column)] = coerced
+        for error in validator.iter_errors(record):
+            column = _key_path(error) if error.absolute_path else None
+            if error.validator == "required":
+                column = error.message.split("'")[1]
+            row_no = int(index) + 2
+            ident = row.get(id_column)
+            problems.append(f"  - row {row_no} ({id_column}={ident}), column '{column}': {error.message}")
+    if problems:
+        shown = problems[:20] + ([f"  … and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ConfigError(
+            "sheet has invalid values:\n" + "\n".join(shown),
+            path=path,
+            fix="correct the listed cells (see the schema's descriptions in workflow/schemas/).",
+        )
+    duplicated = frame[id_column][frame[id_column].duplicated(keep=False)]
+    if not duplicated.empty:
+        rows = ", ".join(f"row {i + 2} ({v})" for i, v in duplicated.items())
+        raise ConfigError(
+            f"duplicate {id_column} values: {rows}.",
+            path=path,
+            column=id_column,
+            fix=f"give every row a unique {id_column}.",
+        )
+    return frame

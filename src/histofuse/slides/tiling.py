@@ -1,0 +1,157 @@
+"""Tile grids at a target resolution, kept where the tissue mask covers enough of the tile.
+
+Coordinates are computed from the mask alone (a summed-area table gives every tile's tissue
+fraction at once): no slide pixels are read while tiling.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from histofuse import __version__
+from histofuse.errors import ConfigError
+from histofuse.io import atomic_path
+from histofuse.slides.reader import SlideInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TilingSettings:
+    """Where tiles are cut."""
+
+    mpp: float = 0.5
+    """Target resolution in µm/px."""
+    tile_px: int = 256
+    """Tile side in pixels at the target resolution."""
+    overlap_px: int = 0
+    """Overlap between neighbouring tiles, in pixels at the target resolution."""
+    tissue_threshold: float = 0.5
+    """Smallest fraction of a tile covered by tissue for the tile to be kept."""
+
+    def __post_init__(self) -> None:
+        if not self.mpp > 0:
+            raise ConfigError("tiling.mpp must be positive.", column="tiling.mpp")
+        if self.tile_px < 16:
+            raise ConfigError("tiling.tile_px must be at least 16.", column="tiling.tile_px")
+        if not 0 <= self.overlap_px < self.tile_px:
+            raise ConfigError(
+                "tiling.overlap_px must be at least 0 and smaller than tiling.tile_px.",
+                column="tiling.overlap_px",
+            )
+        if not 0.0 <= self.tissue_threshold <= 1.0:
+            raise ConfigError("tiling.tissue_threshold must lie in [0, 1].", column="tiling.tissue_threshold")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TileGrid:
+    """Tile coordinates and how to read them."""
+
+    coords: np.ndarray
+    """(N, 2) int64 level-0 x, y of each tile's top-left corner."""
+    tissue: np.ndarray
+    """(N,) float32 tissue fraction of each tile."""
+    attrs: dict[str, Any]
+
+
+def tile_geometry(info: SlideInfo, settings: TilingSettings) -> dict[str, Any]:
+    """Sizes of a tile at level 0, at the read level and at the target resolution."""
+    tile_px_level0 = int(round(settings.tile_px * settings.mpp / info.mpp))
+    stride_level0 = int(round((settings.tile_px - settings.overlap_px) * settings.mpp / info.mpp))
+    read_level = info.best_level_for_mpp(settings.mpp)
+    read_downsample = info.level_downsamples[read_level]
+    read_tile_px = int(round(tile_px_level0 / read_downsample))
+    return {
+        "target_mpp": float(settings.mpp),
+        "level0_mpp": float(info.mpp),
+        "mpp_source": info.mpp_source,
+        "read_level": int(read_level),
+        "read_downsample": float(read_downsample),
+        "read_mpp": float(info.mpp * read_downsample),
+        "tile_px": int(settings.tile_px),
+        "tile_px_level0": tile_px_level0,
+        "stride_px_level0": stride_level0,
+        "read_tile_px": read_tile_px,
+        "overlap_px": int(settings.overlap_px),
+        "tissue_threshold": float(settings.tissue_threshold),
+        "level0_width": int(info.width),
+        "level0_height": int(info.height),
+        # CLAM / TRIDENT names for the same facts
+        "patch_size": int(settings.tile_px),
+        "patch_size_level0": tile_px_level0,
+        "patch_level": int(read_level),
+        "patch_mpp": float(settings.mpp),
+    }
+
+
+def tissue_fractions(mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, size0: int, scale: tuple[float, float]) -> np.ndarray:
+    """Fraction of mask pixels set inside each level-0 square (x0, y0, size0), vectorised.
+
+    ``scale`` is (mask px per level-0 px along x, along y). Each square is mapped to the mask's
+    pixel grid (at least one mask pixel wide) and summed with a summed-area table.
+    """
+    h, w = mask.shape
+    sat = np.zeros((h + 1, w + 1), dtype=np.int64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.int64), axis=0), axis=1)
+    sx, sy = scale
+    left = np.clip(np.floor(x0 * sx).astype(np.int64), 0, w - 1)
+    top = np.clip(np.floor(y0 * sy).astype(np.int64), 0, h - 1)
+    right = np.clip(np.ceil((x0 + size0) * sx).astype(np.int64), left + 1, w)
+    bottom = np.clip(np.ceil((y0 + size0) * sy).astype(np.int64), top + 1, h)
+    inside = sat[bottom, right] - sat[top, right] - sat[bottom, left] + sat[top, left]
+    area = (right - left) * (bottom - top)
+    return (inside / area).astype(np.float32)
+
+
+def compute_tile_grid(info: SlideInfo, mask: np.ndarray, settings: TilingSettings) -> TileGrid:
+    """All tiles fully inside the slide whose tissue fraction reaches the threshold."""
+    geometry = tile_geometry(info, settings)
+    size0 = geometry["tile_px_level0"]
+    stride0 = geometry["stride_px_level0"]
+    xs = np.arange(0, info.width - size0 + 1, stride0, dtype=np.int64)
+    ys = np.arange(0, info.height - size0 + 1, stride0, dtype=np.int64)
+    gx, gy = np.meshgrid(xs, ys)
+    x0 = gx.ravel()
+    y0 = gy.ravel()
+    if x0.size == 0 or not mask.any():
+        keep = np.zeros(x0.shape, dtype=bool)
+        fractions = np.zeros(x0.shape, dtype=np.float32)
+    else:
+        scale = (mask.shape[1] / info.width, mask.shape[0] / info.height)
+        fractions = tissue_fractions(mask, x0, y0, size0, scale)
+        keep = fractions >= settings.tissue_threshold
+        if settings.tissue_threshold == 0:
+            keep &= fractions > 0
+    coords = np.stack([x0[keep], y0[keep]], axis=1) if keep.any() else np.zeros((0, 2), dtype=np.int64)
+    return TileGrid(coords=coords.astype(np.int64), tissue=fractions[keep], attrs=geometry)
+
+
+def write_tiles_h5(grid: TileGrid, path: str | Path, *, slide_id: str, reader: str) -> None:
+    """Write the grid as ``coords`` + ``tissue_fraction`` with self-describing attributes."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            h5.create_dataset("coords", data=grid.coords, dtype="int64")
+            h5.create_dataset("tissue_fraction", data=grid.tissue, dtype="float32")
+            for key, value in grid.attrs.items():
+                h5.attrs[key] = value
+            h5["coords"].attrs["patch_size"] = grid.attrs["patch_size"]
+            h5["coords"].attrs["patch_level"] = grid.attrs["patch_level"]
+            h5.attrs["slide_id"] = slide_id
+            h5.attrs["reader"] = reader
+            h5.attrs["n_tiles"] = int(grid.coords.shape[0])
+            h5.attrs["histofuse_version"] = __version__
+    log.info("%s: %d tiles written to %s", slide_id, grid.coords.shape[0], path)
+
+
+def read_tiles_h5(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Coordinates and attributes of a tiles file."""
+    with h5py.File(path, "r") as h5:
+        coords = h5["coords"][()]
+        attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in h5.attrs.items()}
+    return coords, attrs

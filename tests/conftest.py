@@ -1,0 +1,26 @@
+"""Shared test fixtures: paths to the real data beside the project and the repository root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SLIDES = SHARED / "data" / "slides"
+TILES = SHARED / "data" / "tiles"
+TABLES = SHARED / "data" / "tables"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared, or skip the test with the reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared data folder sits beside the project in this workplace)")
+    return path
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,148 @@
+"""Readers, tissue masks and tile grids on real slides and real tiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from histofuse.errors import ConfigError, SlideError
+from histofuse.slides.mask import MaskSettings, compute_tissue_mask, mask_slide, read_mask_png
+from histofuse.slides.reader import SlideInfo, open_slide
+from histofuse.slides.tiling import (
+    TilingSettings,
+    compute_tile_grid,
+    read_tiles_h5,
+    tissue_fractions,
+    write_tiles_h5,
+)
+
+from conftest import shared_file
+
+
+def _info(width: int = 4096, height: int = 2048, mpp: float = 0.25) -> SlideInfo:
+    return SlideInfo(
+        path="x",
+        width=width,
+        height=height,
+        mpp=mpp,
+        mpp_source="metadata",
+        level_count=3,
+        level_dimensions=((width, height), (width // 2, height // 2), (width // 4, height // 4)),
+        level_downsamples=(1.0, 2.0, 4.0),
+        vendor="generic-tiff",
+    )
+
+
+def test_cmu_slide_opens_with_metadata_mpp() -> None:
+    path = shared_file("data", "slides", "cmu_small_region.svs")
+    with open_slide(path) as reader:
+        assert reader.info.width == 2220 and reader.info.height == 2967
+        assert reader.info.mpp == pytest.approx(0.499)
+        assert reader.info.mpp_source == "metadata"
+        region = reader.read_region((0, 0), 0, (64, 32))
+        assert region.shape == (32, 64, 3) and region.dtype == np.uint8
+
+
+def test_missing_mpp_names_the_slide_and_the_column() -> None:
+    path = shared_file("data", "slides", "tcga-cr-7395-01a-01-ts1.svs")
+    with pytest.raises(SlideError) as err:
+        open_slide(path)
+    message = str(err.value)
+    assert "tcga-cr-7395" in message and "'mpp' column" in message
+    with open_slide(path, mpp=0.5) as reader:
+        assert reader.info.mpp == 0.5 and reader.info.mpp_source == "sheet"
+        assert reader.info.level_count == 2
+
+
+def test_broken_dicom_is_a_clear_error() -> None:
+    path = shared_file("data", "slides", "broken_dicom_wsi.dcm")
+    with pytest.raises(SlideError) as err:
+        open_slide(path)
+    assert "broken_dicom_wsi.dcm" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SlideError, match="does not exist"):
+        open_slide(tmp_path / "nope.svs")
+
+
+def test_best_level_never_upsamples() -> None:
+    info = _info(mpp=0.25)
+    assert info.best_level_for_mpp(0.25) == 0
+    assert info.best_level_for_mpp(0.5) == 1
+    assert info.best_level_for_mpp(0.9) == 1
+    assert info.best_level_for_mpp(1.0) == 2
+    assert info.best_level_for_mpp(0.2) == 0
+
+
+def test_mask_on_real_tiles() -> None:
+    settings = MaskSettings()
+    blank = np.asarray(Image.open(shared_file("data", "tiles", "no-tissue.png")).convert("RGB"))
+    assert compute_tissue_mask(blank, mpp=1.0, settings=settings).mean() < 0.01
+    tissue_file = next(Path(shared_file("data", "tiles")).glob("tissue-level0*.png"))
+    tissue = np.asarray(Image.open(tissue_file).convert("RGB"))
+    assert compute_tissue_mask(tissue, mpp=1.0, settings=settings).mean() > 0.3
+
+
+def test_mask_settings_reject_unknown_method() -> None:
+    with pytest.raises(ConfigError, match="otsu, morphological"):
+        MaskSettings(method="magic")
+
+
+def test_tissue_fractions_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.random((50, 80)) > 0.6
+    x0 = np.array([0, 100, 320, 600])
+    y0 = np.array([0, 40, 200, 360])
+    scale = (0.1, 0.1)  # 10 level-0 px per mask px
+    got = tissue_fractions(mask, x0, y0, 40, scale)
+    for i in range(4):
+        l, t = x0[i] // 10, y0[i] // 10
+        assert got[i] == pytest.approx(mask[t : t + 4, l : l + 4].mean())
+
+
+def test_tile_grid_follows_the_mask_and_geometry() -> None:
+    info = _info(width=4096, height=2048, mpp=0.25)
+    mask = np.zeros((64, 128), dtype=bool)  # 32 level-0 px per mask px
+    mask[:, :64] = True  # left half is tissue
+    grid = compute_tile_grid(info, mask, TilingSettings(mpp=0.5, tile_px=256))
+    assert grid.attrs["tile_px_level0"] == 512 and grid.attrs["read_level"] == 1
+    assert grid.attrs["read_tile_px"] == 256
+    assert len(grid.coords) == 4 * 4  # 2048/512 columns on the left half x 2048/512 rows
+    assert (grid.coords[:, 0] + 512 <= 2048).all()
+    overlapping = compute_tile_grid(info, mask, TilingSettings(mpp=0.5, tile_px=256, overlap_px=128))
+    assert len(overlapping.coords) > len(grid.coords)
+    empty = compute_tile_grid(info, np.zeros_like(mask), TilingSettings())
+    assert empty.coords.shape == (0, 2)
+
+
+def test_tiles_h5_is_self_describing(tmp_path: Path) -> None:
+    info = _info()
+    mask = np.ones((64, 128), dtype=bool)
+    grid = compute_tile_grid(info, mask, TilingSettings())
+    out = tmp_path / "t.h5"
+    write_tiles_h5(grid, out, slide_id="S1", reader="openslide")
+    coords, attrs = read_tiles_h5(out)
+    assert coords.shape == grid.coords.shape
+    for key in ("target_mpp", "level0_mpp", "read_level", "tile_px", "tile_px_level0", "tissue_threshold",
+                "reader", "histofuse_version", "patch_size", "patch_level"):
+        assert key in attrs, key
+    with h5py.File(out) as h5:
+        assert h5["coords"].attrs["patch_size"] == 256
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_mask_and_tiles_on_the_real_slide(tmp_path: Path) -> None:
+    path = shared_file("data", "slides", "cmu_small_region.svs")
+    with open_slide(path) as reader:
+        fraction = mask_slide(reader, settings=MaskSettings(), mask_png=tmp_path / "m.png", qc_png=tmp_path / "qc.png")
+        info = reader.info
+    assert 0.1 < fraction < 0.9
+    mask = read_mask_png(tmp_path / "m.png")
+    grid = compute_tile_grid(info, mask, TilingSettings())
+    assert 10 < len(grid.coords) < 100
+    assert Image.open(tmp_path / "qc.png").size == (mask.shape[1], mask.shape[0])

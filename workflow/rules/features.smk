@@ -1,0 +1,34 @@
+# Per-slide feature extraction with the configured encoder (GPU when the node has one).
+
+
+rule extract_features:
+    input:
+        slide=get_slide_path,
+        tiles=f"{RESULTS}/tiles/{{slide}}.h5",
+    output:
+        features=f"{RESULTS}/features/{{encoder}}/{{slide}}.h5",
+    params:
+        mpp=get_slide_mpp,
+        reader=config["reader"],
+        weights=get_encoder_weights,
+        batch_size=config["features"]["batch_size"],
+        num_workers=config["features"]["num_workers"],
+        device=config["features"]["device"],
+        precision=config["features"]["precision"],
+    log:
+        f"{RESULTS}/logs/extract_features/{{encoder}}/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../../envs/features.yaml"
+    shell:
+        "histofuse extract --slide '{input.slide}' --tiles '{input.tiles}' --mpp '{params.mpp}' "
+        "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
+        "--batch-size {params.batch_size} --num-workers {params.num_workers} "
+        "--device {params.device} --precision {params.precision} "
+        "--out '{output.features}' > '{log}' 2>&1"

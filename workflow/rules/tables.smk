@@ -1,0 +1,52 @@
+# Cohort-level tables and cross-validation folds.
+
+
+rule prepare_tables:
+    input:
+        unpack(get_table_inputs),
+    output:
+        patients=f"{RESULTS}/tables/patients.parquet",
+        slides=f"{RESULTS}/tables/slides.parquet",
+        labels=f"{RESULTS}/tables/labels.json",
+    params:
+        optional=get_table_args,
+        grade_classes=get_grade_classes,
+        out_dir=f"{RESULTS}/tables",
+    log:
+        f"{RESULTS}/logs/prepare_tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/tables.yaml"
+    shell:
+        "histofuse prepare-tables --patients '{input.patients}' --slides '{input.slides}' "
+        "{params.optional} --grade-classes {params.grade_classes} "
+        "--out-dir '{params.out_dir}' > '{log}' 2>&1"
+
+
+rule make_folds:
+    input:
+        patients=f"{RESULTS}/tables/patients.parquet",
+    output:
+        folds=f"{RESULTS}/folds/folds.tsv",
+    params:
+        k=config["folds"]["k"],
+        seed=config["folds"]["seed"],
+        val_fraction=config["folds"]["val_fraction"],
+    log:
+        f"{RESULTS}/logs/make_folds.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/make_folds.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/tables.yaml"
+    shell:
+        "histofuse make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
+        "--val-fraction {params.val_fraction} --out '{output.folds}' > '{log}' 2>&1"

@@ -1,0 +1,35 @@
+# One model x one fold: checkpoint, training history and per-patient predictions.
+
+
+rule train:
+    input:
+        features=get_feature_files,
+        patients=f"{RESULTS}/tables/patients.parquet",
+        slides=f"{RESULTS}/tables/slides.parquet",
+        labels=f"{RESULTS}/tables/labels.json",
+        folds=f"{RESULTS}/folds/folds.tsv",
+    output:
+        checkpoint=f"{RESULTS}/models/{{model}}/fold{{fold}}.pt",
+        history=f"{RESULTS}/models/{{model}}/fold{{fold}}_history.tsv",
+        predictions=f"{RESULTS}/predictions/{{model}}/fold{{fold}}.parquet",
+    params:
+        features_dir=f"{RESULTS}/features/{ENCODER}",
+        tables_dir=f"{RESULTS}/tables",
+        settings=get_train_settings,
+    log:
+        f"{RESULTS}/logs/train/{{model}}/fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}/fold{{fold}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "histofuse train --model {wildcards.model} --fold {wildcards.fold} "
+        "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
+        "--folds '{input.folds}' --settings '{params.settings}' "
+        "--checkpoint '{output.checkpoint}' --history '{output.history}' "
+        "--predictions '{output.predictions}' > '{log}' 2>&1"
