@@ -49,7 +49,10 @@ def _merge_rare(labels: np.ndarray, minimum: int) -> np.ndarray:
         labels = np.array([lab.split("|")[0] if lab in rare else lab for lab in labels], dtype=object)
     values, counts = np.unique(labels, return_counts=True)
     rare = set(values[counts < minimum])
-    return np.array(["rare" if lab in rare else lab for lab in labels], dtype=object)
+    if not rare:
+        return labels
+    largest = values[np.argmax(counts)]
+    return np.array([largest if lab in rare else lab for lab in labels], dtype=object)
 
 
 def make_folds(patients: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 Outputs in the tables folder (all written atomically):
 ``slides.parquet`` (slide_id, patient_id, path, mpp), ``patients.parquet`` (patient_id, grade as
 a class index, survival_time in months, event), ``genomics.parquet`` and ``clinical.parquet``
-(patient_id + columns), ``gene_groups.parquet`` (feature, gene, group) and ``labels.json``.
+(patient_id + columns; only patient_id when the cohort has no such table), ``gene_groups.parquet`` (feature, gene, group) and ``labels.json``.
 No statistic is fitted here: imputation and scaling happen per fold, on its training part.
 """
 
@@ -171,16 +171,21 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     if inputs.genomics is not None:
         genomics = _numeric_table(inputs.genomics, known_patients=known)
         write_parquet(genomics, out_dir / "genomics.parquet")
-        outputs["genomics"] = out_dir / "genomics.parquet"
         modalities["genomics"] = set(genomics["patient_id"])
         groups = _gene_groups(inputs.gene_groups, genomics.columns.drop("patient_id"))
         write_parquet(groups, out_dir / "gene_groups.parquet")
-        outputs["gene_groups"] = out_dir / "gene_groups.parquet"
+    else:
+        write_parquet(pd.DataFrame({"patient_id": pd.Series(dtype=str)}), out_dir / "genomics.parquet")
+        write_parquet(_gene_groups(None, pd.Index([])), out_dir / "gene_groups.parquet")
+    outputs["genomics"] = out_dir / "genomics.parquet"
+    outputs["gene_groups"] = out_dir / "gene_groups.parquet"
     if inputs.clinical is not None:
         clinical = _clinical_table(inputs.clinical, known_patients=known)
-        write_parquet(clinical, out_dir / "clinical.parquet")
-        outputs["clinical"] = out_dir / "clinical.parquet"
         modalities["clinical"] = set(clinical["patient_id"])
+    else:
+        clinical = pd.DataFrame({"patient_id": pd.Series(dtype=str)})
+    write_parquet(clinical, out_dir / "clinical.parquet")
+    outputs["clinical"] = out_dir / "clinical.parquet"
 
     covered = set().union(*modalities.values()) if modalities else set()
     orphans = patients["patient_id"][~patients["patient_id"].isin(covered)]

@@ -7,6 +7,9 @@ rule prepare_tables:
     output:
         patients=f"{RESULTS}/tables/patients.parquet",
         slides=f"{RESULTS}/tables/slides.parquet",
+        genomics=f"{RESULTS}/tables/genomics.parquet",
+        gene_groups=f"{RESULTS}/tables/gene_groups.parquet",
+        clinical=f"{RESULTS}/tables/clinical.parquet",
         labels=f"{RESULTS}/tables/labels.json",
     params:
         optional=get_table_args,

@@ -6,6 +6,7 @@ rule train:
         features=get_feature_files,
         patients=f"{RESULTS}/tables/patients.parquet",
         slides=f"{RESULTS}/tables/slides.parquet",
+        genomics=f"{RESULTS}/tables/genomics.parquet",
         labels=f"{RESULTS}/tables/labels.json",
         folds=f"{RESULTS}/folds/folds.tsv",
     output:

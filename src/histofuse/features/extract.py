@@ -1,0 +1,409 @@
+"""Per-slide feature extraction: tiles listed in ``tiles.h5`` → encoder features in ``features.h5``.
+
+Tiles are read by a torch ``DataLoader`` (each worker opens its own slide reader), moved to the
+device as uint8, then converted, resized and normalised there before the encoder runs under
+``torch.inference_mode`` (and autocast for bf16/fp16). The output is written atomically and is
+self-describing: ``features`` (N × dim float32) and ``coords`` (N × 2 int64, level-0 x, y) as in
+CLAM / TRIDENT, plus the encoder's identity and every tiling attribute of the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from histofuse import __version__
+from histofuse.errors import ConfigError, HistofuseError, SlideError
+from histofuse.features.encoders import Encoder
+from histofuse.io import atomic_path
+from histofuse.slides.reader import SlideReader, open_slide
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_REQUIRED_TILE_ATTRS = ("read_level", "read_tile_px", "tile_px")
+_COPIED_DATASETS = ("tissue_fraction",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractSettings:
+    """How tiles are read and encoded."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    """DataLoader worker processes reading tiles (0: read in the main process)."""
+    device: str = "auto"
+    """auto | cpu | cuda (or cuda:N); auto uses CUDA when available."""
+    precision: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."""
+    reader: str = "openslide"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("features.batch_size must be at least 1.", column="features.batch_size")
+        if self.num_workers < 0:
+            raise ConfigError("features.num_workers must be 0 or more.", column="features.num_workers")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(
+                f"unknown device '{self.device}'.",
+                column="features.device",
+                fix=f"set features.device to one of: {', '.join(DEVICES)} (or cuda:N).",
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision '{self.precision}'.",
+                column="features.precision",
+                fix=f"set features.precision to one of: {', '.join(PRECISIONS)}.",
+            )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``device`` setting; asking for CUDA without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"features.device is '{name}' but PyTorch sees no CUDA GPU on this machine.",
+            column="features.device",
+            fix="set features.device to 'auto' or 'cpu', or run on a node with a GPU and a CUDA build of PyTorch.",
+        )
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` → bf16 on CUDA, fp32 elsewhere; explicit values are kept."""
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+# ------------------------------------------------------------------------------------------- tiles
+
+
+@dataclass(frozen=True, kw_only=True)
+class TileSpec:
+    """Where and how to read the tiles of one slide (from ``tiles.h5``)."""
+
+    coords: np.ndarray
+    read_level: int
+    read_tile_px: int
+    tile_px: int
+    attrs: dict[str, Any]
+    coords_attrs: dict[str, Any]
+    extra: dict[str, np.ndarray]
+
+
+def read_tile_spec(tiles_h5: str | Path) -> TileSpec:
+    """Coordinates, geometry and attributes of a tiles file, validated against the contract."""
+    path = Path(tiles_h5)
+    fix = "rerun tiling for this slide (delete the tiles file so the pipeline rebuilds it)."
+    if not path.is_file():
+        raise HistofuseError("tiles file does not exist.", path=path, fix=fix)
+    try:
+        with h5py.File(path, "r") as h5:
+            if "coords" not in h5:
+                raise HistofuseError("tiles file has no 'coords' dataset.", path=path, fix=fix)
+            coords = np.asarray(h5["coords"][()], dtype=np.int64).reshape(-1, 2)
+            attrs = {key: _plain(value) for key, value in h5.attrs.items()}
+            coords_attrs = {key: _plain(value) for key, value in h5["coords"].attrs.items()}
+            extra = {name: h5[name][()] for name in _COPIED_DATASETS if name in h5}
+    except OSError as err:
+        raise HistofuseError(f"cannot read the tiles file ({err}).", path=path, fix=fix) from err
+    missing = [key for key in _REQUIRED_TILE_ATTRS if key not in attrs]
+    if missing:
+        raise HistofuseError(f"tiles file lacks the attributes {', '.join(missing)}.", path=path, fix=fix)
+    return TileSpec(
+        coords=coords,
+        read_level=int(attrs["read_level"]),
+        read_tile_px=int(attrs["read_tile_px"]),
+        tile_px=int(attrs["tile_px"]),
+        attrs=attrs,
+        coords_attrs=coords_attrs,
+        extra=extra,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python scalars, bytes → str; arrays are kept."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class TileDataset(Dataset[torch.Tensor]):
+    """Tiles of one slide as uint8 (tile_px, tile_px, 3) tensors; the reader opens lazily per process."""
+
+    def __init__(
+        self,
+        *,
+        slide_path: Path,
+        spec: TileSpec,
+        reader: str,
+        mpp: float | None,
+    ) -> None:
+        self.slide_path = slide_path
+        self.coords = spec.coords
+        self.read_level = spec.read_level
+        self.read_tile_px = spec.read_tile_px
+        self.tile_px = spec.tile_px
+        self.reader_name = reader
+        self.mpp = mpp
+        self._reader: SlideReader | None = None
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_reader"] = None  # each worker opens its own
+        return state
+
+    def _open(self) -> SlideReader:
+        if self._reader is None:
+            self._reader = open_slide(self.slide_path, reader=self.reader_name, mpp=self.mpp)
+        return self._reader
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x, y = (int(v) for v in self.coords[index])
+        size = self.read_tile_px
+        tile = self._open().read_region((x, y), self.read_level, (size, size))
+        if size != self.tile_px:
+            tile = _resize(tile, self.tile_px)
+        return torch.from_numpy(np.ascontiguousarray(tile))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _resize(tile: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(tile).resize((side, side), Image.Resampling.BILINEAR))
+
+
+# ---------------------------------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Preprocess:
+    """uint8 (B, H, W, 3) on the device → normalised float (B, 3, input_px, input_px)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    input_px: int
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.input_px or x.shape[-2] != self.input_px:
+            x = F.interpolate(
+                x, size=(self.input_px, self.input_px), mode="bilinear", antialias=True, align_corners=False
+            )
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def _preprocess_for(encoder: Encoder, device: torch.device) -> _Preprocess:
+    def channel_vector(values: tuple[float, float, float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    return _Preprocess(
+        mean=channel_vector(encoder.mean),
+        std=channel_vector(encoder.std),
+        input_px=encoder.input_px,
+    )
+
+
+def _autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _encode_batches(
+    loader: DataLoader[torch.Tensor],
+    *,
+    encoder: Encoder,
+    device: torch.device,
+    precision: str,
+) -> Iterator[np.ndarray]:
+    """Features of each batch, as float32 numpy arrays, in loader order."""
+    preprocess = _preprocess_for(encoder, device)
+    # channels-last suits cuDNN and oneDNN alike (about 1.5× faster on CPU for the CNN encoders)
+    model = encoder.model.to(device=device, memory_format=torch.channels_last)
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            x = preprocess(batch.to(device, non_blocking=True))
+            with _autocast(device, precision):
+                features = model(x)
+            yield features.float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _check_slide(slide_path: Path, spec: TileSpec, reader: str, mpp: float | None) -> None:
+    """Open the slide once up front so that unreadable slides fail before any work is done."""
+    with open_slide(slide_path, reader=reader, mpp=mpp) as slide:
+        levels = slide.info.level_count
+    if not 0 <= spec.read_level < levels:
+        raise SlideError(
+            f"tiles ask for pyramid level {spec.read_level} but the slide has {levels} levels.",
+            path=slide_path,
+            fix="rerun tiling for this slide (the tiles file belongs to a different slide or reader).",
+        )
+
+
+def _write_attrs(h5: h5py.File, *, spec: TileSpec, encoder: Encoder, precision: str, device: torch.device) -> None:
+    for key, value in spec.attrs.items():
+        h5.attrs[key] = value
+    if "histofuse_version" in spec.attrs:
+        h5.attrs["tiles_histofuse_version"] = spec.attrs["histofuse_version"]
+    h5.attrs["encoder"] = encoder.name
+    h5.attrs["dim"] = int(encoder.dim)
+    h5.attrs["encoder_input_px"] = int(encoder.input_px)
+    h5.attrs["precision"] = precision
+    h5.attrs["weights_sha256"] = encoder.weights_sha256
+    h5.attrs["weights_path"] = encoder.weights_path
+    h5.attrs["histofuse_version"] = __version__
+    h5.attrs["device"] = str(device)
+    h5.attrs["n_tiles"] = int(spec.coords.shape[0])
+
+
+def extract_slide_features(
+    *,
+    slide_path: str | Path,
+    tiles_h5: str | Path,
+    out_h5: str | Path,
+    encoder: Encoder,
+    settings: ExtractSettings,
+    mpp: float | None = None,
+) -> int:
+    """Encode every tile of ``tiles_h5`` and write ``out_h5`` atomically; returns the number of tiles.
+
+    ``mpp`` overrides the slide's level-0 resolution (as in the slides sheet) when opening it.
+    """
+    slide_path = Path(slide_path)
+    spec = read_tile_spec(tiles_h5)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    tiles_reader = spec.attrs.get("reader")
+    if tiles_reader is not None and tiles_reader != settings.reader:
+        log.warning(
+            "tiles of %s were made with reader '%s', extracting with '%s'", slide_path, tiles_reader, settings.reader
+        )
+    _check_slide(slide_path, spec, settings.reader, mpp)
+
+    n = int(spec.coords.shape[0])
+    dataset = TileDataset(slide_path=slide_path, spec=spec, reader=settings.reader, mpp=mpp)
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=settings.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    label = str(spec.attrs.get("slide_id", slide_path.stem))
+    start = time.perf_counter()
+    try:
+        with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+            features = h5.create_dataset("features", shape=(n, encoder.dim), dtype="float32")
+            coords = h5.create_dataset("coords", data=spec.coords, dtype="int64")
+            for key, value in spec.coords_attrs.items():
+                coords.attrs[key] = value
+            for name, data in spec.extra.items():
+                h5.create_dataset(name, data=data)
+            _write_attrs(h5, spec=spec, encoder=encoder, precision=precision, device=device)
+            done = 0
+            with tqdm(total=n, desc=label, unit="tile", disable=None, leave=False) as bar:
+                for chunk in _encode_batches(loader, encoder=encoder, device=device, precision=precision):
+                    features[done : done + len(chunk)] = chunk
+                    done += len(chunk)
+                    bar.update(len(chunk))
+            if done != n:  # pragma: no cover - the loader yields every tile exactly once
+                raise RuntimeError(f"encoded {done} of {n} tiles")
+    finally:
+        dataset.close()
+    elapsed = time.perf_counter() - start
+    log.info(
+        "%s: %d tiles encoded with %s on %s (%s) in %.1f s, %.1f tiles/s",
+        label,
+        n,
+        encoder.name,
+        device,
+        precision,
+        elapsed,
+        n / elapsed if elapsed > 0 else 0.0,
+    )
+    return n
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``features`` (N × dim float32), ``coords`` (N × 2 int64) and the attributes of a features file."""
+    path = Path(path)
+    fix = "rerun feature extraction for this slide (delete the file so the pipeline rebuilds it)."
+    if not path.is_file():
+        raise HistofuseError("features file does not exist.", path=path, fix=fix)
+    try:
+        with h5py.File(path, "r") as h5:
+            features = np.asarray(h5["features"][()], dtype=np.float32)
+            coords = np.asarray(h5["coords"][()], dtype=np.int64)
+            attrs = {key: _plain(value) for key, value in h5.attrs.items()}
+    except (OSError, KeyError) as err:
+        raise HistofuseError(f"cannot read the features file ({err}).", path=path, fix=fix) from err
+    return features, coords, attrs
+
+
+def check_features_encoder(path: str | Path, expected_encoder: str, *, expected_sha256: str | None = None) -> None:
+    """Raise :class:`HistofuseError` unless ``path`` was written by ``expected_encoder``.
+
+    With ``expected_sha256`` the encoder's weights must match as well.
+    """
+    path = Path(path)
+    fix = (
+        "rerun feature extraction with the configured encoder: delete this features file (or the "
+        "features folder) so the pipeline rebuilds it, or set features.encoder back to the encoder used."
+    )
+    if not path.is_file():
+        raise HistofuseError("features file does not exist.", path=path, fix=fix)
+    try:
+        with h5py.File(path, "r") as h5:
+            found = _plain(h5.attrs.get("encoder"))
+            found_sha = _plain(h5.attrs.get("weights_sha256"))
+    except OSError as err:
+        raise HistofuseError(f"cannot read the features file ({err}).", path=path, fix=fix) from err
+    if found != expected_encoder:
+        raise HistofuseError(
+            f"features were extracted with encoder '{found}', but '{expected_encoder}' is configured.",
+            path=path,
+            fix=fix,
+        )
+    if expected_sha256 is not None and found_sha != expected_sha256:
+        raise HistofuseError(
+            f"features were extracted with other weights of encoder '{found}' (sha256 {str(found_sha)[:12]}…, "
+            f"expected {expected_sha256[:12]}…).",
+            path=path,
+            fix=fix,
+        )

@@ -1,0 +1,116 @@
+"""Multi-modal multi-task baseline: attention MIL over tiles + SNN over genomics, concatenated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from histofuse.models.mil import GatedAttentionMIL
+from histofuse.models.registry import TaskSpec, register_model
+from histofuse.models.snn import SelfNormalizingNetwork
+
+__all__ = ["MultimodalBaseline", "as_bag_list", "as_genomics_batch"]
+
+
+def as_bag_list(bags: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """Normalise one ``(N, D)`` bag, a ``(B, N, D)`` tensor or a sequence of bags to a list."""
+    if isinstance(bags, Tensor):
+        if bags.ndim == 2:
+            return [bags]
+        if bags.ndim == 3:
+            return list(bags.unbind(0))
+        raise ValueError(f"a bag tensor must be (N, D) or (B, N, D), got shape {tuple(bags.shape)}")
+    return list(bags)
+
+
+def as_genomics_batch(genomics: Tensor | None, batch_size: int) -> Tensor | None:
+    """Normalise a ``(G,)`` or ``(B, G)`` genomics tensor to ``(B, G)``."""
+    if genomics is None:
+        return None
+    if genomics.ndim == 1:
+        genomics = genomics.unsqueeze(0)
+    if genomics.ndim != 2 or genomics.shape[0] != batch_size:
+        raise ValueError(
+            f"genomics must be (G,) or ({batch_size}, G) for {batch_size} bag(s), got {tuple(genomics.shape)}"
+        )
+    return genomics
+
+
+class MultimodalBaseline(nn.Module):
+    """ABMIL(tiles) ⊕ SNN(genomics) → MLP → one linear head per task.
+
+    Without genomic features (``n_genomic = 0``) the SNN branch is left out and the model is
+    WSI-only. ``forward`` returns ``{task: logits (B, n_outputs)}`` plus ``"attention"`` (one
+    ``(N_i,)`` weight vector per bag) and ``"embedding"`` (the fused ``(B, hidden_dim)`` features).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_tiles_dim: int,
+        n_genomic: int,
+        task_spec: TaskSpec,
+        hidden_dim: int = 128,
+        dropout: float = 0.25,
+    ) -> None:
+        super().__init__()
+        self.task_spec = task_spec
+        self.n_genomic = n_genomic
+        self.mil = GatedAttentionMIL(in_dim=n_tiles_dim, hidden_dim=hidden_dim, dropout=dropout)
+        self.snn: SelfNormalizingNetwork | None = None
+        fused_dim = self.mil.out_dim
+        if n_genomic > 0:
+            self.snn = SelfNormalizingNetwork(
+                in_dim=n_genomic, hidden_dims=(hidden_dim, hidden_dim), dropout=dropout
+            )
+            fused_dim += self.snn.out_dim
+        self.fusion = nn.Sequential(
+            nn.Linear(fused_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.heads = nn.ModuleDict(
+            {task: nn.Linear(hidden_dim, task_spec.n_outputs(task)) for task in task_spec.tasks}
+        )
+
+    def forward(self, bags: Tensor | Sequence[Tensor], genomics: Tensor | None = None) -> dict[str, Any]:
+        bag_list = as_bag_list(bags)
+        if not bag_list:
+            raise ValueError("forward needs at least one bag")
+        wsi, attention = self.mil.forward_bags(bag_list)
+        parts = [wsi]
+        if self.snn is not None:
+            genomic_batch = as_genomics_batch(genomics, len(bag_list))
+            if genomic_batch is None:
+                raise ValueError(f"this model expects {self.n_genomic} genomic features per patient")
+            parts.append(self.snn(genomic_batch.to(device=wsi.device, dtype=wsi.dtype)))
+        fused = self.fusion(torch.cat(parts, dim=1))
+        outputs: dict[str, Any] = {task: head(fused) for task, head in self.heads.items()}
+        outputs["attention"] = attention
+        outputs["embedding"] = fused
+        return outputs
+
+
+@register_model("mm_baseline")
+def build_mm_baseline(
+    *,
+    n_tiles_dim: int,
+    n_genomic: int,
+    task_spec: TaskSpec,
+    hidden_dim: int = 128,
+    dropout: float = 0.25,
+) -> MultimodalBaseline:
+    """Builder for ``mm_baseline``."""
+    return MultimodalBaseline(
+        n_tiles_dim=n_tiles_dim,
+        n_genomic=n_genomic,
+        task_spec=task_spec,
+        hidden_dim=hidden_dim,
+        dropout=dropout,
+    )

@@ -1,0 +1,460 @@
+"""One fold's patients in memory: tile-feature bags, preprocessed genomics, labels and masks.
+
+Everything fitted from data (genomic imputation and scaling statistics, survival bin edges) uses the
+fold's **train** split only, so validation and test patients never leak into preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+from torch import Tensor
+
+from histofuse.errors import HistofuseError
+from histofuse.losses import survival_bins, to_bin
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SPLITS",
+    "FoldData",
+    "GenomicsScaler",
+    "load_fold_data",
+    "read_fold",
+    "read_grade_classes",
+]
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_Z_CLIP = 10.0
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class GenomicsScaler:
+    """Median imputation followed by z-scoring, with statistics fitted on training patients.
+
+    A column that is constant (or entirely missing) on the training patients maps to 0. Scaled
+    values are clipped to ±10 training standard deviations so an extreme value at inference cannot
+    saturate the network.
+    """
+
+    columns: tuple[str, ...]
+    median: npt.NDArray[np.float64]
+    mean: npt.NDArray[np.float64]
+    std: npt.NDArray[np.float64]
+
+    def __post_init__(self) -> None:
+        n_columns = len(self.columns)
+        for name in ("median", "mean", "std"):
+            values = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1)
+            if values.shape != (n_columns,):
+                raise ValueError(f"{name} must hold {n_columns} values, got {values.shape}")
+            object.__setattr__(self, name, values)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.columns)
+
+    @classmethod
+    def fit(cls, train_values: pd.DataFrame) -> GenomicsScaler:
+        """Fit on the training patients' rows (one column per genomic feature, NaN = missing)."""
+        values = train_values.to_numpy(dtype=np.float64, na_value=np.nan)
+        values = np.where(np.isfinite(values), values, np.nan)
+        columns = tuple(str(column) for column in train_values.columns)
+        if values.size == 0:
+            median = np.zeros(len(columns))
+        else:
+            all_missing = np.isnan(values).all(axis=0)
+            safe = np.where(all_missing[None, :], 0.0, values)
+            median = np.nanmedian(safe, axis=0)
+        imputed = np.where(np.isnan(values), median[None, :], values)
+        mean = imputed.mean(axis=0) if imputed.shape[0] else np.zeros(len(columns))
+        std = imputed.std(axis=0) if imputed.shape[0] else np.zeros(len(columns))
+        return cls(columns=columns, median=median, mean=mean, std=std)
+
+    def transform(self, values: pd.DataFrame) -> npt.NDArray[np.float32]:
+        """Impute and scale rows with the same columns as at fit time; returns ``(P, G)`` float32."""
+        array = values.loc[:, list(self.columns)].to_numpy(dtype=np.float64, na_value=np.nan)
+        array = np.where(np.isfinite(array), array, np.nan)
+        imputed = np.where(np.isnan(array), self.median[None, :], array)
+        constant = ~(self.std > 1e-12 * np.maximum(1.0, np.abs(self.mean)))
+        scale = np.where(constant, 1.0, self.std)
+        scaled = np.where(constant[None, :], 0.0, (imputed - self.mean[None, :]) / scale[None, :])
+        return np.clip(scaled, -_Z_CLIP, _Z_CLIP).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, loadable with ``torch.load(..., weights_only=True)``."""
+        return {
+            "columns": list(self.columns),
+            "median": self.median.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenomicsScaler:
+        return cls(
+            columns=tuple(data["columns"]),
+            median=np.asarray(data["median"], dtype=np.float64),
+            mean=np.asarray(data["mean"], dtype=np.float64),
+            std=np.asarray(data["std"], dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FoldData:
+    """The patients of one fold, in ``patient_ids`` order (sorted).
+
+    ``grade`` and ``survival_bin`` hold -1 where the label is missing; ``censored`` is 1 for
+    censored patients. ``grade_true``, ``survival_time`` and ``event`` keep the raw labels for the
+    predictions table. Bags are stored on the CPU as float16 (float32 when values exceed float16).
+    """
+
+    fold: int
+    patient_ids: tuple[str, ...]
+    splits: npt.NDArray[np.str_]
+    bags: list[Tensor]
+    genomics: Tensor
+    grade: Tensor
+    survival_bin: Tensor
+    censored: Tensor
+    grade_true: pd.Series
+    survival_time: npt.NDArray[np.float64]
+    event: pd.Series
+    n_tiles_dim: int
+    scaler: GenomicsScaler
+    bin_edges: npt.NDArray[np.float64] | None
+    grade_classes: list[str]
+    encoder: str | None = None
+    tasks: tuple[str, ...] = field(default=("grade", "survival"))
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.patient_ids)
+
+    @property
+    def n_genomic(self) -> int:
+        return int(self.genomics.shape[1])
+
+    def indices(self, split: str) -> npt.NDArray[np.int64]:
+        """Row indices of the patients in ``split``."""
+        return np.flatnonzero(self.splits == split).astype(np.int64)
+
+    def mask(self, task: str) -> Tensor:
+        """Boolean ``(P,)`` mask of patients whose label for ``task`` is known."""
+        if task == "grade":
+            return self.grade >= 0
+        if task == "survival":
+            return self.survival_bin >= 0
+        raise KeyError(task)
+
+    def has_label(self, index: int) -> bool:
+        """Whether patient ``index`` has a label for at least one trained task."""
+        return any(bool(self.mask(task)[index]) for task in self.tasks)
+
+
+def read_grade_classes(tables_dir: Path) -> list[str] | None:
+    """Grade class names from ``{tables_dir}/labels.json`` (``{"grade": {"classes": [...]}}``).
+
+    A top-level ``"grade_classes"`` list is accepted too. Returns None when the file is absent.
+    """
+    path = Path(tables_dir) / "labels.json"
+    if not path.exists():
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HistofuseError(f"cannot read the label description ({exc}).", path=path) from None
+    classes: object = None
+    if isinstance(content, dict):
+        grade = content.get("grade")
+        if isinstance(grade, dict):
+            classes = grade.get("classes")
+        if classes is None:
+            classes = content.get("grade_classes")
+    if not isinstance(classes, list) or not classes:
+        raise HistofuseError(
+            "no grade class list found.",
+            path=path,
+            fix='write {"grade": {"classes": ["2", "3", "4"]}} (one name per class index).',
+        )
+    return [str(name) for name in classes]
+
+
+def read_fold(folds_tsv: Path, fold: int) -> pd.DataFrame:
+    """Rows of ``folds.tsv`` for ``fold``: ``patient_id`` (str) and ``split`` (train/val/test)."""
+    folds_tsv = Path(folds_tsv)
+    try:
+        table = pd.read_csv(folds_tsv, sep="\t", dtype={"patient_id": str, "split": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise HistofuseError(f"cannot read the fold table ({exc}).", path=folds_tsv) from None
+    missing = [column for column in ("patient_id", "fold", "split") if column not in table.columns]
+    if missing:
+        raise HistofuseError(
+            f"missing column(s) {missing}.", path=folds_tsv, fix="columns must be patient_id, fold, split."
+        )
+    rows = table.loc[table["fold"] == fold, ["patient_id", "split"]].reset_index(drop=True)
+    if rows.empty:
+        known = sorted(pd.unique(table["fold"]).tolist())
+        raise HistofuseError(
+            f"fold {fold} has no rows (folds present: {known}).", path=folds_tsv, column="fold"
+        )
+    bad = ~rows["split"].isin(SPLITS)
+    if bad.any():
+        raise HistofuseError(
+            f"unknown split {rows.loc[bad, 'split'].iloc[0]!r}.",
+            path=folds_tsv,
+            column="split",
+            fix=f"use one of {list(SPLITS)}.",
+        )
+    duplicated = rows["patient_id"].duplicated()
+    if duplicated.any():
+        raise HistofuseError(
+            f"patient {rows.loc[duplicated, 'patient_id'].iloc[0]!r} appears twice in fold {fold}.",
+            path=folds_tsv,
+            column="patient_id",
+        )
+    if not (rows["split"] == "train").any():
+        raise HistofuseError(f"fold {fold} has no training patient.", path=folds_tsv, column="split")
+    return rows
+
+
+def _read_parquet(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise HistofuseError(f"cannot read the table ({exc}).", path=path) from None
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise HistofuseError(f"missing column(s) {missing}.", path=path)
+    table = table.copy()
+    table["patient_id"] = table["patient_id"].astype(str)
+    return table
+
+
+def _read_patients(tables_dir: Path, tasks: Sequence[str]) -> pd.DataFrame:
+    path = tables_dir / "patients.parquet"
+    required = ["patient_id"]
+    if "grade" in tasks:
+        required.append("grade")
+    if "survival" in tasks:
+        required += ["survival_time", "event"]
+    table = _read_parquet(path, required)
+    if table["patient_id"].duplicated().any():
+        duplicate = table.loc[table["patient_id"].duplicated(), "patient_id"].iloc[0]
+        raise HistofuseError(f"patient {duplicate!r} is listed twice.", path=path, column="patient_id")
+    for column, dtype in (("grade", "Int64"), ("event", "Int64"), ("survival_time", "float64")):
+        if column not in table.columns:
+            table[column] = pd.Series(pd.NA if dtype == "Int64" else np.nan, index=table.index, dtype=dtype)
+        try:
+            table[column] = table[column].astype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise HistofuseError(f"values are not {dtype} ({exc}).", path=path, column=column) from None
+    events = table["event"].dropna()
+    if not events.isin([0, 1]).all():
+        raise HistofuseError("event must be 0 (censored), 1 (death) or missing.", path=path, column="event")
+    if (table["survival_time"] < 0).any():
+        raise HistofuseError("survival_time must not be negative.", path=path, column="survival_time")
+    return table.set_index("patient_id")
+
+
+def _read_genomics(tables_dir: Path) -> pd.DataFrame:
+    """Genomic features indexed by patient (0 columns when the table is absent or empty)."""
+    path = tables_dir / "genomics.parquet"
+    if not path.exists():
+        logger.info("no %s; training without genomic features", path)
+        return pd.DataFrame(index=pd.Index([], name="patient_id", dtype=str))
+    table = _read_parquet(path, ["patient_id"])
+    if table["patient_id"].duplicated().any():
+        duplicate = table.loc[table["patient_id"].duplicated(), "patient_id"].iloc[0]
+        raise HistofuseError(f"patient {duplicate!r} is listed twice.", path=path, column="patient_id")
+    table = table.set_index("patient_id")
+    for column in table.columns:
+        try:
+            table[column] = pd.to_numeric(table[column]).astype("float64")
+        except (TypeError, ValueError) as exc:
+            raise HistofuseError(
+                f"genomic feature is not numeric ({exc}).", path=path, column=str(column)
+            ) from None
+    return table
+
+
+def _slides_by_patient(tables_dir: Path) -> dict[str, list[str]]:
+    path = tables_dir / "slides.parquet"
+    table = _read_parquet(path, ["slide_id", "patient_id"])
+    table["slide_id"] = table["slide_id"].astype(str)
+    grouped: dict[str, list[str]] = {}
+    for patient_id, slide_id in zip(table["patient_id"], table["slide_id"], strict=True):
+        grouped.setdefault(patient_id, []).append(slide_id)
+    return {patient: sorted(set(slides)) for patient, slides in grouped.items()}
+
+
+def _read_features(path: Path) -> tuple[npt.NDArray[np.float32], str | None]:
+    if not path.exists():
+        raise HistofuseError(
+            "tile-feature file is missing for a slide listed in slides.parquet.",
+            path=path,
+            fix="run feature extraction for this slide, or remove the slide from the sample sheet.",
+        )
+    try:
+        with h5py.File(path, "r") as handle:
+            if "features" not in handle:
+                raise HistofuseError("no 'features' dataset.", path=path)
+            features = np.asarray(handle["features"][()], dtype=np.float32)
+            encoder = handle.attrs.get("encoder")
+    except OSError as exc:
+        raise HistofuseError(f"cannot read the tile features ({exc}).", path=path) from None
+    if features.ndim != 2:
+        raise HistofuseError(f"'features' must be 2-D (tiles × dims), got shape {features.shape}.", path=path)
+    if isinstance(encoder, bytes):
+        encoder = encoder.decode()
+    return features, None if encoder is None else str(encoder)
+
+
+def _compact(features: npt.NDArray[np.float32]) -> Tensor:
+    """Store a bag as float16 when its values fit, else float32."""
+    if features.size == 0 or float(np.abs(features).max()) < _FLOAT16_MAX:
+        return torch.from_numpy(features.astype(np.float16))
+    return torch.from_numpy(np.ascontiguousarray(features))
+
+
+def _load_bags(
+    patient_ids: Sequence[str], features_dir: Path, tables_dir: Path
+) -> tuple[list[Tensor], int, str | None]:
+    slides = _slides_by_patient(tables_dir)
+    per_patient: list[list[npt.NDArray[np.float32]]] = []
+    dims: dict[int, Path] = {}
+    encoders: dict[str, Path] = {}
+    for patient_id in patient_ids:
+        arrays = []
+        for slide_id in slides.get(patient_id, []):
+            path = features_dir / f"{slide_id}.h5"
+            features, encoder = _read_features(path)
+            dims.setdefault(features.shape[1], path)
+            if encoder is not None:
+                encoders.setdefault(encoder, path)
+            arrays.append(features)
+        per_patient.append(arrays)
+    if not dims:
+        raise HistofuseError(
+            "no tile-feature file found for any patient of this fold.",
+            path=features_dir,
+            fix="check that slides.parquet lists the fold's patients and that features were extracted.",
+        )
+    if len(dims) > 1:
+        examples = ", ".join(f"{dim} ({path.name})" for dim, path in dims.items())
+        raise HistofuseError(f"tile features have different dimensions: {examples}.", path=features_dir)
+    if len(encoders) > 1:
+        examples = ", ".join(f"{name} ({path.name})" for name, path in encoders.items())
+        raise HistofuseError(f"tile features come from different encoders: {examples}.", path=features_dir)
+    n_dim = next(iter(dims))
+    bags = [
+        _compact(np.concatenate(arrays, axis=0) if arrays else np.zeros((0, n_dim), dtype=np.float32))
+        for arrays in per_patient
+    ]
+    n_empty = sum(1 for bag in bags if bag.shape[0] == 0)
+    if n_empty:
+        logger.info("%d of %d patients have no tile features (empty bags)", n_empty, len(bags))
+    return bags, n_dim, next(iter(encoders), None)
+
+
+def load_fold_data(
+    *,
+    fold: int,
+    features_dir: Path,
+    tables_dir: Path,
+    folds_tsv: Path,
+    tasks: Sequence[str] = ("grade", "survival"),
+    n_bins: int = 4,
+) -> FoldData:
+    """Load the patients of ``fold`` and fit the preprocessing on its train split."""
+    features_dir, tables_dir = Path(features_dir), Path(tables_dir)
+    rows = read_fold(folds_tsv, fold).sort_values("patient_id", kind="stable").reset_index(drop=True)
+    patient_ids = tuple(rows["patient_id"].tolist())
+    splits = rows["split"].to_numpy(dtype=str)
+    train_rows = splits == "train"
+
+    patients = _read_patients(tables_dir, tasks)
+    unknown = [patient for patient in patient_ids if patient not in patients.index]
+    if unknown:
+        raise HistofuseError(
+            f"{len(unknown)} patient(s) of fold {fold} are not in patients.parquet (first: {unknown[0]!r}).",
+            path=folds_tsv,
+            column="patient_id",
+            fix="rebuild folds.tsv from the current patient table.",
+        )
+    labels = patients.loc[list(patient_ids)]
+
+    grade_true = labels["grade"].reset_index(drop=True)
+    grade_classes = read_grade_classes(tables_dir)
+    if grade_classes is None:
+        observed = patients["grade"].dropna()
+        n_classes = int(observed.max()) + 1 if len(observed) else 0
+        grade_classes = [str(index) for index in range(n_classes)]
+        if "grade" in tasks:
+            logger.warning("no labels.json in %s; assuming %d grade classes", tables_dir, n_classes)
+    known_grades = grade_true.dropna()
+    if len(known_grades) and (known_grades.min() < 0 or known_grades.max() >= len(grade_classes)):
+        raise HistofuseError(
+            f"grade must be a class index in [0, {len(grade_classes)}) (classes {grade_classes}).",
+            path=tables_dir / "patients.parquet",
+            column="grade",
+        )
+    grade = torch.tensor(grade_true.fillna(-1).to_numpy(dtype=np.int64), dtype=torch.long)
+    if "grade" in tasks and not bool((grade[torch.from_numpy(train_rows)] >= 0).any()):
+        raise HistofuseError(
+            f"no training patient of fold {fold} has a grade.", path=tables_dir / "patients.parquet"
+        )
+
+    survival_time = labels["survival_time"].to_numpy(dtype=np.float64, na_value=np.nan)
+    event = labels["event"].reset_index(drop=True)
+    event_float = event.to_numpy(dtype=np.float64, na_value=np.nan)
+    known_survival = np.isfinite(survival_time) & np.isfinite(event_float)
+    bin_edges: npt.NDArray[np.float64] | None = None
+    survival_bin = np.full(len(patient_ids), -1, dtype=np.int64)
+    if "survival" in tasks:
+        bin_edges = survival_bins(survival_time[train_rows], event_float[train_rows], n_bins=n_bins)
+        survival_bin = np.where(known_survival, to_bin(survival_time, bin_edges), -1)
+    censored = np.where(known_survival, 1.0 - event_float, 0.0)
+
+    genomics_table = _read_genomics(tables_dir).reindex(list(patient_ids))
+    scaler = GenomicsScaler.fit(genomics_table.loc[list(np.asarray(patient_ids)[train_rows])])
+    genomics = torch.from_numpy(scaler.transform(genomics_table))
+
+    bags, n_tiles_dim, encoder = _load_bags(patient_ids, features_dir, tables_dir)
+    logger.info(
+        "fold %d: %s patients, %d tile-feature dims, %d genomic features",
+        fold,
+        ", ".join(f"{int((splits == split).sum())} {split}" for split in SPLITS),
+        n_tiles_dim,
+        scaler.n_features,
+    )
+    return FoldData(
+        fold=fold,
+        patient_ids=patient_ids,
+        splits=splits,
+        bags=bags,
+        genomics=genomics,
+        grade=grade,
+        survival_bin=torch.from_numpy(survival_bin),
+        censored=torch.from_numpy(censored.astype(np.float32)),
+        grade_true=grade_true,
+        survival_time=survival_time,
+        event=event,
+        n_tiles_dim=n_tiles_dim,
+        scaler=scaler,
+        bin_edges=bin_edges,
+        grade_classes=grade_classes,
+        encoder=encoder,
+        tasks=tuple(tasks),
+    )

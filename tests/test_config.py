@@ -1,0 +1,71 @@
+"""Configuration and sample-sheet validation: defaults filled, errors name key / row / column."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from histofuse.config import read_sheet, validate_config, validate_sheet
+from histofuse.errors import ConfigError
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "workflow" / "schemas"
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+
+
+def _config() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def test_shipped_config_is_valid_and_every_key_is_commented() -> None:
+    validate_config(_config(), schema_path=SCHEMAS / "config.schema.yaml")
+    lines = CONFIG.read_text().splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped:
+            assert lines[i - 1].strip().startswith("#") or stripped.endswith(":"), f"key without comment: {line}"
+
+
+def test_defaults_are_filled() -> None:
+    config = {"samples": {"slides": "s.tsv", "patients": "p.tsv"}}
+    validate_config(config, schema_path=SCHEMAS / "config.schema.yaml")
+    assert config["results"] == "results"
+    assert config["tiling"]["mpp"] == 0.5 and config["tiling"]["tile_px"] == 256
+    assert config["folds"]["k"] == 5
+    assert config["training"]["models"] == ["mm_baseline"]
+
+
+def test_misspelt_and_mistyped_keys_are_named() -> None:
+    config = _config()
+    config["tiling"]["tile_size"] = 256
+    config["folds"]["k"] = "five"
+    with pytest.raises(ConfigError) as err:
+        validate_config(copy.deepcopy(config), schema_path=SCHEMAS / "config.schema.yaml", source="my.yaml")
+    text = str(err.value)
+    assert "my.yaml" in text
+    assert "'tiling'" in text and "tile_size" in text and "allowed keys" in text
+    assert "'folds.k'" in text
+
+
+def test_sheet_errors_name_row_and_column(tmp_path: Path) -> None:
+    sheet = tmp_path / "slides.tsv"
+    pd.DataFrame(
+        {"slide_id": ["A", "B", "B"], "patient_id": ["p", "q", "r"], "path": ["a", "b", "c"], "mpp": ["0.5", "-1", ""]}
+    ).to_csv(sheet, sep="\t", index=False)
+    with pytest.raises(ConfigError) as err:
+        validate_sheet(read_sheet(sheet), schema_path=SCHEMAS / "slides.schema.yaml", path=sheet, id_column="slide_id")
+    text = str(err.value)
+    assert str(sheet) in text and "row 3 (slide_id=B), column 'mpp'" in text
+
+
+def test_duplicate_ids_and_missing_columns(tmp_path: Path) -> None:
+    sheet = tmp_path / "slides.tsv"
+    pd.DataFrame({"slide_id": ["A", "A"], "patient_id": ["p", "q"], "path": ["a", "b"]}).to_csv(sheet, sep="\t", index=False)
+    with pytest.raises(ConfigError, match=r"duplicate slide_id values: row 2 \(A\), row 3 \(A\)"):
+        validate_sheet(read_sheet(sheet), schema_path=SCHEMAS / "slides.schema.yaml", path=sheet, id_column="slide_id")
+    pd.DataFrame({"slide_id": ["A"], "path": ["a"]}).to_csv(sheet, sep="\t", index=False)
+    with pytest.raises(ConfigError, match="patient_id"):
+        validate_sheet(read_sheet(sheet), schema_path=SCHEMAS / "slides.schema.yaml", path=sheet, id_column="slide_id")

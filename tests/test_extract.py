@@ -1,0 +1,272 @@
+"""Per-slide feature extraction from a small synthetic pyramidal slide."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import histofuse
+from histofuse.errors import ConfigError, HistofuseError, SlideError
+from histofuse.features.encoders import Encoder, build_encoder
+from histofuse.features.extract import (
+    ExtractSettings,
+    check_features_encoder,
+    extract_slide_features,
+    read_features,
+    resolve_precision,
+)
+
+MPP = 0.5
+SIDE = 1024
+TILE = 256
+CPU = ExtractSettings(batch_size=4, device="cpu")
+# (0, 0) and (512, 512) hold the same pixels; every other tile is different noise
+COORDS = np.array(
+    [[0, 0], [256, 0], [512, 0], [768, 0], [0, 256], [256, 256], [512, 512], [768, 512], [0, 768], [768, 768]],
+    dtype=np.int64,
+)
+TWIN_A, TWIN_B = 0, 6
+
+
+def _write_slide(path: Path, image: np.ndarray, *, levels: int = 3) -> None:
+    """Lossless tiled pyramidal BigTIFF that OpenSlide opens as a generic-tiff slide."""
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        level_image = image
+        for level in range(levels):
+            if level:
+                level_image = np.ascontiguousarray(level_image[::2, ::2])
+            per_cm = 1e4 / (MPP * 2**level)
+            tif.write(
+                level_image,
+                tile=(TILE, TILE),
+                photometric="rgb",
+                compression="zlib",
+                subfiletype=1 if level else 0,
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
+
+
+def _write_tiles(
+    path: Path,
+    coords: np.ndarray,
+    *,
+    read_level: int = 0,
+    read_tile_px: int = TILE,
+    tile_px: int = TILE,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    downsample = 2.0**read_level
+    attrs: dict[str, Any] = {
+        "slide_id": "slide-1",
+        "target_mpp": MPP * downsample * read_tile_px / tile_px,
+        "level0_mpp": MPP,
+        "read_level": read_level,
+        "read_downsample": downsample,
+        "tile_px": tile_px,
+        "tile_px_level0": int(read_tile_px * downsample),
+        "read_tile_px": read_tile_px,
+        "reader": "openslide",
+        "patch_size": tile_px,
+        "patch_level": read_level,
+    }
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
+        h5["coords"].attrs["patch_size"] = tile_px
+        for key, value in attrs.items():
+            if key not in drop:
+                h5.attrs[key] = value
+    return path
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, size=(SIDE, SIDE, 3), dtype=np.uint8)
+    # smooth blobs so tiles look different at the encoder's scale, not only as noise
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
+    pixels[..., 0] = ((np.sin(xx / 37.0) + np.cos(yy / 23.0) + 2) * 60).astype(np.uint8)
+    pixels[512:768, 512:768] = pixels[0:256, 0:256]
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory, image: np.ndarray) -> Path:
+    path = tmp_path_factory.mktemp("slide") / "slide-1.tiff"
+    _write_slide(path, image)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lite0() -> Encoder:
+    return build_encoder("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory: pytest.TempPathFactory, slide: Path, lite0: Encoder) -> Path:
+    folder = tmp_path_factory.mktemp("features")
+    tiles = _write_tiles(folder / "tiles.h5", COORDS)
+    out = folder / "slide-1.h5"
+    assert extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=out, encoder=lite0, settings=CPU) == 10
+    return out
+
+
+def test_features_shape_and_coords(extracted: Path) -> None:
+    features, coords, _ = read_features(extracted)
+    assert features.shape == (10, 1280)
+    assert features.dtype == np.float32
+    assert np.isfinite(features).all()
+    np.testing.assert_array_equal(coords, COORDS)
+    with h5py.File(extracted, "r") as h5:
+        assert h5["coords"].dtype == np.int64
+        assert h5["coords"].attrs["patch_size"] == TILE
+
+
+def test_features_file_is_self_describing(extracted: Path, lite0: Encoder) -> None:
+    _, _, attrs = read_features(extracted)
+    assert attrs["encoder"] == "efficientnet_lite0"
+    assert attrs["dim"] == 1280
+    assert attrs["precision"] == "fp32"
+    assert attrs["device"] == "cpu"
+    assert attrs["weights_sha256"] == lite0.weights_sha256
+    assert attrs["weights_path"] == lite0.weights_path
+    assert attrs["histofuse_version"] == histofuse.__version__
+    for key in ("slide_id", "target_mpp", "level0_mpp", "read_level", "tile_px", "read_tile_px", "patch_size"):
+        assert key in attrs
+    assert attrs["slide_id"] == "slide-1"
+
+
+def test_identical_tiles_give_identical_features(extracted: Path) -> None:
+    features, _, _ = read_features(extracted)
+    np.testing.assert_allclose(features[TWIN_A], features[TWIN_B], rtol=0, atol=1e-5)
+    others = np.delete(features, [TWIN_A, TWIN_B], axis=0)
+    distances = np.abs(others - features[TWIN_A]).max(axis=1)
+    assert (distances > 1e-2).all()
+    assert len({row.tobytes() for row in others}) == len(others)
+
+
+def test_features_match_the_encoder_on_the_tile(extracted: Path, image: np.ndarray, lite0: Encoder) -> None:
+    features, _, _ = read_features(extracted)
+    x, y = COORDS[3]
+    tile = torch.from_numpy(image[y : y + TILE, x : x + TILE]).permute(2, 0, 1).float().unsqueeze(0) / 255
+    tile = F.interpolate(tile, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    tile = (tile - torch.tensor(lite0.mean).view(1, 3, 1, 1)) / torch.tensor(lite0.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = lite0.model(tile)[0].numpy()
+    np.testing.assert_allclose(features[3], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_reads_a_lower_level_with_workers(tmp_path: Path, slide: Path, lite0: Encoder) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS[:3], read_level=1, read_tile_px=128, tile_px=224)
+    out = tmp_path / "features.h5"
+    settings = ExtractSettings(batch_size=2, num_workers=2, device="cpu")
+    n = extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=out, encoder=lite0, settings=settings)
+    features, _, attrs = read_features(out)
+    assert n == 3
+    assert features.shape == (3, 1280)
+    assert (attrs["read_level"], attrs["tile_px"]) == (1, 224)
+
+
+def test_no_tiles_gives_an_empty_features_file(tmp_path: Path, slide: Path, lite0: Encoder) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", np.zeros((0, 2), dtype=np.int64))
+    out = tmp_path / "features.h5"
+    assert extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=out, encoder=lite0, settings=CPU) == 0
+    features, coords, attrs = read_features(out)
+    assert features.shape == (0, 1280)
+    assert coords.shape == (0, 2)
+    assert attrs["encoder"] == "efficientnet_lite0"
+
+
+def test_missing_slide_leaves_no_output(tmp_path: Path, lite0: Encoder) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS)
+    out = tmp_path / "features.h5"
+    with pytest.raises(SlideError, match="does not exist"):
+        extract_slide_features(
+            slide_path=tmp_path / "absent.svs", tiles_h5=tiles, out_h5=out, encoder=lite0, settings=CPU
+        )
+    assert not out.exists()
+
+
+class _FailingModel(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("encoder crashed")
+
+
+def test_failure_during_encoding_leaves_no_output(tmp_path: Path, slide: Path, lite0: Encoder) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS)
+    out = tmp_path / "out" / "features.h5"
+    broken = dataclasses.replace(lite0, model=_FailingModel())
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=out, encoder=broken, settings=CPU)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_level_beyond_the_pyramid_is_a_slide_error(tmp_path: Path, slide: Path, lite0: Encoder) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS, read_level=5)
+    with pytest.raises(SlideError, match="level 5"):
+        extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=tmp_path / "f.h5", encoder=lite0, settings=CPU)
+
+
+def test_tiles_file_without_geometry(tmp_path: Path, slide: Path, lite0: Encoder) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS, drop=("read_tile_px",))
+    with pytest.raises(HistofuseError, match="read_tile_px") as info:
+        extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=tmp_path / "f.h5", encoder=lite0, settings=CPU)
+    assert str(tiles) in str(info.value)
+
+
+def test_check_features_encoder(extracted: Path, lite0: Encoder) -> None:
+    check_features_encoder(extracted, "efficientnet_lite0")
+    check_features_encoder(extracted, "efficientnet_lite0", expected_sha256=lite0.weights_sha256)
+    with pytest.raises(HistofuseError, match="'efficientnet_lite0', but 'resnet50_trunc'") as info:
+        check_features_encoder(extracted, "resnet50_trunc")
+    assert str(extracted) in str(info.value)
+    assert "rerun feature extraction" in str(info.value)
+    with pytest.raises(HistofuseError, match="other weights"):
+        check_features_encoder(extracted, "efficientnet_lite0", expected_sha256="0" * 64)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        ExtractSettings(precision="int8")
+    with pytest.raises(ConfigError, match="device"):
+        ExtractSettings(device="tpu")
+    with pytest.raises(ConfigError, match="batch_size"):
+        ExtractSettings(batch_size=0)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_config_error(tmp_path: Path, slide: Path, lite0: Encoder) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        extract_slide_features(
+            slide_path=slide,
+            tiles_h5=tiles,
+            out_h5=tmp_path / "f.h5",
+            encoder=lite0,
+            settings=ExtractSettings(device="cuda"),
+        )
+
+
+def test_bf16_on_cpu_is_close_to_fp32(tmp_path: Path, slide: Path, lite0: Encoder, extracted: Path) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS[:2])
+    out = tmp_path / "features.h5"
+    settings = dataclasses.replace(CPU, precision="bf16")
+    extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=out, encoder=lite0, settings=settings)
+    low, _, attrs = read_features(out)
+    full, _, _ = read_features(extracted)
+    assert attrs["precision"] == "bf16"
+    assert low.dtype == np.float32
+    cosine = (low * full[:2]).sum(1) / np.linalg.norm(low, axis=1) / np.linalg.norm(full[:2], axis=1)
+    assert (cosine > 0.95).all()
