@@ -83,6 +83,7 @@ def _write_tiles(
     with h5py.File(path, "w") as h5:
         h5.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
         h5["coords"].attrs["patch_size"] = tile_px
+        h5.create_dataset("tissue_fraction", data=np.linspace(0.5, 1.0, len(coords), dtype=np.float32))
         for key, value in attrs.items():
             if key not in drop:
                 h5.attrs[key] = value
@@ -130,6 +131,7 @@ def test_features_shape_and_coords(extracted: Path) -> None:
     with h5py.File(extracted, "r") as h5:
         assert h5["coords"].dtype == np.int64
         assert h5["coords"].attrs["patch_size"] == TILE
+        np.testing.assert_array_equal(h5["tissue_fraction"][()], np.linspace(0.5, 1.0, 10, dtype=np.float32))
 
 
 def test_features_file_is_self_describing(extracted: Path, lite0: Encoder) -> None:

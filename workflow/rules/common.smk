@@ -50,7 +50,7 @@ wildcard_constraints:
 
 
 def get_final_output():
-    """What `rule all` asks for: the report and the metrics."""
+    """The targets of the default run: the report and the metrics."""
     return [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
@@ -75,7 +75,9 @@ def get_encoder_weights(wildcards):
 
 
 def get_feature_files(wildcards):
-    return expand(f"{RESULTS}/features/{{encoder}}/{{slide}}.h5", encoder=ENCODER, slide=SLIDE_IDS)
+    return expand(
+        f"{RESULTS}/features/{{encoder}}/{{slide}}.h5", encoder=ENCODER, slide=SLIDE_IDS
+    )
 
 
 def get_tile_files(wildcards):
@@ -115,4 +117,18 @@ def get_train_settings(wildcards):
 
 
 def get_prediction_files(wildcards):
-    return expand(f"{RESULTS}/predictions/{{model}}/fold{{fold}}.parquet", model=MODELS, fold=FOLDS)
+    return expand(
+        f"{RESULTS}/predictions/{{model}}/fold{{fold}}.parquet",
+        model=MODELS,
+        fold=FOLDS,
+    )
+
+
+def get_tables_dir(wildcards, input):
+    """The tables folder, derived from the patients table among the inputs."""
+    return str(Path(input.patients).parent)
+
+
+def get_output_tables_dir(wildcards, output):
+    """The tables folder, derived from the patients table among the outputs."""
+    return str(Path(output.patients).parent)

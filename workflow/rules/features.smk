@@ -7,6 +7,17 @@ rule extract_features:
         tiles=f"{RESULTS}/tiles/{{slide}}.h5",
     output:
         features=f"{RESULTS}/features/{{encoder}}/{{slide}}.h5",
+    log:
+        f"{RESULTS}/logs/extract_features/{{encoder}}/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
+    conda:
+        "../../envs/features.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
     params:
         mpp=get_slide_mpp,
         reader=config["reader"],
@@ -15,17 +26,6 @@ rule extract_features:
         num_workers=config["features"]["num_workers"],
         device=config["features"]["device"],
         precision=config["features"]["precision"],
-    log:
-        f"{RESULTS}/logs/extract_features/{{encoder}}/{{slide}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
-    conda:
-        "../../envs/features.yaml"
     shell:
         "histofuse extract --slide '{input.slide}' --tiles '{input.tiles}' --mpp '{params.mpp}' "
         "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "

@@ -15,12 +15,12 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate.tsv"
+    conda:
+        "../../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
     shell:
         "histofuse evaluate --predictions {input.predictions:q} --out-folds '{output.folds}' "
         "--out-summary '{output.summary}' > '{log}' 2>&1"
@@ -38,19 +38,23 @@ rule report:
         features=get_feature_files,
     output:
         html=f"{RESULTS}/report.html",
-        km=report(f"{RESULTS}/plots/km.png", caption="../report/km.rst", category="Results"),
-        roc=report(f"{RESULTS}/plots/roc.png", caption="../report/roc.rst", category="Results"),
-    params:
-        tables_dir=f"{RESULTS}/tables",
+        km=report(
+            f"{RESULTS}/plots/km.png", caption="../report/km.rst", category="Results"
+        ),
+        roc=report(
+            f"{RESULTS}/plots/roc.png", caption="../report/roc.rst", category="Results"
+        ),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
+    conda:
+        "../../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
+    params:
+        tables_dir=get_tables_dir,
     script:
         "../scripts/report.py"

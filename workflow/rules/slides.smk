@@ -12,21 +12,21 @@ rule tissue_mask:
             category="Slides QC",
             labels={"slide": "{slide}"},
         ),
+    log:
+        f"{RESULTS}/logs/tissue_mask/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tissue_mask/{{slide}}.tsv"
+    conda:
+        "../../envs/slides.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
     params:
         mpp=get_slide_mpp,
         reader=config["reader"],
         method=config["tissue_mask"]["method"],
         mask_mpp=config["tissue_mask"]["mpp"],
-    log:
-        f"{RESULTS}/logs/tissue_mask/{{slide}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/tissue_mask/{{slide}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=15,
-    conda:
-        "../../envs/slides.yaml"
     shell:
         "histofuse tissue-mask --slide '{input.slide}' --slide-id '{wildcards.slide}' "
         "--mpp '{params.mpp}' --reader {params.reader} --method {params.method} "
@@ -39,6 +39,16 @@ rule tile:
         mask=f"{RESULTS}/masks/{{slide}}.png",
     output:
         tiles=f"{RESULTS}/tiles/{{slide}}.h5",
+    log:
+        f"{RESULTS}/logs/tile/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tile/{{slide}}.tsv"
+    conda:
+        "../../envs/slides.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         mpp=get_slide_mpp,
         reader=config["reader"],
@@ -46,16 +56,6 @@ rule tile:
         tile_px=config["tiling"]["tile_px"],
         overlap_px=config["tiling"]["overlap_px"],
         threshold=config["tiling"]["tissue_threshold"],
-    log:
-        f"{RESULTS}/logs/tile/{{slide}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/tile/{{slide}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../../envs/slides.yaml"
     shell:
         "histofuse tile --slide '{input.slide}' --slide-id '{wildcards.slide}' --mpp '{params.mpp}' "
         "--reader {params.reader} --mask '{input.mask}' --tile-mpp {params.tile_mpp} "

@@ -11,20 +11,20 @@ rule prepare_tables:
         gene_groups=f"{RESULTS}/tables/gene_groups.parquet",
         clinical=f"{RESULTS}/tables/clinical.parquet",
         labels=f"{RESULTS}/tables/labels.json",
-    params:
-        optional=get_table_args,
-        grade_classes=get_grade_classes,
-        out_dir=f"{RESULTS}/tables",
     log:
         f"{RESULTS}/logs/prepare_tables.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_tables.tsv"
+    conda:
+        "../../envs/tables.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/tables.yaml"
+    params:
+        optional=get_table_args,
+        grade_classes=get_grade_classes,
+        out_dir=get_output_tables_dir,
     shell:
         "histofuse prepare-tables --patients '{input.patients}' --slides '{input.slides}' "
         "{params.optional} --grade-classes {params.grade_classes} "
@@ -36,20 +36,20 @@ rule make_folds:
         patients=f"{RESULTS}/tables/patients.parquet",
     output:
         folds=f"{RESULTS}/folds/folds.tsv",
-    params:
-        k=config["folds"]["k"],
-        seed=config["folds"]["seed"],
-        val_fraction=config["folds"]["val_fraction"],
     log:
         f"{RESULTS}/logs/make_folds.log",
     benchmark:
         f"{RESULTS}/benchmarks/make_folds.tsv"
+    conda:
+        "../../envs/tables.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../../envs/tables.yaml"
+    params:
+        k=config["folds"]["k"],
+        seed=config["folds"]["seed"],
+        val_fraction=config["folds"]["val_fraction"],
     shell:
         "histofuse make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
         "--val-fraction {params.val_fraction} --out '{output.folds}' > '{log}' 2>&1"

@@ -13,21 +13,21 @@ rule train:
         checkpoint=f"{RESULTS}/models/{{model}}/fold{{fold}}.pt",
         history=f"{RESULTS}/models/{{model}}/fold{{fold}}_history.tsv",
         predictions=f"{RESULTS}/predictions/{{model}}/fold{{fold}}.parquet",
-    params:
-        features_dir=f"{RESULTS}/features/{ENCODER}",
-        tables_dir=f"{RESULTS}/tables",
-        settings=get_train_settings,
     log:
         f"{RESULTS}/logs/train/{{model}}/fold{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/fold{{fold}}.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=1,
-    conda:
-        "../../envs/train.yaml"
+    params:
+        features_dir=f"{RESULTS}/features/{ENCODER}",
+        tables_dir=get_tables_dir,
+        settings=get_train_settings,
     shell:
         "histofuse train --model {wildcards.model} --fold {wildcards.fold} "
         "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
