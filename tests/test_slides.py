@@ -10,7 +10,14 @@ import pytest
 from PIL import Image
 
 from histofuse.errors import ConfigError, SlideError
-from histofuse.slides.mask import MaskSettings, compute_tissue_mask, mask_slide, read_mask_png
+from histofuse.slides.mask import (
+    MaskSettings,
+    compute_tissue_mask,
+    mask_slide,
+    morphological_mask,
+    otsu_mask,
+    read_mask_png,
+)
 from histofuse.slides.reader import SlideInfo, open_slide
 from histofuse.slides.tiling import (
     TilingSettings,
@@ -86,6 +93,28 @@ def test_mask_on_real_tiles() -> None:
     tissue_file = next(Path(shared_file("data", "tiles")).glob("tissue-level0*.png"))
     tissue = np.asarray(Image.open(tissue_file).convert("RGB"))
     assert compute_tissue_mask(tissue, mpp=1.0, settings=settings).mean() > 0.3
+
+
+def _tiatoolbox_reference_images() -> list[np.ndarray]:
+    tiles = sorted(Path(shared_file("data", "tiles")).glob("*.png"))
+    images = [np.asarray(Image.open(tile).convert("RGB")) for tile in tiles]
+    with open_slide(shared_file("data", "slides", "cmu_small_region.svs")) as slide:
+        thumbnail, _ = slide.thumbnail_at_mpp(8.0)
+    return [*images, np.ascontiguousarray(thumbnail[..., :3])]
+
+
+def test_maskers_equal_tiatoolbox_on_real_images() -> None:
+    from tiatoolbox.tools.tissuemask import MorphologicalMasker, OtsuTissueMasker
+
+    for image in _tiatoolbox_reference_images():
+        expected = OtsuTissueMasker().fit_transform([image])[0]
+        np.testing.assert_array_equal(otsu_mask(image), expected)
+        for kernel_px, min_region_px in ((1, 1), (5, 40), (9, 400)):
+            morph = MorphologicalMasker(kernel_size=kernel_px, min_region_size=min_region_px)
+            expected = morph.fit_transform([image])[0]
+            np.testing.assert_array_equal(
+                morphological_mask(image, kernel_px=kernel_px, min_region_px=min_region_px), expected
+            )
 
 
 def test_mask_settings_reject_unknown_method() -> None:

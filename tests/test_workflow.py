@@ -44,6 +44,7 @@ def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "clinical": str(written["clinical"]),
         },
         "folds": {"k": 3, "seed": 0, "val_fraction": 0.2},
+        "tiling": {"mpp": 0.5},
         "features": {"batch_size": 32},
         "training": {"epochs": 25, "patience": 6, "hidden_dim": 64, "grad_accum": 4},
     }

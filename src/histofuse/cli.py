@@ -34,6 +34,13 @@ def _optional_path(value: str) -> Path | None:
     return None if value in ("", "None") else Path(value)
 
 
+def _limit_torch_threads(threads: int) -> None:
+    """Keep torch's intra-op pool to the job's share of the cores (it defaults to all of them)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from histofuse.demo import DemoSpec, make_demo_cohort
 
@@ -74,6 +81,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from histofuse.features.encoders import build_encoder
     from histofuse.features.extract import ExtractSettings, extract_slide_features
 
+    _limit_torch_threads(args.threads)
     encoder = build_encoder(args.encoder, weights=args.weights)
     settings = ExtractSettings(
         batch_size=args.batch_size,
@@ -120,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from histofuse.training.settings import TrainSettings
     from histofuse.training.trainer import train_fold
 
+    _limit_torch_threads(args.threads)
     settings = TrainSettings.from_mapping(json.loads(args.settings))
     train_fold(
         model_name=args.model,
@@ -191,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--out", required=True, type=Path)
 
     p = add("prepare-tables", cmd_prepare_tables, "Check and type the cohort tables, to parquet.")
@@ -219,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--history", default=None)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
 
     p = add("evaluate", cmd_evaluate, "Metrics per model, task and fold, and their summary.")
     p.add_argument("--predictions", nargs="+", required=True)

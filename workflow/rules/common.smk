@@ -1,6 +1,7 @@
 # Configuration and sample sheets: validated on load; input functions for the rules.
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -132,3 +133,26 @@ def get_tables_dir(wildcards, input):
 def get_output_tables_dir(wildcards, output):
     """The tables folder, derived from the patients table among the outputs."""
     return str(Path(output.patients).parent)
+
+
+def gpu_request(device):
+    """GPUs a job asks for: 1 for cuda, 0 for cpu; for auto, 1 only where nvidia-smi is on PATH.
+
+    The cluster profile sets the GPU request of its GPU rules explicitly.
+    """
+    if device == "cpu":
+        return 0
+    if device == "auto":
+        return int(shutil.which("nvidia-smi") is not None)
+    return 1
+
+
+def get_extract_threads(wildcards):
+    """Threads of an extraction job: loader workers + 1 on a GPU, one per job on the CPU.
+
+    On the CPU, starting Python and the encoder costs seconds per slide, so one-thread jobs side by
+    side use the cores better than one wide job at a time.
+    """
+    if gpu_request(config["features"]["device"]):
+        return 1 + int(config["features"]["num_workers"])
+    return 1

@@ -13,11 +13,11 @@ rule extract_features:
         f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
     conda:
         "../../envs/features.yaml"
-    threads: 2
+    threads: get_extract_threads
     resources:
         mem_mb=8000,
         runtime=60,
-        gpu=1,
+        gpu=gpu_request(config["features"]["device"]),
     params:
         mpp=get_slide_mpp,
         reader=config["reader"],
@@ -30,5 +30,5 @@ rule extract_features:
         "histofuse extract --slide '{input.slide}' --tiles '{input.tiles}' --mpp '{params.mpp}' "
         "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
         "--batch-size {params.batch_size} --num-workers {params.num_workers} "
-        "--device {params.device} --precision {params.precision} "
+        "--device {params.device} --precision {params.precision} --threads {threads} "
         "--out '{output.features}' > '{log}' 2>&1"

@@ -23,7 +23,7 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1,
+        gpu=gpu_request(config["training"]["device"]),
     params:
         features_dir=f"{RESULTS}/features/{ENCODER}",
         tables_dir=get_tables_dir,
@@ -33,4 +33,4 @@ rule train:
         "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
         "--folds '{input.folds}' --settings '{params.settings}' "
         "--checkpoint '{output.checkpoint}' --history '{output.history}' "
-        "--predictions '{output.predictions}' > '{log}' 2>&1"
+        "--predictions '{output.predictions}' --threads {threads} > '{log}' 2>&1"
