@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,45 +9,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from histofuse.demo import DemoSpec, make_demo_cohort
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def snakemake(*args: str, cwd: Path = REPO, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(
-        [str(BIN / "snakemake"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from histofuse.demo import DemoSpec
+from workflow_support import demo_config as make_config
+from workflow_support import make_cohort, snakemake, write_config
 
 
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    written = make_demo_cohort(root / "cohort", DemoSpec.reduced())
-    config = {
-        "results": str(root / "results"),
-        "samples": {"slides": str(written["slides_sheet"]), "patients": str(written["patients_sheet"])},
-        "tables": {
-            "genomics": str(written["genomics"]),
-            "gene_groups": str(written["gene_groups"]),
-            "clinical": str(written["clinical"]),
-        },
-        "folds": {"k": 3, "seed": 0, "val_fraction": 0.2},
-        "tiling": {"mpp": 0.5},
-        "features": {"batch_size": 32},
-        "training": {"epochs": 25, "patience": 6, "hidden_dim": 64, "grad_accum": 4},
-    }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    cohort = make_cohort(root, DemoSpec.reduced())
+    config = make_config(
+        root,
+        cohort,
+        folds={"k": 3, "seed": 0, "val_fraction": 0.2},
+        training={"epochs": 25, "patience": 6, "hidden_dim": 64, "grad_accum": 4},
+    )
+    return write_config(root / "config.yaml", config)
 
 
 @pytest.fixture(scope="module")

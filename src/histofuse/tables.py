@@ -9,6 +9,8 @@ No statistic is fitted here: imputation and scaling happen per fold, on its trai
 
 from __future__ import annotations
 
+import os
+
 import json
 import logging
 from collections.abc import Sequence
@@ -44,10 +46,14 @@ def _row_list(frame: pd.DataFrame, mask: pd.Series, id_column: str, limit: int =
 
 
 def resolve_slide_paths(slides: pd.DataFrame, sheet: Path) -> pd.DataFrame:
-    """Make relative slide paths relative to the sheet's folder."""
+    """Make relative slide paths relative to the sheet's folder.
+
+    A sheet named by a relative path gives relative slide paths (from the working directory), so a
+    project folder can move without every slide counting as a changed input.
+    """
     out = slides.copy()
-    base = sheet.resolve().parent
-    out["path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in out["path"]]
+    base = sheet.parent
+    out["path"] = [str(p if Path(p).is_absolute() else Path(os.path.normpath(base / p))) for p in out["path"]]
     return out
 
 
