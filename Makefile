@@ -39,7 +39,7 @@ demo: demo-data
 	@echo "Report: results/report.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slurm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slurm: $(STAMP)
 	$(BIN)/python -m pytest -m slurm $(PYTEST_ARGS)

@@ -21,9 +21,12 @@ TINY = DemoSpec(n_patients=10, n_slides=11, min_side_px=1024, max_side_px=1280, 
 """A cohort just big enough for every stage: 10 patients, 11 slides."""
 
 
-def snakemake(*args: str, cwd: Path = REPO, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
+def snakemake(
+    *args: str, cwd: Path = REPO, timeout: int = 1500, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the venv's snakemake with ``args`` in ``cwd``; never raises on a failed run."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    base_env = os.environ if env is None else env
+    env = {**base_env, "PATH": f"{BIN}{os.pathsep}{base_env.get('PATH', '')}"}
     return subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=cwd,
