@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +42,14 @@ patients = validate_sheet(
     id_column="patient_id",
 )
 SLIDE_IDS = list(slides["slide_id"])
+# Plain dicts: input functions run once per job, and a pandas lookup per call adds up for
+# cohorts of thousands of slides.
+SLIDE_PATHS = dict(zip(slides["slide_id"], slides["path"]))
+SLIDE_MPPS = (
+    {k: "" if pd.isna(v) else str(v) for k, v in zip(slides["slide_id"], slides["mpp"])}
+    if "mpp" in slides.columns
+    else {}
+)
 
 
 wildcard_constraints:
@@ -59,20 +68,15 @@ def get_final_output():
 
 
 def get_slide_path(wildcards):
-    return slides.loc[wildcards.slide, "path"]
+    return SLIDE_PATHS[wildcards.slide]
 
 
 def get_slide_mpp(wildcards):
     """The sheet's mpp for this slide, or an empty string (then the slide's metadata is used)."""
-    if "mpp" not in slides.columns:
-        return ""
-    value = slides.loc[wildcards.slide, "mpp"]
-    return "" if pd.isna(value) else str(value)
+    return SLIDE_MPPS.get(wildcards.slide, "")
 
 
-def get_encoder_weights(wildcards):
-    weights = config["features"].get("weights") or ""
-    return str(weights)
+ENCODER_WEIGHTS = str(config["features"].get("weights") or "")
 
 
 def get_feature_files(wildcards):
@@ -135,6 +139,7 @@ def get_output_tables_dir(wildcards, output):
     return str(Path(output.patients).parent)
 
 
+@lru_cache(maxsize=None)
 def gpu_request(device):
     """GPUs a job asks for: 1 for cuda, 0 for cpu; for auto, 1 only where nvidia-smi is on PATH.
 
@@ -147,7 +152,7 @@ def gpu_request(device):
     return 1
 
 
-def get_extract_threads(wildcards):
+def extract_threads():
     """Threads of an extraction job: loader workers + 1 on a GPU, one per job on the CPU.
 
     On the CPU, starting Python and the encoder costs seconds per slide, so one-thread jobs side by

@@ -13,7 +13,7 @@ rule extract_features:
         f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
     conda:
         "../../envs/features.yaml"
-    threads: get_extract_threads
+    threads: extract_threads()
     resources:
         mem_mb=8000,
         runtime=60,
@@ -21,7 +21,7 @@ rule extract_features:
     params:
         mpp=get_slide_mpp,
         reader=config["reader"],
-        weights=get_encoder_weights,
+        weights=ENCODER_WEIGHTS,
         batch_size=config["features"]["batch_size"],
         num_workers=config["features"]["num_workers"],
         device=config["features"]["device"],
