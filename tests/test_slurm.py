@@ -25,6 +25,9 @@ pytestmark = pytest.mark.slurm
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
 COHORT = DemoSpec(n_patients=8, n_slides=8, min_side_px=1024, max_side_px=1280, seed=3)
 FOLDS = 2
+# the profile packs per-slide jobs into group jobs; here all masks and tiles in one CPU job and the
+# extractions in GPU jobs of SLIDES_PER_GPU_JOB slides
+SLIDES_PER_GPU_JOB = 4
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +86,9 @@ def test_reduced_demo_runs_as_slurm_jobs(slurm_env: dict[str, str], tmp_path: Pa
         # the one-node test cluster has 2 CPUs: one thread per extraction job (the profile asks for 4)
         "--set-threads",
         "extract_features=1",
+        "--group-components",
+        "slide_prep=50",
+        f"slide_features={SLIDES_PER_GPU_JOB}",
         env=slurm_env,
         timeout=1500,
     )
@@ -95,13 +101,20 @@ def test_reduced_demo_runs_as_slurm_jobs(slurm_env: dict[str, str], tmp_path: Pa
     features = sorted((results / "features" / "efficientnet_lite0").glob("*.h5"))
     assert len(features) == COHORT.n_slides
 
-    # every job was submitted: three per slide, one per fold, one per cohort-level stage
-    submitted = (proc.stdout + proc.stderr).count("has been submitted with SLURM jobid")
-    assert submitted == 3 * COHORT.n_slides + FOLDS + 4
+    # every job ran through sbatch: the 16 mask and tiling jobs in one group job, the 8 extractions
+    # in two, then per fold one preprocessing and one training job, and four cohort-level jobs
+    log = proc.stdout + proc.stderr
+    submitted = log.count("has been submitted with SLURM jobid")
+    gpu_groups = -(-COHORT.n_slides // SLIDES_PER_GPU_JOB)
+    assert submitted == 1 + gpu_groups + 2 * FOLDS + 4
+    assert log.count("slurm_logs/group_slide_prep_tile_tissue_mask/") == 1
+    assert log.count("slurm_logs/group_slide_features_extract_features/") == gpu_groups
+    for slide in (results / "tiles").glob("*.h5"):
+        assert (results / "benchmarks" / "tissue_mask" / f"{slide.stem}.tsv").is_file()
     records = sacct_jobs(slurm_env)
     assert (records["state"] == "COMPLETED").sum() >= submitted
     completed = records[records["state"] == "COMPLETED"].tail(submitted)
-    # extraction and training jobs were allocated a GPU; the other jobs were not
+    # the extraction groups and the training jobs were allocated a GPU; the other jobs were not
     with_gpu = completed["tres"].str.contains("gres/gpu", regex=False)
-    assert with_gpu.sum() == COHORT.n_slides + FOLDS
-    assert (~with_gpu).sum() == 2 * COHORT.n_slides + 4
+    assert with_gpu.sum() == gpu_groups + FOLDS
+    assert (~with_gpu).sum() == 1 + FOLDS + 4
