@@ -25,3 +25,40 @@ def test_tiling_benchmark_quick_prints_json_figures() -> None:
     assert all(line["benchmark"] == "tiling_coords" for line in lines)
     assert figures["vectorised_s"]["tissue_tiles"] >= 4000
     assert figures["speedup_naive_over_vectorised"]["value"] > 0
+
+
+def test_extract_throughput_quick_cpu_prints_json_figures() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "extract_throughput.py"),
+            "--quick",
+            "--device",
+            "cpu",
+            "--encoders",
+            "resnet50_trunc",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    figures = {line["figure"]: line for line in lines}
+    assert len(lines) == len(figures) == 5
+    rates = {"encoder_only", "naive_loader", "histofuse"}
+    ratios = {"histofuse_over_encoder_only", "histofuse_over_naive_loader"}
+    assert set(figures) == rates | ratios
+    for line in lines:
+        assert line["benchmark"] == "extract_throughput"
+        assert line["encoder"] == "resnet50_trunc"
+        assert line["device"] == "cpu" and line["precision"] == "fp32"
+        assert isinstance(line["batch_size"], int) and isinstance(line["workers"], int)
+        assert line["tiles"] > 0 and line["quick"] is True
+        assert isinstance(line["git_revision"], str) and line["git_revision"]
+        assert {"python", "torch", "timm", "openslide", "histofuse", "numpy"} <= set(line["versions"])
+        assert isinstance(line["value"], float | int) and line["value"] > 0
+    assert all(figures[name]["unit"] == "tiles/s" for name in rates)
+    assert all(figures[name]["unit"] == "ratio" for name in ratios)
+    assert len(figures["histofuse"]["features_sha256"]) == 64

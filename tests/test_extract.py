@@ -272,3 +272,206 @@ def test_bf16_on_cpu_is_close_to_fp32(tmp_path: Path, slide: Path, lite0: Encode
     assert low.dtype == np.float32
     cosine = (low * full[:2]).sum(1) / np.linalg.norm(low, axis=1) / np.linalg.norm(full[:2], axis=1)
     assert (cosine > 0.95).all()
+
+
+# ------------------------------------------------------------------------------ region reads
+
+
+from histofuse.features.extract import RegionTileDataset, _rebatch  # noqa: E402
+from histofuse.features.regions import plan_reads  # noqa: E402
+from histofuse.features.stain import MacenkoNormaliser, fit_stains, load_normaliser  # noqa: E402
+from histofuse.slides.pyramid import write_pyramidal_tiff  # noqa: E402
+
+GRID = np.array([[x, y] for y in range(0, SIDE - TILE + 1, 128) for x in range(0, SIDE - TILE + 1, 128)])
+"""Every 256-px tile at a 128-px stride: overlapping neighbours, 49 in all."""
+
+
+@pytest.fixture(scope="module")
+def jpeg_slide(tmp_path_factory: pytest.TempPathFactory, image: np.ndarray) -> Path:
+    path = tmp_path_factory.mktemp("jpeg") / "slide-1.tiff"
+    write_pyramidal_tiff(path, image, mpp=MPP, levels=3)
+    return path
+
+
+def _tiles_by_index(dataset: RegionTileDataset) -> dict[int, np.ndarray]:
+    out: dict[int, np.ndarray] = {}
+    for i in range(len(dataset)):
+        indices, tiles = dataset[i]
+        out.update({int(k): tile.numpy() for k, tile in zip(indices, tiles, strict=True)})
+    dataset.close()
+    return out
+
+
+@pytest.mark.parametrize("which", ["zlib", "jpeg"])
+@pytest.mark.parametrize(("level", "read_px"), [(0, 256), (1, 128)])
+def test_region_reads_give_the_pixels_of_single_tile_reads(
+    request: pytest.FixtureRequest, which: str, level: int, read_px: int
+) -> None:
+    path = request.getfixturevalue("slide" if which == "zlib" else "jpeg_slide")
+    downsample = 2.0**level
+
+    def dataset(region_px: int) -> RegionTileDataset:
+        jobs = plan_reads(GRID, downsample=downsample, read_tile_px=read_px, region_px=region_px)
+        return RegionTileDataset(
+            slide_path=path, jobs=jobs, read_level=level, read_tile_px=read_px, tile_px=224, reader="openslide", mpp=None
+        )
+
+    shared, single = dataset(512), dataset(0)
+    assert len(shared) < len(GRID) // 4  # neighbours really share reads
+    assert len(single) == len(GRID)
+    a, b = _tiles_by_index(shared), _tiles_by_index(single)
+    assert sorted(a) == sorted(b) == list(range(len(GRID)))
+    for index in a:
+        np.testing.assert_array_equal(a[index], b[index])
+
+
+def test_features_equal_the_per_tile_path(tmp_path: Path, jpeg_slide: Path, lite0: Encoder) -> None:
+    corner = GRID[(GRID <= 256).all(axis=1)]  # 3 × 3 overlapping tiles: one shared region read
+    assert len(plan_reads(corner, downsample=1.0, read_tile_px=TILE, region_px=512)) == 1
+    tiles = _write_tiles(tmp_path / "tiles.h5", corner)
+    outputs = {}
+    for name, settings in {
+        "per_tile": ExtractSettings(batch_size=4, device="cpu", region_px=0),
+        "regions": ExtractSettings(batch_size=4, device="cpu", region_px=2048),
+        "regions_workers": ExtractSettings(batch_size=5, device="cpu", region_px=512, num_workers=2),
+    }.items():
+        out = tmp_path / f"{name}.h5"
+        n = extract_slide_features(slide_path=jpeg_slide, tiles_h5=tiles, out_h5=out, encoder=lite0, settings=settings)
+        assert n == len(corner) == 9
+        outputs[name] = read_features(out)
+    reference, coords, _ = outputs["per_tile"]
+    for name in ("regions", "regions_workers"):
+        features, other_coords, attrs = outputs[name]
+        np.testing.assert_array_equal(other_coords, coords)
+        np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-5)
+        assert attrs["source"] == "extracted" and attrs["stain_norm"] == "none"
+
+
+def test_plan_reads_covers_every_tile_once() -> None:
+    coords = np.concatenate([GRID, [[4000, 4000], [9000, 100]]])  # two isolated tiles far away
+    jobs = plan_reads(coords, downsample=1.0, read_tile_px=256, region_px=1024)
+    seen = np.concatenate([job.indices for job in jobs])
+    assert sorted(seen.tolist()) == list(range(len(coords)))
+    for job in jobs:
+        assert max(job.size) <= 1024 + 256
+        for index, (ox, oy) in zip(job.indices, job.offsets, strict=True):
+            assert (job.location[0] + ox, job.location[1] + oy) == tuple(coords[index])
+    singles = [job for job in jobs if len(job.indices) == 1]
+    assert {int(job.indices[0]) for job in singles} >= {len(GRID), len(GRID) + 1}
+    # off the read level's pixel grid, or a non-integral downsample: every tile is read alone
+    assert len(plan_reads(GRID + 1, downsample=2.0, read_tile_px=128, region_px=1024)) == len(GRID)
+    assert len(plan_reads(GRID, downsample=2.0003, read_tile_px=128, region_px=1024)) == len(GRID)
+    # two tiles in opposite corners of a cell would waste most of the region: read alone
+    assert len(plan_reads(np.array([[0, 0], [1792, 1792]]), downsample=1.0, read_tile_px=256, region_px=2048)) == 2
+    assert plan_reads(np.zeros((0, 2)), downsample=1.0, read_tile_px=256, region_px=2048) == []
+
+
+def test_rebatch_makes_exact_batches_in_order() -> None:
+    sizes = [3, 1, 5, 2]
+    start = np.cumsum([0, *sizes])
+    chunks = [
+        (torch.arange(a, b), torch.full((b - a, 2, 2, 3), a, dtype=torch.uint8).add_(torch.arange(b - a).view(-1, 1, 1, 1)))
+        for a, b in zip(start[:-1], start[1:], strict=True)
+    ]
+    batches = list(_rebatch(chunks, 4, pin=False))
+    assert [len(indices) for indices, _ in batches] == [4, 4, 3]
+    indices = np.concatenate([indices for indices, _ in batches])
+    np.testing.assert_array_equal(indices, np.arange(11))
+    values = torch.cat([tiles for _, tiles in batches])[:, 0, 0, 0].numpy()
+    np.testing.assert_array_equal(values, np.arange(11))
+
+
+def test_progress_bar_on_stderr(tmp_path: Path, slide: Path, lite0: Encoder, capsys: pytest.CaptureFixture[str]) -> None:
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS[:3])
+    extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=tmp_path / "f.h5", encoder=lite0, settings=CPU)
+    err = capsys.readouterr().err
+    assert "slide-1" in err and "3/3" in err
+
+
+def test_new_settings_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="region_px"):
+        ExtractSettings(region_px=-1)
+    with pytest.raises(ConfigError, match="reinhard"):
+        ExtractSettings(stain_norm="reinhard")
+    with pytest.raises(ConfigError, match="features.stain_target"):
+        ExtractSettings(stain_norm="macenko")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_normaliser("macenko", tmp_path / "absent.png")
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 250, dtype=np.uint8)).save(tmp_path / "blank.png")
+    with pytest.raises(ConfigError, match="too little H&E stain"):
+        load_normaliser("macenko", tmp_path / "blank.png")
+    assert load_normaliser(None, None) is None
+
+
+# --------------------------------------------------------------------------- stain normalisation
+
+# Two hand-made pairs of haematoxylin and eosin optical-density vectors (columns), both H&E-like:
+# every channel absorbs enough for the pixels to pass Macenko's background threshold
+HAND_MADE = np.array([[0.60, 0.25], [0.75, 0.85], [0.28, 0.45]])
+OTHER = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
+
+
+def _stained(stains: np.ndarray, seed: int, side: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image made by Beer–Lambert from ``stains`` (3 × 2) and its concentrations (2 × N)."""
+    stains = stains / np.linalg.norm(stains, axis=0, keepdims=True)
+    rng = np.random.default_rng(seed)
+    n = side * side
+    kind = rng.integers(0, 3, size=n)  # mostly haematoxylin, mostly eosin, or both
+    conc = np.stack([rng.uniform(0.3, 1.5, n) * (kind != 1), rng.uniform(0.3, 1.5, n) * (kind != 0)])
+    od = stains @ conc
+    rgb = np.clip(np.rint(255.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+    return rgb.T.reshape(side, side, 3), conc
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=0)
+    b = b / np.linalg.norm(b, axis=0)
+    return (a * b).sum(axis=0)
+
+
+def test_macenko_recovers_a_hand_made_stain_matrix() -> None:
+    for stains, seed in ((HAND_MADE, 1), (OTHER, 2)):
+        image, _ = _stained(stains, seed)
+        fit = fit_stains(image)
+        assert fit is not None
+        assert (_cosines(fit.stain_matrix, stains) > 0.99).all()  # haematoxylin first, then eosin
+        np.testing.assert_allclose(np.linalg.norm(fit.stain_matrix, axis=0), 1.0)
+
+
+def test_macenko_moves_an_image_to_the_target_stains() -> None:
+    source, conc = _stained(HAND_MADE, 3)
+    target, _ = _stained(OTHER, 4)
+    normalised = MacenkoNormaliser.from_image(target)(source)
+    assert normalised.shape == source.shape and normalised.dtype == np.uint8
+    # the source's own concentrations drawn in the target's stains
+    stains = OTHER / np.linalg.norm(OTHER, axis=0, keepdims=True)
+    expected = np.clip(255.0 * np.exp(-(stains @ conc)) - 1.0, 0, 255).T.reshape(source.shape)
+    after = np.abs(normalised.astype(float) - expected).mean()
+    before = np.abs(source.astype(float) - expected).mean()
+    assert after < 1.5 and after < before / 5
+    refit = fit_stains(normalised)
+    assert refit is not None and (_cosines(refit.stain_matrix, OTHER) > 0.99).all()
+
+
+def test_macenko_leaves_background_tiles_alone() -> None:
+    blank = np.full((32, 32, 3), 245, dtype=np.uint8)
+    target, _ = _stained(OTHER, 5)
+    assert (MacenkoNormaliser.from_image(target)(blank) == blank).all()
+
+
+def test_extraction_with_stain_normalisation(tmp_path: Path, slide: Path, lite0: Encoder, extracted: Path) -> None:
+    from PIL import Image
+
+    target, _ = _stained(OTHER, 6)
+    Image.fromarray(target).save(tmp_path / "target.png")
+    tiles = _write_tiles(tmp_path / "tiles.h5", COORDS[:2])
+    settings = dataclasses.replace(CPU, stain_norm="macenko", stain_target=str(tmp_path / "target.png"))
+    out = tmp_path / "features.h5"
+    extract_slide_features(slide_path=slide, tiles_h5=tiles, out_h5=out, encoder=lite0, settings=settings)
+    features, _, attrs = read_features(out)
+    plain, _, _ = read_features(extracted)
+    assert attrs["stain_norm"] == "macenko" and attrs["stain_target"] == str(tmp_path / "target.png")
+    assert np.isfinite(features).all()
+    assert np.abs(features - plain[:2]).max() > 1e-2

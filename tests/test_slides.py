@@ -175,3 +175,53 @@ def test_mask_and_tiles_on_the_real_slide(tmp_path: Path) -> None:
     grid = compute_tile_grid(info, mask, TilingSettings())
     assert 10 < len(grid.coords) < 100
     assert Image.open(tmp_path / "qc.png").size == (mask.shape[1], mask.shape[0])
+
+
+def test_max_tiles_samples_a_seeded_subset_in_grid_order() -> None:
+    info = _info(width=4096, height=4096, mpp=0.5)
+    mask = np.ones((64, 64), dtype=bool)
+    full = compute_tile_grid(info, mask, TilingSettings())
+    assert len(full.coords) == 256
+    capped = compute_tile_grid(info, mask, TilingSettings(max_tiles=20, seed=1))
+    again = compute_tile_grid(info, mask, TilingSettings(max_tiles=20, seed=1))
+    other = compute_tile_grid(info, mask, TilingSettings(max_tiles=20, seed=2))
+    assert capped.coords.shape == (20, 2)
+    np.testing.assert_array_equal(capped.coords, again.coords)
+    assert not np.array_equal(capped.coords, other.coords)
+    full_rows = {tuple(row) for row in full.coords}
+    assert all(tuple(row) in full_rows for row in capped.coords)
+    order = [list(map(tuple, full.coords)).index(tuple(row)) for row in capped.coords]
+    assert order == sorted(order)
+    assert capped.tissue.shape == (20,)
+    assert (capped.attrs["max_tiles"], capped.attrs["n_tissue_tiles"]) == (20, 256)
+    roomy = compute_tile_grid(info, mask, TilingSettings(max_tiles=1000))
+    np.testing.assert_array_equal(roomy.coords, full.coords)
+    with pytest.raises(ConfigError, match="max_tiles"):
+        TilingSettings(max_tiles=0)
+
+
+def test_tiles_h5_carries_clam_and_trident_attributes(tmp_path: Path) -> None:
+    info = SlideInfo(**{**_info(width=4096, height=2048, mpp=0.25).__dict__, "objective_power": 40.0})
+    grid = compute_tile_grid(info, np.ones((64, 128), dtype=bool), TilingSettings(mpp=0.5, tile_px=256))
+    out = tmp_path / "tiles" / "S1.h5"
+    write_tiles_h5(grid, out, slide_id="S1", reader="openslide")
+    with h5py.File(out) as h5:
+        attrs = dict(h5["coords"].attrs)
+    assert attrs["patch_size"] == 256 and attrs["patch_level"] == 1
+    assert attrs["patch_size_level0"] == 512
+    np.testing.assert_allclose(attrs["downsample"], [2.0, 2.0])
+    np.testing.assert_array_equal(attrs["level_dim"], [2048, 1024])
+    np.testing.assert_array_equal(attrs["downsampled_level_dim"], [2048, 1024])
+    assert attrs["level0_magnification"] == 40.0 and attrs["target_magnification"] == 20.0
+    assert attrs["name"] == "S1" and attrs["save_path"] == str(out.parent)
+    # CLAM reads `patch_size` pixels at `patch_level`: that must be the tile as histofuse reads it
+    _, file_attrs = read_tiles_h5(out)
+    assert file_attrs["read_tile_px"] == attrs["patch_size"]
+
+
+def test_magnifications_are_left_out_when_unknown(tmp_path: Path) -> None:
+    grid = compute_tile_grid(_info(), np.ones((64, 128), dtype=bool), TilingSettings())
+    write_tiles_h5(grid, tmp_path / "t.h5", slide_id="S1", reader="openslide")
+    with h5py.File(tmp_path / "t.h5") as h5:
+        assert "level0_magnification" not in h5["coords"].attrs
+        assert "target_magnification" not in h5["coords"].attrs

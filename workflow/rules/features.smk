@@ -1,34 +1,67 @@
-# Per-slide feature extraction with the configured encoder (GPU when the node has one).
+# Per-slide tile features: extracted with the configured encoder (GPU when the node has one), or
+# imported from precomputed CLAM / TRIDENT files (features.source). Only the chosen rule exists, so
+# with precomputed features the DAG has no tissue_mask, tile or extract_features jobs.
 
 
-rule extract_features:
-    input:
-        slide=get_slide_path,
-        tiles=f"{RESULTS}/tiles/{{slide}}.h5",
-    output:
-        features=f"{RESULTS}/features/{{encoder}}/{{slide}}.h5",
-    log:
-        f"{RESULTS}/logs/extract_features/{{encoder}}/{{slide}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
-    conda:
-        "../../envs/features.yaml"
-    threads: extract_threads()
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=gpu_request(config["features"]["device"]),
-    params:
-        mpp=get_slide_mpp,
-        reader=config["reader"],
-        weights=ENCODER_WEIGHTS,
-        batch_size=config["features"]["batch_size"],
-        num_workers=config["features"]["num_workers"],
-        device=config["features"]["device"],
-        precision=config["features"]["precision"],
-    shell:
-        "histofuse extract --slide '{input.slide}' --tiles '{input.tiles}' --mpp '{params.mpp}' "
-        "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
-        "--batch-size {params.batch_size} --num-workers {params.num_workers} "
-        "--device {params.device} --precision {params.precision} --threads {threads} "
-        "--out '{output.features}' > '{log}' 2>&1"
+if FEATURES_SOURCE == "precomputed":
+
+    rule import_features:
+        input:
+            precomputed=get_precomputed_features,
+        output:
+            features=f"{RESULTS}/features/{{encoder}}/{{slide}}.h5",
+        log:
+            f"{RESULTS}/logs/import_features/{{encoder}}/{{slide}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/import_features/{{encoder}}/{{slide}}.tsv"
+        conda:
+            "../../envs/features.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            folder=PRECOMPUTED_DIR,
+        shell:
+            "histofuse import-features --folder '{params.folder}' --slide-id '{wildcards.slide}' "
+            "--encoder '{wildcards.encoder}' --out '{output.features}' > '{log}' 2>&1"
+
+else:
+
+    rule extract_features:
+        input:
+            slide=get_slide_path,
+            tiles=f"{RESULTS}/tiles/{{slide}}.h5",
+        output:
+            features=f"{RESULTS}/features/{{encoder}}/{{slide}}.h5",
+        log:
+            f"{RESULTS}/logs/extract_features/{{encoder}}/{{slide}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
+        conda:
+            "../../envs/features.yaml"
+        threads: extract_threads()
+        resources:
+            mem_mb=8000,
+            runtime=60,
+            gpu=gpu_request(config["features"]["device"]),
+        params:
+            mpp=get_slide_mpp,
+            reader=config["reader"],
+            weights=ENCODER_WEIGHTS,
+            batch_size=config["features"]["batch_size"],
+            num_workers=config["features"]["num_workers"],
+            device=config["features"]["device"],
+            precision=config["features"]["precision"],
+            region_px=config["features"]["region_px"],
+            compile=config["features"]["compile"],
+            stain_norm=config["features"]["stain_norm"] or "",
+            stain_target=config["features"]["stain_target"] or "",
+        shell:
+            "histofuse extract --slide '{input.slide}' --tiles '{input.tiles}' --mpp '{params.mpp}' "
+            "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
+            "--batch-size {params.batch_size} --num-workers {params.num_workers} "
+            "--device {params.device} --precision {params.precision} --threads {threads} "
+            "--region-px {params.region_px} --compile {params.compile} "
+            "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "
+            "--out '{output.features}' > '{log}' 2>&1"

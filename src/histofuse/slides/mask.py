@@ -7,8 +7,10 @@ computed here with scikit-image and OpenCV directly because importing ``tiatoolb
 torch, transformers and umap — about 13 s of CPU per slide job, against well under a second for
 the mask itself; ``tests/test_slides.py`` checks that both give exactly tiatoolbox's masks.
 
-histofuse adds a background filter so that near-white, unsaturated pixels (glass, scanner noise)
-never count as tissue, which keeps an empty slide empty instead of letting Otsu split noise in two.
+Two optional filters then clean the mask before tiling (see :mod:`histofuse.slides.filters`):
+the blank-background filter (on by default) makes near-white or unstained grey pixels background and
+drops specks of debris, which keeps an empty slide empty instead of letting Otsu split noise in two;
+the pen-mark filter (off by default) removes marker ink of the chosen colours.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path
+from histofuse.slides.filters import PEN_COLOURS, blank_background_pixels, pen_mark_pixels, remove_small_regions
 from histofuse.slides.reader import SlideReader
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,16 @@ class MaskSettings:
     method: str = "otsu"
     mpp: float = 8.0
     """Resolution (µm/px) of the low-resolution view the mask is computed on."""
+    background_filter: bool = True
+    """Blank-background filter: bright or grey pixels and specks of debris are never tissue."""
     max_background_grey: int = 220
-    """Pixels brighter than this (0–255 grey) are background whatever the masker says."""
+    """Background filter: pixels brighter than this (0–255 grey) are background."""
     min_saturation: int = 12
-    """Pixels whose max−min over RGB is below this are background (glass, grey noise)."""
+    """Background filter: pixels whose max−min over RGB is below this are background (glass, noise)."""
+    min_tissue_um2: float = 100.0
+    """Background filter: tissue regions smaller than this (µm²) are dropped as debris."""
+    pen_marks: tuple[str, ...] = ()
+    """Pen-mark filter: ink colours removed from the mask (any of blue, green, red, black; empty = off)."""
     kernel_um: float = 64.0
     """Morphological masker only: closing kernel size in µm."""
     min_region_um2: float = 20000.0
@@ -54,6 +63,28 @@ class MaskSettings:
             )
         if not self.mpp > 0:
             raise ConfigError("tissue_mask.mpp must be positive.", column="tissue_mask.mpp")
+        for key in ("max_background_grey", "min_saturation"):
+            if not 0 <= getattr(self, key) <= 255:
+                raise ConfigError(
+                    f"tissue_mask.{key} must lie in 0–255.",
+                    column=f"tissue_mask.{key}",
+                    fix="give an 8-bit level (e.g. 220 for max_background_grey, 12 for min_saturation).",
+                )
+        if not self.min_tissue_um2 >= 0:
+            raise ConfigError("tissue_mask.min_tissue_um2 must be 0 or more.", column="tissue_mask.min_tissue_um2")
+        if isinstance(self.pen_marks, str):
+            raise ConfigError(
+                "tissue_mask.pen_marks must be a list of colours, not a single string.",
+                column="tissue_mask.pen_marks",
+                fix=f"write e.g. pen_marks: [{', '.join(PEN_COLOURS)}], or [] to keep pen marks.",
+            )
+        unknown = sorted(set(self.pen_marks) - set(PEN_COLOURS))
+        if unknown:
+            raise ConfigError(
+                f"unknown pen colour(s): {', '.join(unknown)}.",
+                column="tissue_mask.pen_marks",
+                fix=f"use any of: {', '.join(PEN_COLOURS)} (or [] to keep pen marks).",
+            )
 
 
 def otsu_mask(rgb: np.ndarray) -> np.ndarray:
@@ -83,7 +114,11 @@ def morphological_mask(rgb: np.ndarray, *, kernel_px: int, min_region_px: int) -
 
 
 def compute_tissue_mask(image: np.ndarray, *, mpp: float, settings: MaskSettings) -> np.ndarray:
-    """Boolean tissue mask of an RGB uint8 image at ``mpp`` µm/px."""
+    """Boolean tissue mask of an RGB uint8 image at ``mpp`` µm/px, with the configured filters applied.
+
+    Order: the masker, then blank background (pixels), then pen marks, then debris specks (so that
+    fragments left around removed ink go too).
+    """
     rgb = np.ascontiguousarray(image[..., :3])
     if settings.method == "otsu":
         mask = otsu_mask(rgb)
@@ -93,10 +128,14 @@ def compute_tissue_mask(image: np.ndarray, *, mpp: float, settings: MaskSettings
             kernel_px=max(1, int(round(settings.kernel_um / mpp))),
             min_region_px=max(1, int(round(settings.min_region_um2 / (mpp * mpp)))),
         )
-    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    saturation = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1).astype(np.int16)
-    mask &= grey <= settings.max_background_grey
-    mask &= saturation >= settings.min_saturation
+    if settings.background_filter:
+        mask &= ~blank_background_pixels(
+            rgb, max_grey=settings.max_background_grey, min_saturation=settings.min_saturation
+        )
+    if settings.pen_marks:
+        mask &= ~pen_mark_pixels(rgb, settings.pen_marks)
+    if settings.background_filter and settings.min_tissue_um2 > 0:
+        mask = remove_small_regions(mask, min_px=int(round(settings.min_tissue_um2 / (mpp * mpp))))
     return mask
 
 

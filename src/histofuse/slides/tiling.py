@@ -1,7 +1,15 @@
 """Tile grids at a target resolution, kept where the tissue mask covers enough of the tile.
 
 Coordinates are computed from the mask alone (a summed-area table gives every tile's tissue
-fraction at once): no slide pixels are read while tiling.
+fraction at once): no slide pixels are read while tiling. An optional cap keeps a seeded random
+subset of the tissue tiles, in grid order.
+
+The tiles file carries, on its ``coords`` dataset, the attribute names CLAM and TRIDENT read
+(``patch_size``, ``patch_level``, ``patch_size_level0``, ``downsample``, ``level_dim``,
+``downsampled_level_dim``, magnifications where known, ``name``, ``save_path``). ``patch_size`` is the
+tile side at the target resolution (TRIDENT's meaning); CLAM reads ``patch_size`` pixels at
+``patch_level``, which is the same tile whenever the read level matches the target resolution
+(``read_tile_px == tile_px``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,10 @@ class TilingSettings:
     """Overlap between neighbouring tiles, in pixels at the target resolution."""
     tissue_threshold: float = 0.5
     """Smallest fraction of a tile covered by tissue for the tile to be kept."""
+    max_tiles: int | None = None
+    """Keep at most this many tissue tiles per slide, sampled at random (``None``: keep all)."""
+    seed: int = 0
+    """Seed of the sampling under ``max_tiles`` (the same seed keeps the same tiles)."""
 
     def __post_init__(self) -> None:
         if not self.mpp > 0:
@@ -47,6 +59,12 @@ class TilingSettings:
             )
         if not 0.0 <= self.tissue_threshold <= 1.0:
             raise ConfigError("tiling.tissue_threshold must lie in [0, 1].", column="tiling.tissue_threshold")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise ConfigError(
+                "tiling.max_tiles must be at least 1.",
+                column="tiling.max_tiles",
+                fix="give a positive number of tiles, or null to keep every tissue tile.",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +85,13 @@ def tile_geometry(info: SlideInfo, settings: TilingSettings) -> dict[str, Any]:
     read_level = info.best_level_for_mpp(settings.mpp)
     read_downsample = info.level_downsamples[read_level]
     read_tile_px = int(round(tile_px_level0 / read_downsample))
+    read_width, read_height = info.level_dimensions[read_level]
+    magnifications: dict[str, float] = {}
+    if info.objective_power is not None:
+        magnifications = {
+            "level0_magnification": float(info.objective_power),
+            "target_magnification": float(info.objective_power * info.mpp / settings.mpp),
+        }
     return {
         "target_mpp": float(settings.mpp),
         "level0_mpp": float(info.mpp),
@@ -82,11 +107,14 @@ def tile_geometry(info: SlideInfo, settings: TilingSettings) -> dict[str, Any]:
         "tissue_threshold": float(settings.tissue_threshold),
         "level0_width": int(info.width),
         "level0_height": int(info.height),
+        "read_level_width": int(read_width),
+        "read_level_height": int(read_height),
         # CLAM / TRIDENT names for the same facts
         "patch_size": int(settings.tile_px),
         "patch_size_level0": tile_px_level0,
         "patch_level": int(read_level),
         "patch_mpp": float(settings.mpp),
+        **magnifications,
     }
 
 
@@ -132,7 +160,46 @@ def compute_tile_grid(info: SlideInfo, mask: np.ndarray, settings: TilingSetting
         if settings.tissue_threshold == 0:
             keep &= fractions > 0
     coords = np.stack([x0[keep], y0[keep]], axis=1) if keep.any() else np.zeros((0, 2), dtype=np.int64)
-    return TileGrid(coords=coords.astype(np.int64), tissue=fractions[keep], attrs=geometry)
+    tissue = fractions[keep]
+    geometry["n_tissue_tiles"] = int(coords.shape[0])
+    if settings.max_tiles is not None:
+        geometry["max_tiles"] = int(settings.max_tiles)
+        geometry["sampling_seed"] = int(settings.seed)
+        chosen = sample_tile_indices(coords.shape[0], settings.max_tiles, seed=settings.seed)
+        coords, tissue = coords[chosen], tissue[chosen]
+    return TileGrid(coords=coords.astype(np.int64), tissue=tissue, attrs=geometry)
+
+
+def sample_tile_indices(n: int, max_tiles: int, *, seed: int) -> np.ndarray:
+    """Indices of at most ``max_tiles`` of ``n`` tiles, drawn without replacement, in increasing order.
+
+    Deterministic for a seed; all ``n`` indices when ``n <= max_tiles``.
+    """
+    if n <= max_tiles:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=max_tiles, replace=False)).astype(np.int64)
+
+
+def coords_attributes(attrs: dict[str, Any], *, slide_id: str, save_path: str | Path) -> dict[str, Any]:
+    """CLAM / TRIDENT attributes of the ``coords`` dataset, from a grid's geometry ``attrs``."""
+    downsample = float(attrs["read_downsample"])
+    level_dim = np.array([attrs["read_level_width"], attrs["read_level_height"]], dtype=np.int64)
+    out: dict[str, Any] = {
+        "patch_size": int(attrs["tile_px"]),
+        "patch_level": int(attrs["read_level"]),
+        "patch_size_level0": int(attrs["tile_px_level0"]),
+        "downsample": np.array([downsample, downsample], dtype=np.float64),
+        "level_dim": level_dim,
+        "downsampled_level_dim": level_dim.copy(),
+        "overlap": int(attrs["overlap_px"]),
+        "name": str(slide_id),
+        "save_path": str(save_path),
+    }
+    for key in ("level0_magnification", "target_magnification"):
+        if key in attrs:
+            out[key] = float(attrs[key])
+    return out
 
 
 def write_tiles_h5(grid: TileGrid, path: str | Path, *, slide_id: str, reader: str) -> None:
@@ -143,8 +210,8 @@ def write_tiles_h5(grid: TileGrid, path: str | Path, *, slide_id: str, reader: s
             h5.create_dataset("tissue_fraction", data=grid.tissue, dtype="float32")
             for key, value in grid.attrs.items():
                 h5.attrs[key] = value
-            h5["coords"].attrs["patch_size"] = grid.attrs["patch_size"]
-            h5["coords"].attrs["patch_level"] = grid.attrs["patch_level"]
+            for key, value in coords_attributes(grid.attrs, slide_id=slide_id, save_path=Path(path).parent).items():
+                h5["coords"].attrs[key] = value
             h5.attrs["slide_id"] = slide_id
             h5.attrs["reader"] = reader
             h5.attrs["n_tiles"] = int(grid.coords.shape[0])

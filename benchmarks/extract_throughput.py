@@ -1,0 +1,396 @@
+"""Feature-extraction throughput: the encoder alone, a naive per-tile loader, and histofuse end to end.
+
+A synthetic H&E-like slide is written as a JPEG-compressed pyramidal BigTIFF (24,576 px a side at
+0.5 µm/px by default; ``--quick``: 2,048 px), masked and tiled by histofuse (256-px tiles at
+0.5 µm/px). Then, for each encoder (random weights, nothing downloaded) and in the same run:
+
+(a) ``encoder_only``: the encoder on synthetic normalised tensors already on the device;
+(b) ``naive_loader``: a per-tile OpenSlide ``DataLoader`` (read, resize and normalise each tile on
+    the CPU, as CLAM-style scripts do), then the encoder;
+(c) ``histofuse``: :func:`histofuse.features.extract.extract_slide_features`, file written.
+
+Each figure is one JSON line on stdout (tiles/s, device, precision, batch size, workers, git
+revision, versions), followed by the ratios (c)/(a) and (c)/(b). Progress and logs go to stderr.
+
+    python benchmarks/extract_throughput.py --device cuda --workers 15          # a GPU node
+    python benchmarks/extract_throughput.py --quick --device cpu --encoders resnet50_trunc
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import histofuse
+from histofuse.features.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, ResNet50Trunk
+from histofuse.features.extract import ExtractSettings, extract_slide_features, resolve_device, resolve_precision
+from histofuse.slides.mask import MaskSettings, compute_tissue_mask
+from histofuse.slides.reader import open_slide
+from histofuse.slides.tiling import TilingSettings, compute_tile_grid, write_tiles_h5
+
+log = logging.getLogger("extract_throughput")
+
+BENCHMARK = "extract_throughput"
+ENCODER_NAMES = ("resnet50_trunc", "vit_large_patch16_224")
+MPP = 0.5
+STORED_TILE = 256
+INPUT_PX = 224
+BANK = 32
+
+
+# ------------------------------------------------------------------------------------ the slide
+
+
+def _texture_bank(rng: np.random.Generator) -> list[np.ndarray]:
+    """H&E-like 256-px tiles: pink stroma with a smooth texture and purple nuclei."""
+    from scipy.ndimage import gaussian_filter
+
+    yy, xx = np.mgrid[0:STORED_TILE, 0:STORED_TILE]
+    bank = []
+    for _ in range(BANK):
+        field = gaussian_filter(rng.random((STORED_TILE, STORED_TILE)), 6)
+        field = (field - field.min()) / (np.ptp(field) + 1e-9)
+        tile = np.empty((STORED_TILE, STORED_TILE, 3), dtype=np.float32)
+        tile[..., 0] = 225 + 20 * field
+        tile[..., 1] = 140 + 60 * field
+        tile[..., 2] = 190 + 30 * field
+        for _ in range(int(rng.integers(20, 60))):
+            cy, cx = rng.integers(0, STORED_TILE, 2)
+            radius = rng.uniform(3, 8)
+            nucleus = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+            tile[nucleus] = (85, 55, 140) + rng.normal(0, 8, 3)
+        bank.append(np.clip(tile, 0, 255).astype(np.uint8))
+    return bank
+
+
+def write_synthetic_slide(path: Path, side: int, *, seed: int = 0) -> None:
+    """A ``side`` × ``side`` px JPEG pyramidal BigTIFF at 0.5 µm/px: tissue in an ellipse, glass around it."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    bank = _texture_bank(rng)
+    glass = np.full((STORED_TILE, STORED_TILE, 3), 244, dtype=np.uint8)
+    levels = 1
+    while levels < 3 or (side >> levels) >= 1024:
+        levels += 1
+
+    offsets = np.arange(STORED_TILE, dtype=np.float64) + 0.5
+
+    def tiles(level: int, size: int) -> Iterator[np.ndarray]:
+        """Row-major tiles of one level: the bank's textures inside an ellipse, glass outside."""
+        count = math.ceil(size / STORED_TILE)
+        for row in range(count):
+            ys = ((row * STORED_TILE + offsets) / size * 2 - 1)[:, None]
+            for col in range(count):
+                xs = ((col * STORED_TILE + offsets) / size * 2 - 1)[None, :]
+                inside = xs**2 / 0.8 + ys**2 / 0.6 <= 1.0
+                texture = bank[(row * 7919 + col * 104729 + level) % BANK]
+                if inside.all():
+                    yield texture
+                elif not inside.any():
+                    yield glass
+                else:
+                    yield np.where(inside[..., None], texture, glass)
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for level in range(levels):
+            size = side >> level
+            per_cm = 1e4 / (MPP * 2**level)
+            tif.write(
+                tiles(level, size),
+                shape=(size, size, 3),
+                dtype=np.uint8,
+                tile=(STORED_TILE, STORED_TILE),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": 85},
+                subfiletype=1 if level else 0,
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
+    log.info("wrote %s: %d px a side, %d levels", path, side, levels)
+
+
+def tile_slide(slide: Path, tiles_h5: Path, *, max_tiles: int | None) -> int:
+    """histofuse's mask and tile grid for the slide; returns the number of tiles written."""
+    with open_slide(slide) as reader:
+        thumbnail, mask_mpp = reader.thumbnail_at_mpp(8.0)
+        info = reader.info
+    mask = compute_tissue_mask(thumbnail, mpp=mask_mpp, settings=MaskSettings())
+    grid = compute_tile_grid(info, mask, TilingSettings(mpp=MPP, tile_px=STORED_TILE, max_tiles=max_tiles))
+    write_tiles_h5(grid, tiles_h5, slide_id=slide.stem, reader="openslide")
+    return int(len(grid.coords))
+
+
+# --------------------------------------------------------------------------------- the encoders
+
+
+def build_random_encoder(name: str) -> Encoder:
+    """``name`` with seeded random weights, built without any download."""
+    torch.manual_seed(0)
+    if name == "resnet50_trunc":
+        model: torch.nn.Module = ResNet50Trunk()
+        dim = 1024
+    elif name == "vit_large_patch16_224":
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        dim = int(model.num_features)
+    else:
+        raise SystemExit(f"unknown encoder '{name}'; choose from {', '.join(ENCODER_NAMES)}")
+    model.eval().requires_grad_(False)
+    return Encoder(
+        name=name,
+        model=model,
+        input_px=INPUT_PX,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        dim=dim,
+        weights_sha256="random-init-seed-0",
+        weights_path="",
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision in dtypes:
+        return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def encoder_only(encoder: Encoder, *, device: torch.device, precision: str, batch_size: int, tiles: int) -> float:
+    """(a) tiles/s of the encoder on normalised tensors already on the device (after 2 warm-up batches)."""
+    model = encoder.model.to(device=device, memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, INPUT_PX, INPUT_PX, device=device).contiguous(memory_format=torch.channels_last)
+    batches = max(1, math.ceil(tiles / batch_size))
+    with torch.inference_mode(), _autocast(device, precision):
+        for _ in range(2):
+            model(x)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model(x)
+        _sync(device)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+class NaiveTiles(Dataset[torch.Tensor]):
+    """The baseline loader: one OpenSlide read per tile, resized and normalised on the CPU."""
+
+    def __init__(self, slide: Path, coords: np.ndarray) -> None:
+        self.slide = slide
+        self.coords = coords
+        self.mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+        self.std = np.asarray(IMAGENET_STD, dtype=np.float32)
+        self._handle: Any = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import openslide
+        from PIL import Image
+
+        if self._handle is None:
+            self._handle = openslide.OpenSlide(str(self.slide))
+        x, y = (int(v) for v in self.coords[index])
+        tile = self._handle.read_region((x, y), 0, (STORED_TILE, STORED_TILE)).convert("RGB")
+        tile = tile.resize((INPUT_PX, INPUT_PX), Image.Resampling.BILINEAR)
+        array = (np.asarray(tile, dtype=np.float32) / 255.0 - self.mean) / self.std
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def naive_loader(
+    encoder: Encoder, slide: Path, coords: np.ndarray, *, device: torch.device, precision: str, batch_size: int, workers: int
+) -> float:
+    """(b) tiles/s of the naive per-tile DataLoader feeding the encoder, features back on the host."""
+    model = encoder.model.to(device=device, memory_format=torch.channels_last)
+    loader = DataLoader(
+        NaiveTiles(slide, coords), batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+    start = time.perf_counter()
+    done = 0
+    with torch.inference_mode(), _autocast(device, precision):
+        for batch in loader:
+            features = model(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+            done += int(features.float().cpu().shape[0])
+    elapsed = time.perf_counter() - start
+    del loader
+    return done / elapsed
+
+
+def histofuse_end_to_end(
+    encoder: Encoder, slide: Path, tiles_h5: Path, out_h5: Path, *, settings: ExtractSettings
+) -> tuple[float, str]:
+    """(c) tiles/s of ``extract_slide_features`` (file written) and the sha256 of its features."""
+    start = time.perf_counter()
+    n = extract_slide_features(slide_path=slide, tiles_h5=tiles_h5, out_h5=out_h5, encoder=encoder, settings=settings)
+    elapsed = time.perf_counter() - start
+    with h5py.File(out_h5, "r") as h5:
+        digest = hashlib.sha256(np.ascontiguousarray(h5["features"][()]).tobytes()).hexdigest()
+    return n / elapsed, digest
+
+
+# ---------------------------------------------------------------------------------- the report
+
+
+def git_revision() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files have changes; ``unknown`` outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    import openslide
+    import timm
+
+    return {
+        "python": platform.python_version(),
+        "histofuse": histofuse.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "openslide": openslide.__library_version__,
+        "openslide_python": openslide.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def repeat(times: int, func: Callable[[], float]) -> tuple[float, list[float]]:
+    """Median and every value of ``times`` runs of ``func``."""
+    values = [func() for _ in range(times)]
+    return statistics.median(values), values
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a 2,048-px slide, 32 tiles, batch 16: a smoke run")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODER_NAMES), choices=ENCODER_NAMES)
+    parser.add_argument("--side", type=int, default=None, help="slide side in px (default 24576; quick 2048)")
+    parser.add_argument("--max-tiles", type=int, default=None, help="cap on tiles (default all; quick 32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 128 (quick 16)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default cores - 1; quick 0)")
+    parser.add_argument("--region-px", type=int, default=2048, help="histofuse's shared region reads")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each figure (the median is reported)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the slide and outputs here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+
+    side = args.side or (2048 if args.quick else 24576)
+    max_tiles = args.max_tiles if args.max_tiles is not None else (32 if args.quick else None)
+    batch_size = args.batch_size or (16 if args.quick else 128)
+    workers = args.workers if args.workers is not None else (0 if args.quick else max(1, (os.cpu_count() or 2) - 1))
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+
+    with tempfile.TemporaryDirectory(prefix="histofuse-bench-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        slide = workdir / f"synthetic_{side}.tiff"
+        if not slide.exists():
+            write_synthetic_slide(slide, side)
+        tiles_h5 = workdir / "tiles.h5"
+        n_tiles = tile_slide(slide, tiles_h5, max_tiles=max_tiles)
+        if n_tiles == 0:
+            raise SystemExit(f"no tissue tiles found on {slide}: the synthetic slide or the mask is broken")
+        with h5py.File(tiles_h5, "r") as h5:
+            coords = h5["coords"][()]
+        common = {
+            "benchmark": BENCHMARK,
+            "device": str(device),
+            "device_name": device_name(device),
+            "precision": precision,
+            "batch_size": batch_size,
+            "workers": workers,
+            "tiles": n_tiles,
+            "tile_px": STORED_TILE,
+            "input_px": INPUT_PX,
+            "slide_px": side,
+            "region_px": args.region_px,
+            "repeats": args.repeats,
+            "quick": bool(args.quick),
+            "git_revision": git_revision(),
+            "versions": versions(),
+        }
+        settings = ExtractSettings(
+            batch_size=batch_size,
+            num_workers=workers,
+            device=str(device),
+            precision=precision,
+            region_px=args.region_px,
+        )
+        for name in args.encoders:
+            encoder = build_random_encoder(name)
+            figures: dict[str, float] = {}
+            runs: dict[str, list[float]] = {}
+            figures["encoder_only"], runs["encoder_only"] = repeat(
+                args.repeats,
+                lambda: encoder_only(encoder, device=device, precision=precision, batch_size=batch_size, tiles=n_tiles),
+            )
+            figures["naive_loader"], runs["naive_loader"] = repeat(
+                args.repeats,
+                lambda: naive_loader(
+                    encoder, slide, coords, device=device, precision=precision, batch_size=batch_size, workers=workers
+                ),
+            )
+            digests: list[str] = []
+
+            def end_to_end() -> float:
+                rate, digest = histofuse_end_to_end(encoder, slide, tiles_h5, workdir / f"{name}.h5", settings=settings)
+                digests.append(digest)
+                return rate
+
+            figures["histofuse"], runs["histofuse"] = repeat(args.repeats, end_to_end)
+            for figure, value in figures.items():
+                line = {**common, "encoder": name, "figure": figure, "unit": "tiles/s", "value": round(value, 2)}
+                line["runs"] = [round(v, 2) for v in runs[figure]]
+                if figure == "histofuse":
+                    line["features_sha256"] = digests[-1]
+                print(json.dumps(line), flush=True)
+            for figure, denominator in (("histofuse_over_encoder_only", "encoder_only"), ("histofuse_over_naive_loader", "naive_loader")):
+                ratio = figures["histofuse"] / figures[denominator]
+                print(json.dumps({**common, "encoder": name, "figure": figure, "unit": "ratio", "value": round(ratio, 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
