@@ -10,8 +10,12 @@ import torch.nn.functional as F
 
 from histofuse.errors import HistofuseError
 from histofuse.losses import (
+    cox_partial_nll,
+    distillation_loss,
+    masked_bce,
     masked_cross_entropy,
     risk_from_logits,
+    similarity_consistency,
     survival_bins,
     survival_curve,
     survival_nll,
@@ -123,3 +127,162 @@ def test_risk_is_minus_sum_of_survival() -> None:
     assert float(risk[0]) == pytest.approx(-sum(expected_first), rel=1e-12)
     low, high = torch.full((1, 4), -3.0), torch.full((1, 4), 3.0)
     assert float(risk_from_logits(high)) > float(risk_from_logits(low))
+
+
+# --- Cox partial likelihood ---------------------------------------------------------------------
+
+
+def _cox_data() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    time = rng.exponential(scale=np.exp(-0.8 * x))  # continuous times: no ties
+    event = (rng.uniform(size=30) < 0.7).astype(int)
+    return pd.DataFrame({"x": x, "T": time, "E": event})
+
+
+def test_cox_loss_equals_lifelines_partial_log_likelihood() -> None:
+    from lifelines import CoxPHFitter
+
+    data = _cox_data()
+    assert data["T"].is_unique
+    fitter = CoxPHFitter().fit(data, duration_col="T", event_col="E")
+    beta = torch.tensor(float(fitter.params_["x"]), dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(data["x"].to_numpy())
+    loss = cox_partial_nll(
+        beta * x, torch.tensor(data["T"].to_numpy()), torch.tensor(data["E"].to_numpy()), reduction="sum"
+    )
+    assert float(loss.detach()) == pytest.approx(-fitter.log_likelihood_, rel=1e-8)
+    loss.backward()  # lifelines' estimate maximises the likelihood: zero score
+    assert abs(float(beta.grad)) < 1e-4
+    mean = cox_partial_nll(beta * x, torch.tensor(data["T"].to_numpy()), torch.tensor(data["E"].to_numpy()))
+    assert float(mean.detach()) == pytest.approx(float(loss.detach()) / data["E"].sum(), rel=1e-12)
+
+
+def test_cox_loss_handles_tied_times_like_breslow() -> None:
+    risk = torch.tensor([0.5, -0.2, 0.1, 0.3, 1.0], dtype=torch.float64)
+    time = torch.tensor([1.0, 1.0, 2.0, 3.0, 1.0])
+    event = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0])
+    # t=1: events 0 and 1 share the risk set {0, 1, 2, 3, 4}; t=3: event 3 with risk set {3}.
+    everyone = math.log(sum(math.exp(r) for r in [0.5, -0.2, 0.1, 0.3, 1.0]))
+    expected = -((0.5 - everyone) + (-0.2 - everyone) + (0.3 - 0.3))
+    assert float(cox_partial_nll(risk, time, event, reduction="sum")) == pytest.approx(expected, rel=1e-12)
+    order = torch.tensor([3, 0, 4, 2, 1])
+    shuffled = cox_partial_nll(risk[order], time[order], event[order], reduction="sum")
+    assert float(shuffled) == pytest.approx(expected, rel=1e-12)
+
+
+def test_cox_loss_mask_removes_samples_from_risk_sets() -> None:
+    risk = torch.tensor([[0.5], [-0.2], [0.1], [0.3]], dtype=torch.float64)
+    time = torch.tensor([1.0, 2.0, 3.0, float("nan")])
+    event = torch.tensor([1.0, 1.0, 0.0, float("nan")])
+    mask = torch.tensor([True, False, True, False])
+    masked = cox_partial_nll(risk, time, event, mask)
+    subset = cox_partial_nll(risk[[0, 2]], time[[0, 2]], event[[0, 2]])
+    assert float(masked) == pytest.approx(float(subset), rel=1e-12)
+    # the default mask drops the sample without a time
+    assert float(cox_partial_nll(risk[[0, 2, 3]], time[[0, 2, 3]], event[[0, 2, 3]])) == pytest.approx(
+        float(subset)
+    )
+
+
+def test_cox_loss_without_events_is_zero_with_gradient() -> None:
+    risk = torch.randn(4, requires_grad=True)
+    loss = cox_partial_nll(risk, torch.arange(4.0), torch.zeros(4))
+    loss.backward()
+    assert loss.item() == 0.0 and risk.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("time", "event", "mask", "match"),
+    [
+        ([1.0, 2.0], [1.0, 2.0], None, "event must be 0"),
+        ([1.0, float("nan")], [1.0, 0.0], [True, True], "time"),
+        ([1.0, 2.0, 3.0], [1.0, 0.0], None, "one value per sample"),
+    ],
+)
+def test_cox_loss_validates_inputs(time: list, event: list, mask: list | None, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cox_partial_nll(
+            torch.zeros(2),
+            torch.tensor(time),
+            torch.tensor(event),
+            None if mask is None else torch.tensor(mask),
+        )
+
+
+# --- binary cross-entropy --------------------------------------------------------------------
+
+
+def test_masked_bce_equals_torch_on_labelled_samples() -> None:
+    logits = torch.tensor([[0.3], [-1.2], [2.0], [0.0]])
+    target = torch.tensor([1.0, 0.0, -1.0, 1.0])
+    keep = target >= 0
+    expected = F.binary_cross_entropy_with_logits(logits[keep, 0], target[keep])
+    assert float(masked_bce(logits, target)) == pytest.approx(float(expected), rel=1e-6)
+    weighted = F.binary_cross_entropy_with_logits(logits[keep, 0], target[keep], pos_weight=torch.tensor(3.0))
+    assert float(masked_bce(logits, target, pos_weight=3.0)) == pytest.approx(float(weighted), rel=1e-6)
+    assert masked_bce(logits, target, reduction="none")[2].item() == 0.0
+
+
+def test_masked_bce_rejects_labelled_values_other_than_0_or_1() -> None:
+    with pytest.raises(ValueError, match="0 or 1"):
+        masked_bce(torch.zeros(2), torch.tensor([0.5, 1.0]), torch.tensor([True, True]))
+
+
+# --- distillation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid", "risk"])
+def test_distillation_is_zero_for_equal_logits_and_positive_otherwise(kind: str) -> None:
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(5, 3, generator=generator)
+    assert float(distillation_loss(teacher.clone(), teacher, kind=kind, temperature=2.0)) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    student = torch.randn(5, 3, generator=generator)
+    assert float(distillation_loss(student, teacher, kind=kind, temperature=2.0)) > 0
+
+
+def test_softmax_distillation_is_scaled_kl_and_leaves_the_teacher_alone() -> None:
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(4, 3, generator=generator, requires_grad=True)
+    teacher = torch.randn(4, 3, generator=generator, requires_grad=True)
+    mask = torch.tensor([True, True, False, True])
+    loss = distillation_loss(student, teacher, kind="softmax", temperature=3.0, mask=mask)
+    expected = (
+        F.kl_div(
+            F.log_softmax(student[mask] / 3, dim=1),
+            F.log_softmax(teacher[mask] / 3, dim=1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * 9
+    )
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    loss.backward()
+    assert teacher.grad is None and student.grad is not None
+    assert torch.all(student.grad[2] == 0)
+
+
+# --- similarity consistency -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_similarity_consistency_is_zero_when_similarities_match(kind: str) -> None:
+    generator = torch.Generator().manual_seed(2)
+    reference = torch.randn(6, 4, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4, generator=generator))
+    matched = 2.5 * reference @ rotation  # same cosine similarities
+    assert float(similarity_consistency(reference, matched, kind=kind)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(6, 8, generator=generator, requires_grad=True)
+    loss = similarity_consistency(reference, other, kind=kind)
+    assert float(loss.detach()) > 1e-3
+    loss.backward()
+    assert other.grad is not None and other.grad.abs().sum() > 0
+
+
+def test_similarity_consistency_of_one_sample_is_zero() -> None:
+    features = torch.randn(1, 3, requires_grad=True)
+    loss = similarity_consistency(torch.randn(1, 5), features)
+    loss.backward()
+    assert loss.item() == 0.0

@@ -5,9 +5,11 @@ import torch
 from torch import nn
 
 from histofuse.errors import ConfigError
+from histofuse.models import registry
 from histofuse.models import (
     MODELS,
     GatedAttentionMIL,
+    IndependentTaskModels,
     MultimodalBaseline,
     SelfNormalizingNetwork,
     TaskSpec,
@@ -95,11 +97,10 @@ def test_unknown_model_lists_known_models() -> None:
         build_model("nope", n_tiles_dim=8, n_genomic=0, task_spec=SPEC)
 
 
-def test_planned_model_is_reported_as_not_implemented() -> None:
-    if "ksf" in MODELS:
-        pytest.skip("ksf is implemented")
+def test_planned_model_is_reported_as_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "PLANNED_MODELS", ("future_model",))
     with pytest.raises(ConfigError, match="planned"):
-        build_model("ksf", n_tiles_dim=8, n_genomic=0, task_spec=SPEC)
+        build_model("future_model", n_tiles_dim=8, n_genomic=0, task_spec=SPEC)
 
 
 def test_register_model_refuses_duplicates() -> None:
@@ -132,3 +133,289 @@ def test_register_and_build_custom_model() -> None:
 def test_task_spec_validation(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         TaskSpec(**kwargs)
+
+
+# --- task specification ----------------------------------------------------------------------
+
+
+def test_task_spec_outputs_per_task_and_loss() -> None:
+    spec = TaskSpec(
+        tasks=("grade", "diagnosis", "survival", "binary"), n_classes={"grade": 3, "diagnosis": 5}, n_bins=6
+    )
+    assert [spec.n_outputs(task) for task in spec.tasks] == [3, 5, 6, 1]
+    assert [spec.loss_kind(task) for task in spec.tasks] == [
+        "cross_entropy",
+        "cross_entropy",
+        "survival_nll",
+        "bce",
+    ]
+    cox = TaskSpec(tasks=("survival",), survival_loss="cox")
+    assert cox.n_outputs("survival") == 1 and cox.loss_kind("survival") == "cox"
+
+
+def test_task_spec_integer_classes_apply_to_every_classification_task() -> None:
+    spec = TaskSpec(tasks=("grade", "diagnosis"), n_classes=4)
+    assert spec.n_outputs("grade") == spec.n_outputs("diagnosis") == 4
+
+
+def test_task_spec_round_trips_through_a_plain_dict() -> None:
+    spec = TaskSpec(
+        tasks=("diagnosis", "survival"), n_classes={"diagnosis": 3}, n_bins=2, survival_loss="cox"
+    )
+    assert TaskSpec.from_dict(spec.to_dict()) == spec
+    assert TaskSpec.from_dict({"tasks": ["grade"], "n_classes": 3, "n_bins": 4}) == TaskSpec(
+        tasks=("grade",), n_classes=3
+    )
+
+
+def test_task_spec_only_keeps_one_task() -> None:
+    spec = TaskSpec(tasks=("grade", "survival"), n_classes=3, n_bins=5)
+    single = spec.only("survival")
+    assert single.tasks == ("survival",) and single.n_outputs("survival") == 5
+    with pytest.raises(KeyError):
+        spec.only("binary")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tasks": ("diagnosis",)},
+        {"tasks": ("grade", "diagnosis"), "n_classes": {"grade": 3}},
+        {"tasks": ("grade",), "n_classes": {"grade": 3, "survival": 2}},
+        {"tasks": ("survival",), "survival_loss": "weibull"},
+        {"tasks": ("survival",), "n_bins": 0},
+    ],
+)
+def test_task_spec_rejects_inconsistent_settings(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        TaskSpec(**kwargs)
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+def _capture_builder(name: str) -> dict:
+    captured: dict = {}
+
+    @register_model(name)
+    def build(**kwargs: object) -> nn.Module:
+        captured.update(kwargs)
+        return nn.Identity()
+
+    return captured
+
+
+def test_build_model_passes_resolved_groups_and_subspaces() -> None:
+    name = "test_only_capture"
+    captured = _capture_builder(name)
+    try:
+        build_model(name, n_tiles_dim=4, n_genomic=3, n_clinical=2, task_spec=SPEC, gene_groups=[])
+        assert captured["gene_groups"] == [[0, 1, 2]]
+        assert captured["subspaces"] == {}
+        assert captured["n_clinical"] == 2
+        build_model(
+            name,
+            n_tiles_dim=4,
+            n_genomic=3,
+            task_spec=SPEC,
+            gene_groups=[[2], [0, 1]],
+            subspaces={"tumour": [0]},
+        )
+        assert captured["gene_groups"] == [[2], [0, 1]]
+        assert captured["subspaces"] == {"tumour": [0]}
+    finally:
+        MODELS.pop(name)
+
+
+@pytest.mark.parametrize(
+    ("gene_groups", "subspaces", "match"),
+    [
+        ([[0, 5]], None, "gene group 0"),
+        ([[0], []], None, "gene group 1"),
+        ([[1, 1]], None, "twice"),
+        (None, {"tumour": [7]}, "subspace 'tumour'"),
+    ],
+)
+def test_build_model_rejects_bad_gene_indices(
+    gene_groups: list | None, subspaces: dict | None, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_model(
+            "mm_baseline",
+            n_tiles_dim=4,
+            n_genomic=3,
+            task_spec=SPEC,
+            gene_groups=gene_groups,
+            subspaces=subspaces,
+        )
+
+
+def test_build_model_rejects_an_option_the_model_does_not_have() -> None:
+    with pytest.raises(ConfigError, match="no option.*joint.*n_heads"):
+        build_model(
+            "ksf",
+            n_tiles_dim=8,
+            n_genomic=4,
+            task_spec=SPEC,
+            subspaces={"tumour": [0], "microenvironment": [1]},
+            hidden_dim=16,
+            joint=False,
+        )
+
+
+# --- every model, every task ------------------------------------------------------------------
+
+N_TILES_DIM, N_GENOMIC, N_CLINICAL = 6, 6, 3
+GROUPS = [[0, 1, 2], [3, 4], [5]]
+SUBSPACES = {"tumour": [0, 1, 2], "microenvironment": [3, 4, 5]}
+SPECS = {
+    "grade+nll": TaskSpec(tasks=("grade", "survival"), n_classes=3, n_bins=4),
+    "diagnosis+binary": TaskSpec(tasks=("diagnosis", "binary"), n_classes={"diagnosis": 4}),
+    "cox": TaskSpec(tasks=("survival",), survival_loss="cox"),
+}
+SLIDE_FREE = {"snn", "clinical"}
+
+
+def _build(name: str, spec: TaskSpec, **options: object) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(
+        name,
+        n_tiles_dim=N_TILES_DIM,
+        n_genomic=N_GENOMIC,
+        n_clinical=N_CLINICAL,
+        gene_groups=GROUPS,
+        subspaces=SUBSPACES,
+        task_spec=spec,
+        hidden_dim=16,
+        dropout=0.1,
+        **options,
+    )
+
+
+def _inputs() -> dict:
+    generator = torch.Generator().manual_seed(1)
+    sizes = [5, 0, 1, 9]
+    coords = []
+    for size in sizes:
+        cells = torch.randperm(16, generator=generator)[:size]
+        coords.append(torch.stack([cells % 4, cells // 4], dim=1) * 256 + 1024)
+    return {
+        "bags": [torch.randn(size, N_TILES_DIM, generator=generator) for size in sizes],
+        "genomics": torch.randn(len(sizes), N_GENOMIC, generator=generator),
+        "clinical": torch.randn(len(sizes), N_CLINICAL, generator=generator),
+        "coords": coords,
+    }
+
+
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_gives_the_contract_outputs(name: str, spec_name: str) -> None:
+    spec = SPECS[spec_name]
+    model = _build(name, spec)
+    inputs = _inputs()
+    outputs = model(inputs["bags"], inputs["genomics"], inputs["clinical"], inputs["coords"])
+    batch = len(inputs["bags"])
+    for task in spec.tasks:
+        assert outputs[task].shape == (batch, spec.n_outputs(task))
+        assert torch.isfinite(outputs[task]).all()
+    assert outputs["embedding"].shape[0] == batch
+    expected_attention = [0] * batch if name in SLIDE_FREE else [bag.shape[0] for bag in inputs["bags"]]
+    assert [weights.shape[0] for weights in outputs["attention"]] == expected_attention
+    aux = outputs.get("aux_losses", {})
+    for value in aux.values():
+        assert value.ndim == 0 and torch.isfinite(value)
+    total = sum(outputs[task].sum() for task in spec.tasks) + sum(aux.values())
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["snn", "clinical"])
+@pytest.mark.parametrize("bags", [None, []])
+def test_slide_free_models_work_without_bags(name: str, bags: list | None) -> None:
+    model = _build(name, SPEC).eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        outputs = model(bags, inputs["genomics"], inputs["clinical"])
+        with_bags = model(inputs["bags"], inputs["genomics"], inputs["clinical"])
+    assert outputs["grade"].shape == (4, 3)
+    assert torch.equal(outputs["grade"], with_bags["grade"])
+
+
+def test_mm_baseline_ignores_clinical_and_coordinates() -> None:
+    model = _build("mm_baseline", SPEC).eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        plain = model(inputs["bags"], inputs["genomics"])
+        extra = model(
+            inputs["bags"],
+            inputs["genomics"],
+            inputs["clinical"],
+            inputs["coords"],
+            clinical_present=torch.tensor([True, False, True, False]),
+        )
+    assert torch.equal(plain["survival"], extra["survival"])
+
+
+@pytest.mark.parametrize(
+    ("name", "n_genomic", "n_clinical", "subspaces", "match"),
+    [
+        ("snn", 0, 3, None, "genomic"),
+        ("concat", 0, 3, None, "genomic"),
+        ("kronecker", 0, 3, None, "genomic"),
+        ("m2f", 0, 3, None, "genomic"),
+        ("clinical", 6, 0, None, "clinical"),
+        ("bidistill", 6, 0, None, "clinical"),
+        ("mm_impute", 6, 0, None, "clinical"),
+        ("ksf", 6, 3, {"tumour": [0, 1]}, "microenvironment"),
+    ],
+)
+def test_models_refuse_missing_modalities(
+    name: str, n_genomic: int, n_clinical: int, subspaces: dict | None, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_model(
+            name,
+            n_tiles_dim=8,
+            n_genomic=n_genomic,
+            n_clinical=n_clinical,
+            subspaces=subspaces,
+            task_spec=SPEC,
+            hidden_dim=16,
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("m2f", {"n_heads": 3}),
+        ("ksf", {"n_heads": 5}),
+        ("m2f", {"n_layers": 3}),
+        ("ksf", {"consistency": "l1"}),
+        ("m2f", {"joint": "yes"}),
+        ("bidistill", {"temperature": 0}),
+        ("kronecker", {"fusion_dim": 0}),
+    ],
+)
+def test_invalid_model_options_are_config_errors(name: str, options: dict) -> None:
+    with pytest.raises(ConfigError):
+        _build(name, SPEC, **options)
+
+
+def test_ksf_needs_coordinates() -> None:
+    model = _build("ksf", SPEC)
+    inputs = _inputs()
+    with pytest.raises(ValueError, match="coordinates"):
+        model(inputs["bags"], inputs["genomics"])
+
+
+def test_independent_copies_merge_outputs() -> None:
+    model = _build("m2f", SPEC, joint=False)
+    assert isinstance(model, IndependentTaskModels)
+    inputs = _inputs()
+    outputs = model(inputs["bags"], inputs["genomics"])
+    assert outputs["grade"].shape == (4, 3) and outputs["survival"].shape == (4, 4)
+    assert outputs["embedding"].shape == (4, 32)
+    for weights, bag in zip(outputs["attention"], inputs["bags"], strict=True):
+        assert weights.shape == (bag.shape[0],)
+        if bag.shape[0]:
+            assert float(weights.detach().sum()) == pytest.approx(1.0, abs=1e-5)

@@ -16,6 +16,11 @@ likelihood, ``alpha = 1`` ignores censored patients. All logarithms are computed
 (``log h = logsigmoid(logit)``, ``log(1 - h) = logsigmoid(-logit)``, ``log S`` as a cumulative sum),
 which stays finite for any finite logit, so no epsilon clamping of probabilities is needed.
 
+Alternatively, survival can be trained with the Cox partial likelihood (:func:`cox_partial_nll`,
+Breslow's handling of tied times), where the head predicts one risk score per patient. Binary tasks
+use :func:`masked_bce`, and :func:`distillation_loss` compares a student's logits with a detached
+teacher's, per kind of task.
+
 Every loss takes a per-sample boolean ``mask`` (True = the label is known); masked samples
 contribute nothing, and a batch without any labelled sample gives a zero loss that keeps the
 autograd graph intact.
@@ -37,11 +42,19 @@ from histofuse.errors import HistofuseError
 logger = logging.getLogger(__name__)
 
 Reduction = Literal["mean", "sum", "none"]
+DistillationKind = Literal["softmax", "sigmoid", "risk"]
+ConsistencyKind = Literal["mse", "kl"]
 
 __all__ = [
+    "ConsistencyKind",
+    "DistillationKind",
     "Reduction",
+    "cox_partial_nll",
+    "distillation_loss",
+    "masked_bce",
     "masked_cross_entropy",
     "risk_from_logits",
+    "similarity_consistency",
     "survival_bins",
     "survival_curve",
     "survival_nll",
@@ -152,6 +165,196 @@ def masked_cross_entropy(
     else:
         denominator = (weight[safe_target] * mask.to(weight.dtype)).sum()
     return total / denominator.clamp(min=torch.finfo(total.dtype).tiny)
+
+
+def _as_risk_vector(risk: Tensor) -> Tensor:
+    if risk.ndim == 2 and risk.shape[1] == 1:
+        return risk[:, 0]
+    if risk.ndim != 1:
+        raise ValueError(f"risk must be (B,) or (B, 1), got shape {tuple(risk.shape)}")
+    return risk
+
+
+def cox_partial_nll(
+    risk: Tensor,
+    time: Tensor,
+    event: Tensor,
+    mask: Tensor | None = None,
+    *,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> Tensor:
+    """Negative Cox partial log-likelihood with Breslow's approximation for tied times.
+
+    ``-sum_{i: event_i = 1} [risk_i - log sum_{j: time_j >= time_i} exp(risk_j)]``, where the
+    risk set of a tied event time holds every subject with that time (Breslow). Only the labelled
+    samples take part, in the sums and in the risk sets.
+
+    Args:
+        risk: ``(B,)`` or ``(B, 1)`` log-hazard ratios (higher = worse prognosis).
+        time: ``(B,)`` follow-up times.
+        event: ``(B,)`` 1 when the event was observed, 0 when censored (note: the opposite
+            indicator to :func:`survival_nll`'s ``censored``).
+        mask: ``(B,)`` True where the label is known; defaults to finite ``time`` and ``event``.
+        reduction: ``"mean"`` divides by the number of observed events, ``"sum"`` does not.
+
+    A batch without an observed event gives a zero loss that keeps the autograd graph intact.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum' for the Cox loss, got {reduction!r}")
+    risk = _as_risk_vector(risk)
+    time = time.reshape(-1).to(device=risk.device, dtype=torch.float64)
+    event = event.reshape(-1).to(device=risk.device, dtype=torch.float64)
+    if not time.shape == event.shape == risk.shape:
+        raise ValueError(
+            f"risk, time and event must have one value per sample, got {tuple(risk.shape)}, "
+            f"{tuple(time.shape)}, {tuple(event.shape)}"
+        )
+    mask = _as_mask(mask, torch.isfinite(time) & torch.isfinite(event))
+    if not bool(torch.isfinite(time[mask]).all()):
+        raise ValueError("a labelled sample has a missing or infinite survival time")
+    if not bool(((event[mask] == 0) | (event[mask] == 1)).all()):
+        raise ValueError("event must be 0 (censored) or 1 (event) for every labelled sample")
+    kept_risk = risk[mask]
+    kept_time = time[mask]
+    kept_event = event[mask].to(risk.dtype)
+    n_events = kept_event.sum()
+    if kept_risk.numel() == 0 or float(n_events) == 0.0:
+        return risk.sum() * 0.0
+    order = torch.argsort(kept_time, descending=True, stable=True)
+    sorted_risk, sorted_time, sorted_event = kept_risk[order], kept_time[order], kept_event[order]
+    log_cumulative = torch.logcumsumexp(sorted_risk, dim=0)
+    _, counts = torch.unique_consecutive(sorted_time, return_counts=True)
+    group_end = torch.cumsum(counts, dim=0) - 1
+    log_risk_set = log_cumulative[torch.repeat_interleave(group_end, counts)]
+    total = -(sorted_event * (sorted_risk - log_risk_set)).sum()
+    return total if reduction == "sum" else total / n_events
+
+
+def masked_bce(
+    logits: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    *,
+    pos_weight: float | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Binary cross-entropy with logits over the labelled samples only.
+
+    ``logits`` is ``(B,)`` or ``(B, 1)``; ``target`` holds 0 / 1. ``mask`` defaults to the samples
+    whose target is 0 or 1 (e.g. -1 or NaN mark a missing label); a labelled target outside
+    {0, 1} raises ``ValueError``. ``pos_weight`` multiplies the positive samples' term. The mean
+    runs over the labelled samples.
+    """
+    _check_reduction(reduction)
+    logits = _as_risk_vector(logits)
+    target = target.reshape(-1).to(device=logits.device, dtype=logits.dtype)
+    if target.shape != logits.shape:
+        raise ValueError(f"target must hold {logits.shape[0]} values, got shape {tuple(target.shape)}")
+    mask = _as_mask(mask, (target == 0) | (target == 1))
+    safe_target = torch.where(mask, target, torch.zeros_like(target))
+    if not bool(((safe_target == 0) | (safe_target == 1)).all()):
+        raise ValueError("a labelled binary target is not 0 or 1")
+    weight = (
+        None if pos_weight is None else torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    )
+    per_sample = F.binary_cross_entropy_with_logits(logits, safe_target, pos_weight=weight, reduction="none")
+    per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    if reduction == "sum":
+        return total
+    return total / mask.sum().clamp(min=1).to(total.dtype)
+
+
+def distillation_loss(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    kind: DistillationKind,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Mean over the masked-in samples of how far the student's outputs are from the teacher's.
+
+    The teacher is detached. ``kind``:
+
+    * ``"softmax"`` (multi-class logits): ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``;
+    * ``"sigmoid"`` (binary logits or discrete-time hazard logits): the same with one Bernoulli
+      distribution per output, summed over outputs;
+    * ``"risk"`` (Cox risk scores): squared difference (no temperature).
+
+    No sample in the mask gives a zero loss that keeps the graph intact.
+    """
+    if student.shape != teacher.shape or student.ndim != 2:
+        raise ValueError(
+            "student and teacher logits must both be (B, K), "
+            f"got {tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    target = teacher.detach()
+    if kind == "softmax":
+        log_p_teacher = F.log_softmax(target / temperature, dim=1)
+        log_p_student = F.log_softmax(student / temperature, dim=1)
+        per_sample = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1) * temperature**2
+    elif kind == "sigmoid":
+        t_scaled, s_scaled = target / temperature, student / temperature
+        p_teacher = torch.sigmoid(t_scaled)
+        per_output = p_teacher * (F.logsigmoid(t_scaled) - F.logsigmoid(s_scaled)) + (1 - p_teacher) * (
+            F.logsigmoid(-t_scaled) - F.logsigmoid(-s_scaled)
+        )
+        per_sample = per_output.sum(dim=1) * temperature**2
+    elif kind == "risk":
+        per_sample = ((student - target) ** 2).sum(dim=1)
+    else:
+        raise ValueError(f"kind must be 'softmax', 'sigmoid' or 'risk', got {kind!r}")
+    mask = _as_mask(mask, torch.ones_like(per_sample, dtype=torch.bool))
+    per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
+    return per_sample.sum() / mask.sum().clamp(min=1).to(per_sample.dtype)
+
+
+def _cosine_matrix(rows: Tensor) -> Tensor:
+    unit = F.normalize(rows.reshape(rows.shape[0], -1), dim=1)
+    return unit @ unit.t()
+
+
+def similarity_consistency(
+    reference: Tensor,
+    features: Tensor,
+    *,
+    kind: ConsistencyKind = "mse",
+    temperature: float = 0.1,
+) -> Tensor:
+    """How differently ``features`` and the (detached) ``reference`` relate the samples of a batch.
+
+    Both ``(B, ·)`` inputs are turned into ``(B, B)`` cosine-similarity matrices. ``kind="mse"``:
+    mean squared difference of their off-diagonal entries; ``kind="kl"``: mean over rows of
+    ``KL(softmax(S_ref/τ) ‖ softmax(S_feat/τ))`` with the diagonal left out of each row. Zero
+    when the two similarity structures match (e.g. ``features`` a rotation of ``reference``),
+    positive otherwise; a batch of fewer than 2 samples gives a zero that keeps the graph.
+    """
+    if reference.shape[0] != features.shape[0]:
+        raise ValueError(
+            "reference and features must have the same batch size, "
+            f"got {reference.shape[0]} and {features.shape[0]}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = features.shape[0]
+    if batch < 2:
+        return features.sum() * 0.0
+    target = _cosine_matrix(reference.detach().to(features.dtype))
+    current = _cosine_matrix(features)
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=features.device)
+    if kind == "mse":
+        return ((current - target) ** 2)[off_diagonal].mean()
+    if kind == "kl":
+        log_p = F.log_softmax((target / temperature).masked_fill(~off_diagonal, float("-inf")), dim=1)
+        log_q = F.log_softmax((current / temperature).masked_fill(~off_diagonal, float("-inf")), dim=1)
+        terms = torch.where(off_diagonal, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+        return terms.sum(dim=1).mean()
+    raise ValueError(f"kind must be 'mse' or 'kl', got {kind!r}")
 
 
 def survival_curve(logits: Tensor) -> Tensor:

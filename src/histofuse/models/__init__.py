@@ -1,12 +1,31 @@
 """Model architectures and their registry.
 
 Importing this package registers every built-in model; see :mod:`histofuse.models.registry`.
+
+* baselines: ``abmil`` (slides), ``snn`` (genomics), ``clinical`` (clinical table),
+  ``concat`` and ``mm_baseline`` (ABMIL ⊕ SNN), ``kronecker`` (gated Kronecker fusion);
+* ``m2f``: genomic-group co-attention, multi-task (``joint=False``: one copy per task);
+* ``ksf``: genomic subspaces steering deformable attention on the tile grid, with gradient
+  coordination between its two branches (:mod:`histofuse.models.gradient_coordination`);
+* ``bidistill``: bidirectional distillation between slides + clinical and slides only, and its
+  comparator ``mm_impute``.
 """
 
 from __future__ import annotations
 
-from histofuse.models import fusion as _fusion  # noqa: F401  (registers "mm_baseline")
+from histofuse.models import baselines as _baselines  # noqa: F401  (registers "abmil", "snn", "clinical")
+from histofuse.models import bidistill as _bidistill  # noqa: F401  (registers "bidistill", "mm_impute")
+from histofuse.models import fusion as _fusion  # noqa: F401  (registers "mm_baseline", "concat")
+from histofuse.models import kronecker as _kronecker  # noqa: F401  (registers "kronecker")
+from histofuse.models import ksf as _ksf  # noqa: F401  (registers "ksf")
+from histofuse.models import m2f as _m2f  # noqa: F401  (registers "m2f")
+from histofuse.models.baselines import ClinicalMLP, GenomicSNN, SlideABMIL
+from histofuse.models.bidistill import BidirectionalDistillation, ImputedClinicalFusion
 from histofuse.models.fusion import MultimodalBaseline
+from histofuse.models.independent import IndependentTaskModels
+from histofuse.models.kronecker import KroneckerFusion
+from histofuse.models.ksf import KnowledgeSteeredFusion
+from histofuse.models.m2f import MultimodalMultitaskFusion
 from histofuse.models.mil import GatedAttentionMIL
 from histofuse.models.registry import (
     KNOWN_TASKS,
@@ -22,9 +41,18 @@ __all__ = [
     "KNOWN_TASKS",
     "MODELS",
     "PLANNED_MODELS",
+    "BidirectionalDistillation",
+    "ClinicalMLP",
     "GatedAttentionMIL",
+    "GenomicSNN",
+    "ImputedClinicalFusion",
+    "IndependentTaskModels",
+    "KnowledgeSteeredFusion",
+    "KroneckerFusion",
     "MultimodalBaseline",
+    "MultimodalMultitaskFusion",
     "SelfNormalizingNetwork",
+    "SlideABMIL",
     "TaskSpec",
     "build_model",
     "register_model",

@@ -1,42 +1,24 @@
-"""Multi-modal multi-task baseline: attention MIL over tiles + SNN over genomics, concatenated."""
+"""Multi-modal multi-task baseline: attention MIL over tiles + SNN over genomics, concatenated.
+
+Registered as ``mm_baseline`` and, requiring genomic features, as ``concat`` (late fusion
+ABMIL ⊕ SNN).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from histofuse.errors import ConfigError
+from histofuse.models.inputs import as_bag_list, as_genomics_batch
 from histofuse.models.mil import GatedAttentionMIL
 from histofuse.models.registry import TaskSpec, register_model
 from histofuse.models.snn import SelfNormalizingNetwork
 
 __all__ = ["MultimodalBaseline", "as_bag_list", "as_genomics_batch"]
-
-
-def as_bag_list(bags: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    """Normalise one ``(N, D)`` bag, a ``(B, N, D)`` tensor or a sequence of bags to a list."""
-    if isinstance(bags, Tensor):
-        if bags.ndim == 2:
-            return [bags]
-        if bags.ndim == 3:
-            return list(bags.unbind(0))
-        raise ValueError(f"a bag tensor must be (N, D) or (B, N, D), got shape {tuple(bags.shape)}")
-    return list(bags)
-
-
-def as_genomics_batch(genomics: Tensor | None, batch_size: int) -> Tensor | None:
-    """Normalise a ``(G,)`` or ``(B, G)`` genomics tensor to ``(B, G)``."""
-    if genomics is None:
-        return None
-    if genomics.ndim == 1:
-        genomics = genomics.unsqueeze(0)
-    if genomics.ndim != 2 or genomics.shape[0] != batch_size:
-        raise ValueError(
-            f"genomics must be (G,) or ({batch_size}, G) for {batch_size} bag(s), got {tuple(genomics.shape)}"
-        )
-    return genomics
 
 
 class MultimodalBaseline(nn.Module):
@@ -79,7 +61,16 @@ class MultimodalBaseline(nn.Module):
             {task: nn.Linear(hidden_dim, task_spec.n_outputs(task)) for task in task_spec.tasks}
         )
 
-    def forward(self, bags: Tensor | Sequence[Tensor], genomics: Tensor | None = None) -> dict[str, Any]:
+    def forward(
+        self,
+        bags: Tensor | Sequence[Tensor],
+        genomics: Tensor | None = None,
+        clinical: Tensor | None = None,
+        coords: Tensor | Sequence[Tensor] | None = None,
+        *,
+        clinical_present: Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Logits per task, tile attention and fused embedding (clinical data and coordinates unused)."""
         bag_list = as_bag_list(bags)
         if not bag_list:
             raise ValueError("forward needs at least one bag")
@@ -105,8 +96,38 @@ def build_mm_baseline(
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
+    n_clinical: int = 0,
+    gene_groups: Sequence[Sequence[int]] | None = None,
+    subspaces: Mapping[str, Sequence[int]] | None = None,
 ) -> MultimodalBaseline:
-    """Builder for ``mm_baseline``."""
+    """Builder for ``mm_baseline`` (clinical features, gene groups and subspaces are ignored)."""
+    return MultimodalBaseline(
+        n_tiles_dim=n_tiles_dim,
+        n_genomic=n_genomic,
+        task_spec=task_spec,
+        hidden_dim=hidden_dim,
+        dropout=dropout,
+    )
+
+
+@register_model("concat")
+def build_concat(
+    *,
+    n_tiles_dim: int,
+    n_genomic: int,
+    task_spec: TaskSpec,
+    hidden_dim: int = 128,
+    dropout: float = 0.25,
+    n_clinical: int = 0,
+    gene_groups: Sequence[Sequence[int]] | None = None,
+    subspaces: Mapping[str, Sequence[int]] | None = None,
+) -> MultimodalBaseline:
+    """Builder for ``concat``: late fusion ABMIL ⊕ SNN, which needs genomic features."""
+    if n_genomic < 1:
+        raise ConfigError(
+            "model 'concat' fuses slides with genomics, but no genomic feature is available.",
+            fix="provide a genomics table, or train 'abmil' for slides only.",
+        )
     return MultimodalBaseline(
         n_tiles_dim=n_tiles_dim,
         n_genomic=n_genomic,

@@ -1,0 +1,332 @@
+"""``bidistill``: bidirectional distillation between a slides + clinical branch and a slides-only branch,
+and its comparator ``mm_impute``.
+
+``bidistill`` holds two branches with their own parameters:
+
+* multi-modal: ABMIL over the tiles ⊕ MLP over the clinical features → fusion MLP → task heads;
+* slides only: ABMIL over the tiles → MLP → task heads.
+
+A patient whose clinical data are present (``clinical_present``, default: all present when
+``clinical`` is given, none otherwise) gets the multi-modal branch's logits; the others get the
+slides-only branch's, so clinical data can be withheld at test time at any rate. Whatever a
+missing patient's clinical values are, they never reach the output.
+
+``aux_losses`` (teachers detached):
+
+* ``distill_single_from_multi``: on patients with clinical data, the temperature-softened
+  divergence of the slides-only logits from the multi-modal logits
+  (:func:`histofuse.losses.distillation_loss`) plus ``feature_weight`` × the MSE between the
+  two branches' embeddings;
+* ``distill_multi_from_single``: MSE between the multi-modal branch's slide features and the
+  slides-only branch's, on every patient, so the multi-modal branch keeps slide features that stand
+  on their own.
+
+``mm_impute`` is the multi-modal branch alone, trained without distillation: a missing patient's
+clinical values are replaced by zeros and a missing-indicator input is set to 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from histofuse.errors import ConfigError
+from histofuse.losses import DistillationKind, distillation_loss
+from histofuse.models.inputs import as_bag_list, as_clinical_batch, as_presence_mask
+from histofuse.models.layers import TaskHeads, mlp
+from histofuse.models.mil import GatedAttentionMIL
+from histofuse.models.registry import TaskSpec, register_model
+
+__all__ = [
+    "BidirectionalDistillation",
+    "BranchOutput",
+    "ClinicalFusionBranch",
+    "DistillOptions",
+    "ImputedClinicalFusion",
+    "SlideBranch",
+]
+
+BagsArg = Tensor | Sequence[Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillOptions:
+    """Options of ``bidistill``.
+
+    Attributes:
+        temperature: softening temperature of the logit distillation (> 0).
+        feature_weight: weight of the embedding MSE inside ``distill_single_from_multi`` (>= 0).
+    """
+
+    temperature: float = 2.0
+    feature_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, minimum, strict in (("temperature", 0.0, True), ("feature_weight", 0.0, False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"bidistill option {name} must be a number, got {value!r}.")
+            if value < minimum or (strict and value == minimum):
+                raise ConfigError(
+                    f"bidistill option {name} must be {'>' if strict else '>='} {minimum}, got {value!r}."
+                )
+            object.__setattr__(self, name, float(value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchOutput:
+    """One branch's results: logits per task, ``(B, H)`` embedding and slide features, tile attention."""
+
+    logits: dict[str, Tensor]
+    embedding: Tensor
+    slide_features: Tensor
+    attention: list[Tensor]
+
+
+class SlideBranch(nn.Module):
+    """ABMIL over the tiles → MLP → task heads."""
+
+    def __init__(self, *, n_tiles_dim: int, task_spec: TaskSpec, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.mil = GatedAttentionMIL(in_dim=n_tiles_dim, hidden_dim=hidden_dim, dropout=dropout)
+        self.encoder = mlp(hidden_dim, hidden_dim, dropout, n_layers=1)
+        self.heads = TaskHeads(hidden_dim, task_spec)
+
+    def forward(self, bags: Sequence[Tensor]) -> BranchOutput:
+        """Branch output for a list of bags."""
+        slide, attention = self.mil.forward_bags(bags)
+        embedding = self.encoder(slide)
+        return BranchOutput(
+            logits=self.heads(embedding), embedding=embedding, slide_features=slide, attention=attention
+        )
+
+
+class ClinicalFusionBranch(nn.Module):
+    """ABMIL over the tiles ⊕ MLP over ``n_inputs`` clinical inputs → fusion MLP → task heads."""
+
+    def __init__(
+        self, *, n_tiles_dim: int, n_inputs: int, task_spec: TaskSpec, hidden_dim: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.mil = GatedAttentionMIL(in_dim=n_tiles_dim, hidden_dim=hidden_dim, dropout=dropout)
+        self.clinical_encoder = mlp(n_inputs, hidden_dim, dropout, n_layers=2)
+        self.fusion = mlp(2 * hidden_dim, hidden_dim, dropout, n_layers=2)
+        self.heads = TaskHeads(hidden_dim, task_spec)
+
+    def forward(self, bags: Sequence[Tensor], clinical: Tensor) -> BranchOutput:
+        """Branch output for a list of bags and their ``(B, n_inputs)`` clinical inputs."""
+        slide, attention = self.mil.forward_bags(bags)
+        clinical_features = self.clinical_encoder(clinical.to(slide.dtype))
+        embedding = self.fusion(torch.cat([slide, clinical_features], dim=1))
+        return BranchOutput(
+            logits=self.heads(embedding), embedding=embedding, slide_features=slide, attention=attention
+        )
+
+
+def _clinical_inputs(
+    clinical: Tensor | None, present: Tensor | None, batch_size: int, n_clinical: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Clinical values with missing patients' rows zeroed ``(B, C)``, and the presence mask ``(B,)``."""
+    table = as_clinical_batch(clinical, batch_size, n_clinical)
+    mask = as_presence_mask(present, batch_size, default=table is not None, device=device)
+    if table is None:
+        if bool(mask.any()):
+            raise ValueError("clinical_present marks patients as present, but no clinical tensor was given")
+        return torch.zeros(batch_size, n_clinical, device=device), mask
+    table = table.to(device=device, dtype=torch.float32)
+    return torch.where(mask.unsqueeze(1), table, torch.zeros_like(table)), mask
+
+
+def _distillation_kind(task_spec: TaskSpec, task: str) -> DistillationKind:
+    kind = task_spec.loss_kind(task)
+    if kind == "cross_entropy":
+        return "softmax"
+    if kind == "cox":
+        return "risk"
+    return "sigmoid"
+
+
+class BidirectionalDistillation(nn.Module):
+    """Multi-modal and slides-only branches with distillation both ways; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        n_tiles_dim: int,
+        n_clinical: int,
+        task_spec: TaskSpec,
+        hidden_dim: int,
+        dropout: float,
+        options: DistillOptions,
+    ) -> None:
+        super().__init__()
+        self.task_spec = task_spec
+        self.n_clinical = n_clinical
+        self.options = options
+        self.multimodal = ClinicalFusionBranch(
+            n_tiles_dim=n_tiles_dim,
+            n_inputs=n_clinical,
+            task_spec=task_spec,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+        )
+        self.slide_only = SlideBranch(
+            n_tiles_dim=n_tiles_dim, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout
+        )
+
+    def forward(
+        self,
+        bags: BagsArg,
+        genomics: Tensor | None = None,
+        clinical: Tensor | None = None,
+        coords: Tensor | Sequence[Tensor] | None = None,
+        *,
+        clinical_present: Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Routed task logits, attention, embedding, distillation losses and both branches' outputs."""
+        bag_list = as_bag_list(bags)
+        if not bag_list:
+            raise ValueError("bidistill needs at least one bag")
+        device = self.multimodal.mil.missing.device
+        clinical_in, present = _clinical_inputs(
+            clinical, clinical_present, len(bag_list), self.n_clinical, device
+        )
+        multi = self.multimodal(bag_list, clinical_in)
+        single = self.slide_only(bag_list)
+        route = present.unsqueeze(1)
+        outputs: dict[str, Any] = {
+            task: torch.where(route, multi.logits[task], single.logits[task]) for task in self.task_spec.tasks
+        }
+        outputs["embedding"] = torch.where(route, multi.embedding, single.embedding)
+        outputs["attention"] = [
+            multi_weights if bool(is_present) else single_weights
+            for multi_weights, single_weights, is_present in zip(
+                multi.attention, single.attention, present, strict=True
+            )
+        ]
+        logit_terms = sum(
+            (
+                distillation_loss(
+                    single.logits[task],
+                    multi.logits[task],
+                    kind=_distillation_kind(self.task_spec, task),
+                    temperature=self.options.temperature,
+                    mask=present,
+                )
+                for task in self.task_spec.tasks
+            ),
+            start=single.embedding.new_zeros(()),
+        )
+        if bool(present.any()):
+            feature_term = F.mse_loss(single.embedding[present], multi.embedding[present].detach())
+        else:
+            feature_term = single.embedding.sum() * 0.0
+        outputs["aux_losses"] = {
+            "distill_single_from_multi": logit_terms + self.options.feature_weight * feature_term,
+            "distill_multi_from_single": F.mse_loss(multi.slide_features, single.slide_features.detach()),
+        }
+        outputs["branches"] = {"multimodal": multi.embedding, "slide_only": single.embedding}
+        outputs["branch_logits"] = {"multimodal": multi.logits, "slide_only": single.logits}
+        return outputs
+
+
+class ImputedClinicalFusion(nn.Module):
+    """Slides + clinical with zero-imputed missing clinical data and a missing indicator (``mm_impute``)."""
+
+    def __init__(
+        self, *, n_tiles_dim: int, n_clinical: int, task_spec: TaskSpec, hidden_dim: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.n_clinical = n_clinical
+        self.branch = ClinicalFusionBranch(
+            n_tiles_dim=n_tiles_dim,
+            n_inputs=n_clinical + 1,
+            task_spec=task_spec,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+        )
+
+    def forward(
+        self,
+        bags: BagsArg,
+        genomics: Tensor | None = None,
+        clinical: Tensor | None = None,
+        coords: Tensor | Sequence[Tensor] | None = None,
+        *,
+        clinical_present: Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Task logits, attention and embedding; missing clinical rows enter as zeros + indicator 1."""
+        bag_list = as_bag_list(bags)
+        if not bag_list:
+            raise ValueError("mm_impute needs at least one bag")
+        device = self.branch.mil.missing.device
+        clinical_in, present = _clinical_inputs(
+            clinical, clinical_present, len(bag_list), self.n_clinical, device
+        )
+        indicator = (~present).to(clinical_in.dtype).unsqueeze(1)
+        result = self.branch(bag_list, torch.cat([clinical_in, indicator], dim=1))
+        return {**result.logits, "attention": result.attention, "embedding": result.embedding}
+
+
+def _require_clinical(name: str, n_clinical: int) -> None:
+    if n_clinical < 1:
+        raise ConfigError(
+            f"model '{name}' fuses slides with clinical data, but no clinical feature is available.",
+            fix="provide a clinical table, or train 'abmil' for slides only.",
+        )
+
+
+@register_model("bidistill")
+def build_bidistill(
+    *,
+    n_tiles_dim: int,
+    n_genomic: int,
+    task_spec: TaskSpec,
+    hidden_dim: int = 128,
+    dropout: float = 0.25,
+    n_clinical: int = 0,
+    gene_groups: Sequence[Sequence[int]] | None = None,
+    subspaces: Mapping[str, Sequence[int]] | None = None,
+    temperature: float = 2.0,
+    feature_weight: float = 1.0,
+) -> BidirectionalDistillation:
+    """Builder for ``bidistill`` (slides + clinical; genomics unused)."""
+    options = DistillOptions(temperature=temperature, feature_weight=feature_weight)
+    _require_clinical("bidistill", n_clinical)
+    return BidirectionalDistillation(
+        n_tiles_dim=n_tiles_dim,
+        n_clinical=n_clinical,
+        task_spec=task_spec,
+        hidden_dim=hidden_dim,
+        dropout=dropout,
+        options=options,
+    )
+
+
+@register_model("mm_impute")
+def build_mm_impute(
+    *,
+    n_tiles_dim: int,
+    n_genomic: int,
+    task_spec: TaskSpec,
+    hidden_dim: int = 128,
+    dropout: float = 0.25,
+    n_clinical: int = 0,
+    gene_groups: Sequence[Sequence[int]] | None = None,
+    subspaces: Mapping[str, Sequence[int]] | None = None,
+) -> ImputedClinicalFusion:
+    """Builder for ``mm_impute`` (slides + zero-imputed clinical with a missing indicator)."""
+    _require_clinical("mm_impute", n_clinical)
+    return ImputedClinicalFusion(
+        n_tiles_dim=n_tiles_dim,
+        n_clinical=n_clinical,
+        task_spec=task_spec,
+        hidden_dim=hidden_dim,
+        dropout=dropout,
+    )

@@ -1,0 +1,187 @@
+"""``m2f``: multi-modal multi-task fusion with genomic-group queries co-attending over the tiles.
+
+* Each gene group is embedded by its own SNN; the group embeddings are the queries of a
+  co-attention (:class:`torch.nn.MultiheadAttention`) whose keys and values are the projected tile
+  features, giving one "genomics-guided" slide token per gene group.
+* A small transformer encoder runs over each modality's tokens (the co-attended slide tokens and the
+  genomic group tokens), followed by gated attention pooling per modality.
+* The two pooled vectors are fused by an MLP into one representation shared by every task head;
+  all tasks are trained jointly.
+
+With ``joint=False`` the builder returns one independent copy of this model per task
+(:class:`histofuse.models.independent.IndependentTaskModels`), so tasks share no parameter.
+The returned ``"attention"`` is the co-attention over each bag's tiles averaged over heads and
+gene groups (sums to 1 per non-empty bag).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from histofuse.errors import ConfigError
+from histofuse.models.independent import IndependentTaskModels
+from histofuse.models.inputs import as_bag_list, as_genomics_batch
+from histofuse.models.layers import GatedAttentionPool, GroupedSNN, TaskHeads, mlp
+from histofuse.models.registry import TaskSpec, register_model
+
+__all__ = ["M2FOptions", "MultimodalMultitaskFusion"]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class M2FOptions:
+    """Options of ``m2f``.
+
+    Attributes:
+        joint: True trains all tasks through one shared model; False gives each task its own copy.
+        n_heads: attention heads (co-attention and transformer layers); must divide ``hidden_dim``.
+        n_layers: transformer encoder layers per modality (1 or 2).
+    """
+
+    joint: bool = True
+    n_heads: int = 4
+    n_layers: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.joint, bool):
+            raise ConfigError(f"m2f option joint must be true or false, got {self.joint!r}.")
+        if not _is_int(self.n_heads) or self.n_heads < 1:
+            raise ConfigError(f"m2f option n_heads must be an integer >= 1, got {self.n_heads!r}.")
+        if not _is_int(self.n_layers) or self.n_layers not in (1, 2):
+            raise ConfigError(f"m2f option n_layers must be 1 or 2, got {self.n_layers!r}.")
+
+
+def _encoder(dim: int, options: M2FOptions, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model=dim, nhead=options.n_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
+    )
+    return nn.TransformerEncoder(layer, num_layers=options.n_layers, enable_nested_tensor=False)
+
+
+class MultimodalMultitaskFusion(nn.Module):
+    """Genomic-group co-attention over tiles, per-modality transformers, pooling, fusion, task heads."""
+
+    def __init__(
+        self,
+        *,
+        n_tiles_dim: int,
+        gene_groups: Sequence[Sequence[int]],
+        task_spec: TaskSpec,
+        hidden_dim: int,
+        dropout: float,
+        options: M2FOptions,
+    ) -> None:
+        super().__init__()
+        self.genomic_groups = GroupedSNN(gene_groups, hidden_dim, dropout)
+        self.tile_encoder = nn.Sequential(nn.Linear(n_tiles_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.missing_tile = nn.Parameter(torch.randn(hidden_dim) * 0.02)
+        # no dropout on the co-attention weights: they are returned as the tiles' attention
+        self.co_attention = nn.MultiheadAttention(hidden_dim, options.n_heads, batch_first=True)
+        self.wsi_encoder = _encoder(hidden_dim, options, dropout)
+        self.genomic_encoder = _encoder(hidden_dim, options, dropout)
+        self.wsi_pool = GatedAttentionPool(hidden_dim, dropout)
+        self.genomic_pool = GatedAttentionPool(hidden_dim, dropout)
+        self.fusion = mlp(2 * hidden_dim, hidden_dim, dropout)
+        self.heads = TaskHeads(hidden_dim, task_spec)
+
+    def _padded_tiles(self, bags: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Projected tiles ``(B, N_max, H)`` and the padding mask (True = padding).
+
+        An empty bag gets the learned "missing" token as its only key.
+        """
+        dtype = self.missing_tile.dtype
+        encoded = [
+            (
+                self.tile_encoder(bag.to(device=self.missing_tile.device, dtype=dtype))
+                if bag.shape[0]
+                else self.missing_tile.unsqueeze(0)
+            )
+            for bag in bags
+        ]
+        longest = max(tokens.shape[0] for tokens in encoded)
+        padded = self.missing_tile.new_zeros(len(bags), longest, self.missing_tile.shape[0])
+        padding = torch.ones(len(bags), longest, dtype=torch.bool, device=padded.device)
+        for index, tokens in enumerate(encoded):
+            padded[index, : tokens.shape[0]] = tokens
+            padding[index, : tokens.shape[0]] = False
+        return padded, padding
+
+    def forward(
+        self,
+        bags: Tensor | Sequence[Tensor],
+        genomics: Tensor | None = None,
+        clinical: Tensor | None = None,
+        coords: Tensor | Sequence[Tensor] | None = None,
+        *,
+        clinical_present: Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Task logits, co-attention over tiles and the fused embedding (clinical data unused)."""
+        bag_list = as_bag_list(bags)
+        if not bag_list:
+            raise ValueError("m2f needs at least one bag")
+        genomic_batch = as_genomics_batch(genomics, len(bag_list))
+        if genomic_batch is None:
+            raise ValueError("m2f needs genomics: its gene groups are the co-attention queries")
+        group_tokens = self.genomic_groups(
+            genomic_batch.to(device=self.missing_tile.device, dtype=self.missing_tile.dtype)
+        )
+        tiles, padding = self._padded_tiles(bag_list)
+        guided, weights = self.co_attention(
+            group_tokens, tiles, tiles, key_padding_mask=padding, need_weights=True, average_attn_weights=True
+        )
+        wsi, _ = self.wsi_pool(self.wsi_encoder(guided))
+        genomic, _ = self.genomic_pool(self.genomic_encoder(group_tokens))
+        embedding = self.fusion(torch.cat([wsi, genomic], dim=1))
+        tile_weights = weights.mean(dim=1)
+        attention = [tile_weights[index, : bag.shape[0]] for index, bag in enumerate(bag_list)]
+        return {**self.heads(embedding), "attention": attention, "embedding": embedding}
+
+
+@register_model("m2f")
+def build_m2f(
+    *,
+    n_tiles_dim: int,
+    n_genomic: int,
+    task_spec: TaskSpec,
+    hidden_dim: int = 128,
+    dropout: float = 0.25,
+    n_clinical: int = 0,
+    gene_groups: Sequence[Sequence[int]] | None = None,
+    subspaces: Mapping[str, Sequence[int]] | None = None,
+    joint: bool = True,
+    n_heads: int = 4,
+    n_layers: int = 1,
+) -> nn.Module:
+    """Builder for ``m2f``; ``joint=False`` gives one independent copy per task."""
+    options = M2FOptions(joint=joint, n_heads=n_heads, n_layers=n_layers)
+    if n_genomic < 1 or not gene_groups:
+        raise ConfigError(
+            "model 'm2f' uses gene groups as queries, but no genomic feature is available.",
+            fix="provide a genomics table, or train 'abmil' for slides only.",
+        )
+    if hidden_dim % options.n_heads:
+        raise ConfigError(
+            f"m2f: hidden_dim {hidden_dim} is not divisible by n_heads {options.n_heads}.",
+            fix="choose n_heads dividing hidden_dim.",
+        )
+    groups = [list(group) for group in gene_groups]
+
+    def build(spec: TaskSpec) -> MultimodalMultitaskFusion:
+        return MultimodalMultitaskFusion(
+            n_tiles_dim=n_tiles_dim,
+            gene_groups=groups,
+            task_spec=spec,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            options=options,
+        )
+
+    return build(task_spec) if options.joint else IndependentTaskModels(task_spec, build)
