@@ -18,7 +18,7 @@ import yaml
 
 from workflow_support import REPO, TINY, demo_config, jobs_run, make_cohort, slides_run, snakemake, write_config
 
-COHORT_LEVEL = {"prepare_tables", "make_folds", "train", "evaluate", "report", "all"}
+COHORT_LEVEL = {"prepare_tables", "make_folds", "preprocess", "train", "evaluate", "report", "all"}
 SLIDE_LEVEL = {"tissue_mask", "tile", "extract_features"}
 FAST_TRAINING = {"epochs": 2, "patience": 2, "hidden_dim": 32, "grad_accum": 2}
 

@@ -113,3 +113,37 @@ def test_genomics_reader_accepts_finite_numbers_and_rejects_inf(tmp_path_factory
         got = pd.read_parquet(root / "out" / "genomics.parquet")["X_cnv"].to_numpy()
         expected = np.array([float(v) for v in values])
         np.testing.assert_allclose(got, expected, rtol=1e-12, equal_nan=True)
+
+
+def test_published_format_is_written_in_the_pipeline_layout(tmp_path: Path) -> None:
+    from histofuse.cohorts import read_cohort
+    from histofuse.tables import write_cohort_tables
+
+    repo = Path(__file__).resolve().parents[1]
+    cohort = read_cohort("bcnb", clinical=repo / "resources" / "examples" / "bcnb" / "clinical.csv")
+    out = tmp_path / "tables"
+    out.mkdir()
+    outputs = write_cohort_tables(cohort, out, modalities=("clinical",))
+    patients = pd.read_parquet(outputs["patients"])
+    assert len(patients) == 200 and patients["aln"].dtype == "Int64"
+    assert set(patients["aln"].dropna()) == {0, 1}
+    labels = json.loads(outputs["labels"].read_text())
+    assert labels["aln"] == {"classes": ["0", "1"]} and labels["source"] == "bcnb"
+    clinical = pd.read_parquet(outputs["clinical"])
+    assert len(clinical) == 200 and "Number of lymph node metastases" not in clinical.columns
+    assert pd.read_parquet(outputs["slides"]).empty and list(pd.read_parquet(outputs["genomics"]).columns) == ["patient_id"]
+
+    # a modality the cohort lacks leaves every patient without data: a stop that says so
+    with pytest.raises(ConfigError, match="no data in the modalities used") as err:
+        write_cohort_tables(cohort, out, modalities=("genomics",))
+    assert "modalities" in str(err.value)
+    with pytest.raises(ConfigError, match="unknown or none"):
+        write_cohort_tables(cohort, out, modalities=("rna",))
+
+
+def test_unused_modalities_are_written_empty(cohort: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "tables"
+    prepare_tables(TableInputs(**cohort, modalities=("wsi", "clinical")), out)
+    assert list(pd.read_parquet(out / "genomics.parquet").columns) == ["patient_id"]
+    assert len(pd.read_parquet(out / "clinical.parquet")) == 4
+    assert len(pd.read_csv(out / "cohort_splits.tsv", sep="\t")) == 0

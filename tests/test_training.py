@@ -176,7 +176,13 @@ def test_two_runs_give_identical_predictions(
 def test_checkpoint_restores_the_model(cohort: dict[str, Path], trained: dict[str, Path]) -> None:
     content = torch.load(trained["out_checkpoint"], map_location="cpu", weights_only=True)
     assert content["model_name"] == "mm_baseline" and content["fold"] == 0
-    assert content["n_tiles_dim"] == TILE_DIM and content["n_genomic"] == N_GENOMIC
+    assert content["n_tiles_dim"] == TILE_DIM
+    # every genomic feature but the constant gene_9, z-scored, plus a missing-indicator for those
+    # with gaps in the train part
+    outputs = content["genomics"]["output_columns"]
+    assert content["n_genomic"] == len(outputs)
+    assert [c for c in outputs if not c.endswith("__missing")] == [f"gene_{i}" for i in range(N_GENOMIC - 1)]
+    assert any(c.endswith("__missing") for c in outputs)
     assert content["grade_classes"] == ["2", "3", "4"]
     assert len(content["bin_edges"]) == FAST.n_bins + 1 and content["encoder"] == "toy"
     assert content["settings"]["lr"] == FAST.lr
@@ -259,3 +265,36 @@ def test_settings_from_mapping() -> None:
 def test_settings_errors_name_the_key(mapping: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainSettings.from_mapping(mapping)
+
+
+@pytest.mark.parametrize("model_name", ["abmil", "snn", "clinical", "concat", "kronecker"])
+def test_baselines_train_through_the_same_engine(model_name: str, cohort: dict[str, Path], tmp_path: Path) -> None:
+    tables_dir = tmp_path / "tables"
+    shutil.copytree(cohort["tables_dir"], tables_dir)
+    patients = pd.read_parquet(tables_dir / "patients.parquet")
+    rng = np.random.default_rng(3)
+    grade = patients["grade"].fillna(1).to_numpy(dtype=float)
+    pd.DataFrame(
+        {
+            "patient_id": patients["patient_id"],
+            "age": 50 + 8 * grade + rng.normal(0, 3, len(patients)),
+            "sex": rng.choice(["F", "M"], len(patients)),
+        }
+    ).to_parquet(tables_dir / "clinical.parquet", index=False)
+    paths = {"out_checkpoint": tmp_path / "m.pt", "out_predictions": tmp_path / "p.parquet", "out_history": None}
+    use_wsi = model_name not in ("snn", "clinical")
+    train_fold(
+        model_name=model_name,
+        fold=0,
+        settings=dataclasses.replace(FAST, epochs=3),
+        **{**cohort, "tables_dir": tables_dir},
+        **paths,
+        use_wsi=use_wsi,
+    )
+    predictions = pd.read_parquet(paths["out_predictions"])
+    assert (predictions["model"] == model_name).all() and np.isfinite(predictions["risk"]).all()
+    probs = predictions[[f"grade_prob_{k}" for k in range(3)]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    content = torch.load(paths["out_checkpoint"], weights_only=True)
+    model, _ = load_trained_model(paths["out_checkpoint"])
+    assert content["n_clinical"] == 3 and sum(p.numel() for p in model.parameters()) > 0

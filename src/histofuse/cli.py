@@ -34,6 +34,23 @@ def _optional_path(value: str) -> Path | None:
     return None if value in ("", "None") else Path(value)
 
 
+def _optional_int(value: str) -> int | None:
+    return None if value in ("", "None", "null") else int(value)
+
+
+def _optional_str(value: str) -> str | None:
+    return None if value in ("", "None", "null") else value
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
 def _limit_torch_threads(threads: int) -> None:
     """Keep torch's intra-op pool to the job's share of the cores (it defaults to all of them)."""
     import torch
@@ -55,13 +72,22 @@ def cmd_tissue_mask(args: argparse.Namespace) -> None:
     from histofuse.slides.mask import MaskSettings, mask_slide
     from histofuse.slides.reader import open_slide
 
-    settings = MaskSettings(method=args.method, mpp=args.mask_mpp)
+    settings = MaskSettings(
+        method=args.method,
+        mpp=args.mask_mpp,
+        background_filter=args.background_filter,
+        max_background_grey=args.max_background_grey,
+        min_saturation=args.min_saturation,
+        min_tissue_um2=args.min_tissue_um2,
+        pen_marks=tuple(args.pen_marks),
+    )
     with open_slide(args.slide, reader=args.reader, mpp=args.mpp) as reader:
         mask_slide(reader, settings=settings, mask_png=args.mask, qc_png=args.qc)
 
 
 def cmd_tile(args: argparse.Namespace) -> None:
     from histofuse.slides.mask import read_mask_png
+    from histofuse.slides.qc import write_tile_qc
     from histofuse.slides.reader import open_slide
     from histofuse.slides.tiling import TilingSettings, compute_tile_grid, write_tiles_h5
 
@@ -70,11 +96,20 @@ def cmd_tile(args: argparse.Namespace) -> None:
         tile_px=args.tile_px,
         overlap_px=args.overlap_px,
         tissue_threshold=args.tissue_threshold,
+        max_tiles=args.max_tiles,
+        seed=args.seed,
     )
     with open_slide(args.slide, reader=args.reader, mpp=args.mpp) as reader:
         info = reader.info
     grid = compute_tile_grid(info, read_mask_png(args.mask), settings)
     write_tiles_h5(grid, args.out, slide_id=args.slide_id, reader=args.reader)
+    if args.qc is not None:
+        if args.qc_base is None:
+            raise HistofuseError(
+                "--qc needs --qc-base, the mask QC thumbnail to draw the tiles on.",
+                fix="pass --qc-base with the QC image written by 'histofuse tissue-mask --qc'.",
+            )
+        write_tile_qc(args.qc_base, grid.coords, grid.attrs, args.qc)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -89,6 +124,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
         device=args.device,
         precision=args.precision,
         reader=args.reader,
+        region_px=args.region_px,
+        compile=args.compile,
+        stain_norm=args.stain_norm,
+        stain_target=args.stain_target,
     )
     extract_slide_features(
         slide_path=args.slide,
@@ -100,9 +139,31 @@ def cmd_extract(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_prepare_tables(args: argparse.Namespace) -> None:
-    from histofuse.tables import TableInputs, prepare_tables
+def cmd_import_features(args: argparse.Namespace) -> None:
+    from histofuse.features.precomputed import import_precomputed_features
 
+    import_precomputed_features(
+        folder=args.folder, slide_id=args.slide_id, encoder=args.encoder, out_h5=args.out
+    )
+
+
+def cmd_prepare_tables(args: argparse.Namespace) -> None:
+    import json
+
+    from histofuse.tables import TableInputs, prepare_tables, write_cohort_tables
+
+    modalities = tuple(args.modalities)
+    if args.format != "histofuse":
+        from histofuse.cohorts import read_cohort
+
+        options = json.loads(args.format_options)
+        cohort = read_cohort(args.format, **options)
+        write_cohort_tables(cohort, Path(args.out_dir), slides_sheet=args.slides, modalities=modalities)
+        return
+    if args.patients is None:
+        raise HistofuseError(
+            "the histofuse format needs a patients sheet.", fix="set samples.patients in the config."
+        )
     inputs = TableInputs(
         slides=args.slides,
         patients=args.patients,
@@ -110,8 +171,30 @@ def cmd_prepare_tables(args: argparse.Namespace) -> None:
         gene_groups=args.gene_groups,
         clinical=args.clinical,
         grade_classes=tuple(args.grade_classes),
+        modalities=modalities,
     )
     prepare_tables(inputs, Path(args.out_dir))
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    import json
+
+    import pandas as pd
+
+    from histofuse.io import write_text_atomic
+    from histofuse.preprocess import PreprocessSettings, fit_fold_preprocessing
+    from histofuse.training.data import read_fold
+
+    tables = Path(args.tables_dir)
+    fitted = fit_fold_preprocessing(
+        fold=args.fold,
+        fold_rows=read_fold(args.folds, args.fold),
+        genomics=pd.read_parquet(tables / "genomics.parquet"),
+        clinical=pd.read_parquet(tables / "clinical.parquet"),
+        gene_groups=pd.read_parquet(tables / "gene_groups.parquet"),
+        settings=PreprocessSettings.from_mapping(json.loads(args.settings)),
+    )
+    write_text_atomic(Path(args.out), fitted.to_json())
 
 
 def cmd_make_folds(args: argparse.Namespace) -> None:
@@ -119,16 +202,38 @@ def cmd_make_folds(args: argparse.Namespace) -> None:
 
     from histofuse.folds import FoldSettings, make_folds, write_folds
 
-    settings = FoldSettings(k=args.k, seed=args.seed, val_fraction=args.val_fraction)
-    folds = make_folds(pd.read_parquet(args.patients), settings)
+    from histofuse.folds import folds_from_cohort_splits
+
+    settings = FoldSettings(
+        k=args.k, seed=args.seed, val_fraction=args.val_fraction, source=args.source, stratify=args.stratify
+    )
+    patients = pd.read_parquet(args.patients)
+    if settings.source == "cohort":
+        splits = pd.read_csv(args.cohort_splits, sep="\t", dtype={"patient_id": str})
+        folds = folds_from_cohort_splits(splits, patients, settings, path=args.cohort_splits)
+    else:
+        folds = make_folds(patients, settings)
     write_folds(folds, Path(args.out))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from histofuse.training.cox import COX_MODELS, CoxSettings, train_cox_fold
     from histofuse.training.settings import TrainSettings
     from histofuse.training.trainer import train_fold
 
     _limit_torch_threads(args.threads)
+    if args.model in COX_MODELS:
+        train_cox_fold(
+            model_name=args.model,
+            fold=args.fold,
+            tables_dir=Path(args.tables_dir),
+            folds_tsv=Path(args.folds),
+            settings=CoxSettings.from_mapping(json.loads(args.cox_settings)),
+            out_checkpoint=Path(args.checkpoint),
+            out_predictions=Path(args.predictions),
+            out_history=_optional_path(args.history or ""),
+        )
+        return
     settings = TrainSettings.from_mapping(json.loads(args.settings))
     train_fold(
         model_name=args.model,
@@ -140,6 +245,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         out_checkpoint=Path(args.checkpoint),
         out_predictions=Path(args.predictions),
         out_history=_optional_path(args.history or ""),
+        preprocessing=_optional_path(args.preprocessing or ""),
+        use_wsi=not args.no_wsi,
     )
 
 
@@ -179,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     slide_args(p)
     p.add_argument("--method", default="otsu", help="otsu | morphological")
     p.add_argument("--mask-mpp", type=float, default=8.0, help="resolution of the mask, µm/px")
+    p.add_argument("--background-filter", type=_bool, default=True, help="blank-background filter: true | false")
+    p.add_argument("--max-background-grey", type=int, default=220, help="brighter pixels are background")
+    p.add_argument("--min-saturation", type=int, default=12, help="greyer pixels (RGB spread) are background")
+    p.add_argument("--min-tissue-um2", type=float, default=100.0, help="smaller tissue regions are debris")
+    p.add_argument("--pen-marks", nargs="*", default=[], help="ink colours to remove: blue green red black")
     p.add_argument("--mask", required=True, type=Path, help="output mask PNG")
     p.add_argument("--qc", required=True, type=Path, help="output QC thumbnail PNG")
 
@@ -189,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-px", type=int, default=256)
     p.add_argument("--overlap-px", type=int, default=0)
     p.add_argument("--tissue-threshold", type=float, default=0.5)
+    p.add_argument("--max-tiles", type=_optional_int, default=None, help="cap on tiles per slide (empty: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling under --max-tiles")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--qc", type=Path, default=None, help="output PNG: thumbnail with the tile grid")
+    p.add_argument("--qc-base", type=Path, default=None, help="mask QC thumbnail to draw the tiles on")
 
     p = add("extract", cmd_extract, "Tile features of one slide with an encoder, to HDF5.")
     slide_args(p)
@@ -201,10 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--region-px", type=int, default=2048, help="side of shared region reads (0: per tile)")
+    p.add_argument("--compile", type=_bool, default=False, help="torch.compile the encoder: true | false")
+    p.add_argument("--stain-norm", type=_optional_str, default=None, help="macenko, or empty for none")
+    p.add_argument("--stain-target", type=_optional_str, default=None, help="target image of the stain norm")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = add("import-features", cmd_import_features, "Import one slide's precomputed CLAM/TRIDENT features.")
+    p.add_argument("--folder", required=True, type=Path, help="features.precomputed_dir")
+    p.add_argument("--slide-id", required=True)
+    p.add_argument("--encoder", required=True, help="features.encoder (TRIDENT: the features_<encoder> folder)")
     p.add_argument("--out", required=True, type=Path)
 
     p = add("prepare-tables", cmd_prepare_tables, "Check and type the cohort tables, to parquet.")
-    p.add_argument("--patients", required=True, type=Path)
+    p.add_argument("--format", default="histofuse", help="cohort.format: histofuse or a published format")
+    p.add_argument("--format-options", default="{}", help="cohort options as JSON (files of the format)")
+    p.add_argument("--modalities", nargs="+", default=["wsi", "genomics", "clinical"])
+    p.add_argument("--patients", type=_optional_path, default=None)
     p.add_argument("--slides", type=_optional_path, default=None)
     p.add_argument("--genomics", type=_optional_path, default=None)
     p.add_argument("--gene-groups", type=_optional_path, default=None)
@@ -217,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--source", default="kfold", help="kfold or cohort (the cohort's own split files)")
+    p.add_argument("--stratify", default="grade", help="label column stratified on, with the event")
+    p.add_argument("--cohort-splits", type=Path, default=None, help="cohort_splits.tsv (source cohort)")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = add("preprocess", cmd_preprocess, "Fit one fold's table preprocessing on its training part.")
+    p.add_argument("--tables-dir", required=True, type=Path)
+    p.add_argument("--folds", required=True, type=Path)
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--settings", default="{}", help="preprocessing section as JSON")
     p.add_argument("--out", required=True, type=Path)
 
     p = add("train", cmd_train, "Train one model on one fold; write checkpoint and predictions.")
@@ -230,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True)
     p.add_argument("--history", default=None)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--preprocessing", default=None, help="the fold's fitted preprocessing (JSON)")
+    p.add_argument("--no-wsi", action="store_true", help="train without slides (no 'wsi' modality)")
+    p.add_argument("--cox-settings", default="{}", help="JSON of the config's training.cox section")
 
     p = add("evaluate", cmd_evaluate, "Metrics per model, task and fold, and their summary.")
     p.add_argument("--predictions", nargs="+", required=True)

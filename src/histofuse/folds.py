@@ -1,4 +1,10 @@
-"""Patient-level cross-validation folds, stratified on grade and event, seeded, with a validation part."""
+"""Patient-level cross-validation folds, seeded, with a validation part.
+
+``source: kfold`` draws k stratified folds (on the primary label and the survival event);
+``source: cohort`` takes the cohort's own split files (e.g. the 15 PNAS splits of TCGA-GBMLGG or
+MCAT's ``splits_{k}.csv``), uses the first ``k`` of them and carves the validation part out of each
+training part when the file gives none.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from histofuse.io import atomic_path
 
 log = logging.getLogger(__name__)
 
+FOLD_SOURCES: tuple[str, ...] = ("kfold", "cohort")
+
 
 @dataclass(frozen=True, kw_only=True)
 class FoldSettings:
@@ -23,19 +31,27 @@ class FoldSettings:
     k: int = 5
     seed: int = 0
     val_fraction: float = 0.2
+    source: str = "kfold"
+    stratify: str = "grade"
+    """Label column stratified on (with the event); ``none`` stratifies on the event only."""
 
     def __post_init__(self) -> None:
-        if self.k < 2:
-            raise ConfigError("folds.k must be at least 2.", column="folds.k")
+        if self.source not in FOLD_SOURCES:
+            raise ConfigError(
+                f"folds.source '{self.source}' is not one of {list(FOLD_SOURCES)}.", column="folds.source"
+            )
+        if self.k < 1 or (self.source == "kfold" and self.k < 2):
+            raise ConfigError("folds.k must be at least 2 (at least 1 with source: cohort).", column="folds.k")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError("folds.val_fraction must lie in (0, 0.5).", column="folds.val_fraction")
 
 
-def strata(patients: pd.DataFrame) -> np.ndarray:
-    """One stratum per patient: grade (or 'NA') × event (or 'NA'); rare strata merged by grade."""
-    grade = patients["grade"].astype("string").fillna("NA")
-    event = patients["event"].astype("string").fillna("NA")
-    combined = (grade + "|" + event).to_numpy(dtype=object)
+def strata(patients: pd.DataFrame, label: str = "grade") -> np.ndarray:
+    """One stratum per patient: label (or 'NA') × event (or 'NA'); rare strata merged by label."""
+    missing = pd.Series(pd.NA, index=patients.index, dtype="string")
+    primary = patients[label].astype("string") if label in patients.columns else missing
+    event = patients["event"].astype("string") if "event" in patients.columns else missing
+    combined = (primary.fillna("NA") + "|" + event.fillna("NA")).to_numpy(dtype=object)
     return combined
 
 
@@ -66,7 +82,13 @@ def make_folds(patients: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
             column="folds.k",
             fix="lower folds.k or add patients.",
         )
-    labels = _merge_rare(strata(patients), settings.k)
+    if settings.source == "cohort":
+        raise ConfigError(
+            "folds.source is 'cohort': the folds come from the cohort's split files.",
+            column="folds.source",
+            fix="use folds_from_cohort_splits, or set folds.source: kfold.",
+        )
+    labels = _merge_rare(strata(patients, settings.stratify), settings.k)
     splitter = StratifiedKFold(n_splits=settings.k, shuffle=True, random_state=settings.seed)
     rows = []
     for fold, (train_idx, test_idx) in enumerate(splitter.split(ids, labels)):
@@ -83,6 +105,55 @@ def make_folds(patients: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
         for split, idx in (("train", fit_idx), ("val", val_idx), ("test", test_idx)):
             rows.extend((ids[i], fold, split) for i in sorted(idx))
     folds = pd.DataFrame(rows, columns=["patient_id", "fold", "split"])
+    return folds.sort_values(["fold", "split", "patient_id"]).reset_index(drop=True)
+
+
+def _carve_validation(train_ids: np.ndarray, labels: np.ndarray, settings: FoldSettings, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    merged = _merge_rare(labels, 2)
+    try:
+        fit, val = train_test_split(
+            train_ids, test_size=settings.val_fraction, random_state=settings.seed + fold, stratify=merged
+        )
+    except ValueError:
+        fit, val = train_test_split(train_ids, test_size=settings.val_fraction, random_state=settings.seed + fold)
+    return np.asarray(fit), np.asarray(val)
+
+
+def folds_from_cohort_splits(
+    splits: pd.DataFrame, patients: pd.DataFrame, settings: FoldSettings, *, path: Path | None = None
+) -> pd.DataFrame:
+    """The first ``settings.k`` of the cohort's own folds, with a validation part carved from train.
+
+    Patients of a fold not in ``patients`` (e.g. left out for lack of data) are dropped; a fold
+    whose file gives a ``val`` part keeps it.
+    """
+    available = sorted(int(f) for f in pd.unique(splits["fold"]))
+    if not available:
+        raise ConfigError(
+            "folds.source is 'cohort' but the cohort has no split files.",
+            path=path,
+            column="folds.source",
+            fix="give the format's split files (e.g. cohort.splits) or set folds.source: kfold.",
+        )
+    if settings.k > len(available):
+        raise ConfigError(
+            f"folds.k = {settings.k} but the cohort's split files hold {len(available)} folds.",
+            path=path,
+            column="folds.k",
+            fix=f"set folds.k to at most {len(available)}.",
+        )
+    known = patients.assign(patient_id=patients["patient_id"].astype(str)).set_index("patient_id")
+    label_of = pd.Series(strata(known.reset_index(), settings.stratify), index=known.index)
+    rows = []
+    for new_fold, fold in enumerate(available[: settings.k]):
+        part = splits[(splits["fold"] == fold) & splits["patient_id"].astype(str).isin(known.index)]
+        ids = {name: np.sort(part.loc[part["split"] == name, "patient_id"].astype(str).to_numpy()) for name in ("train", "val", "test")}
+        if len(ids["val"]) == 0:
+            ids["train"], ids["val"] = _carve_validation(ids["train"], label_of.loc[ids["train"]].to_numpy(), settings, new_fold)
+        for name, members in ids.items():
+            rows.extend((pid, new_fold, name) for pid in sorted(members))
+    folds = pd.DataFrame(rows, columns=["patient_id", "fold", "split"])
+    log.info("%d folds from the cohort's split files (of %d available)", settings.k, len(available))
     return folds.sort_values(["fold", "split", "patient_id"]).reset_index(drop=True)
 
 

@@ -1,10 +1,15 @@
 """Cohort tables: sample sheets, labels, genomics and clinical data to typed parquet files.
 
 Outputs in the tables folder (all written atomically):
-``slides.parquet`` (slide_id, patient_id, path, mpp), ``patients.parquet`` (patient_id, grade as
-a class index, survival_time in months, event), ``genomics.parquet`` and ``clinical.parquet``
-(patient_id + columns; only patient_id when the cohort has no such table), ``gene_groups.parquet`` (feature, gene, group) and ``labels.json``.
-No statistic is fitted here: imputation and scaling happen per fold, on its training part.
+``slides.parquet`` (slide_id, patient_id, path, mpp), ``patients.parquet`` (patient_id, grade and
+the other class labels as class indices, survival_time in months, event, binary labels),
+``genomics.parquet`` and ``clinical.parquet`` (patient_id + columns; only patient_id when the
+cohort has no such table or the modality is not used), ``gene_groups.parquet`` (feature, gene,
+group; a feature may belong to several groups), ``labels.json`` (class names per label) and
+``cohort_splits.tsv`` (the cohort's own train/val/test assignments, possibly empty).
+The cohort comes either from histofuse's own sheets (:class:`TableInputs`) or from a published
+format read by :mod:`histofuse.cohorts`. No statistic is fitted here: imputation and scaling
+happen per fold, on its training part (:mod:`histofuse.preprocess`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from typing import TYPE_CHECKING, Any
+
 from histofuse.config import read_sheet
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path, write_text_atomic
 
+if TYPE_CHECKING:
+    from histofuse.cohorts import CohortTables
+
 log = logging.getLogger(__name__)
+
+MODALITIES: tuple[str, ...] = ("wsi", "genomics", "clinical")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +49,7 @@ class TableInputs:
     gene_groups: Path | None = None
     clinical: Path | None = None
     grade_classes: tuple[str, ...] = ("2", "3", "4")
+    modalities: tuple[str, ...] = MODALITIES
 
 
 def _row_list(frame: pd.DataFrame, mask: pd.Series, id_column: str, limit: int = 10) -> str:
@@ -156,8 +169,9 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     known = pd.Index(patients["patient_id"])
     outputs = {"patients": out_dir / "patients.parquet", "labels": out_dir / "labels.json"}
 
+    _check_modalities(inputs.modalities)
     modalities: dict[str, set[str]] = {}
-    if inputs.slides is not None:
+    if inputs.slides is not None and "wsi" in inputs.modalities:
         slides = resolve_slide_paths(read_sheet(inputs.slides), inputs.slides)
         unknown = ~slides["patient_id"].isin(known)
         if unknown.any():
@@ -174,7 +188,10 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
         write_parquet(slides[["slide_id", "patient_id", "path", "mpp"]], out_dir / "slides.parquet")
         outputs["slides"] = out_dir / "slides.parquet"
         modalities["wsi"] = set(slides["patient_id"])
-    if inputs.genomics is not None:
+    else:
+        write_parquet(_EMPTY_SLIDES, out_dir / "slides.parquet")
+        outputs["slides"] = out_dir / "slides.parquet"
+    if inputs.genomics is not None and "genomics" in inputs.modalities:
         genomics = _numeric_table(inputs.genomics, known_patients=known)
         write_parquet(genomics, out_dir / "genomics.parquet")
         modalities["genomics"] = set(genomics["patient_id"])
@@ -185,7 +202,7 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
         write_parquet(_gene_groups(None, pd.Index([])), out_dir / "gene_groups.parquet")
     outputs["genomics"] = out_dir / "genomics.parquet"
     outputs["gene_groups"] = out_dir / "gene_groups.parquet"
-    if inputs.clinical is not None:
+    if inputs.clinical is not None and "clinical" in inputs.modalities:
         clinical = _clinical_table(inputs.clinical, known_patients=known)
         modalities["clinical"] = set(clinical["patient_id"])
     else:
@@ -206,6 +223,7 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     write_parquet(patients, outputs["patients"])
     labels = {"grade": {"classes": list(map(str, inputs.grade_classes))}, "survival": {"unit": "months"}}
     write_text_atomic(outputs["labels"], json.dumps(labels, indent=2))
+    outputs["splits"] = write_cohort_splits(None, out_dir)
     log.info(
         "tables: %d patients, modalities %s",
         len(patients),
@@ -224,6 +242,152 @@ def _gene_groups(path: Path | None, features: pd.Index) -> pd.DataFrame:
     groups = read_sheet(path)
     if not {"gene", "group"} <= set(groups.columns):
         raise ConfigError("gene groups need columns 'gene,group'.", path=path, fix="add a header line 'gene,group'.")
-    mapping = dict(zip(groups["gene"], groups["group"], strict=True))
-    frame["group"] = [mapping.get(g, "ungrouped") for g in frame["gene"]]
-    return frame
+    return _expand_groups(frame, groups)
+
+
+def _expand_groups(frame: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """One row per feature and group it belongs to (``ungrouped`` when in none)."""
+    mapping: dict[str, list[str]] = {}
+    for gene, group in zip(groups["gene"].astype(str), groups["group"].astype(str), strict=True):
+        if group not in mapping.setdefault(gene, []):
+            mapping[gene].append(group)
+    rows = [
+        (feature, gene, group)
+        for feature, gene in zip(frame["feature"], frame["gene"], strict=True)
+        for group in mapping.get(gene, ["ungrouped"])
+    ]
+    return pd.DataFrame(rows, columns=["feature", "gene", "group"])
+
+
+_EMPTY_SLIDES = pd.DataFrame(
+    {
+        "slide_id": pd.Series(dtype=str),
+        "patient_id": pd.Series(dtype=str),
+        "path": pd.Series(dtype=str),
+        "mpp": pd.Series(dtype="float64"),
+    }
+)
+
+
+def _check_modalities(modalities: Sequence[str]) -> None:
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ConfigError(
+            f"modalities {list(modalities)}: unknown or none.",
+            column="modalities",
+            fix=f"list one or more of {list(MODALITIES)}.",
+        )
+
+
+def write_cohort_splits(splits: pd.DataFrame | None, out_dir: Path) -> Path:
+    """The cohort's own ``patient_id, fold, split`` table (header only when it has none)."""
+    path = out_dir / "cohort_splits.tsv"
+    frame = splits if splits is not None else pd.DataFrame(columns=["patient_id", "fold", "split"])
+    with atomic_path(path) as tmp:
+        frame[["patient_id", "fold", "split"]].to_csv(tmp, sep="\t", index=False)
+    return path
+
+
+def _class_index(values: pd.Series, classes: Sequence[str]) -> pd.Series:
+    lookup = {name: index for index, name in enumerate(classes)}
+    return pd.array([None if pd.isna(v) else lookup[str(v)] for v in values], dtype="Int64")
+
+
+def write_cohort_tables(
+    cohort: CohortTables,
+    out_dir: Path,
+    *,
+    slides_sheet: Path | None = None,
+    modalities: Sequence[str] = MODALITIES,
+) -> dict[str, Path]:
+    """Write a cohort read from a published format in the layout :func:`prepare_tables` writes.
+
+    Slides come from histofuse's slides sheet (``slides_sheet``; the formats carry no slide paths);
+    the tables of modalities not in ``modalities`` are written empty.
+    """
+    from histofuse.cohorts.labels import TEXT_LABELS
+
+    _check_modalities(modalities)
+    out_dir = Path(out_dir)
+    source = cohort.patients
+    patients = pd.DataFrame({"patient_id": source["patient_id"].astype(str)})
+    labels: dict[str, Any] = {"survival": {"unit": "months"}, "source": cohort.source}
+    for name, classes in TEXT_LABELS.items():
+        if name in source.columns:
+            patients[name] = _class_index(source[name], classes)
+            labels[name] = {"classes": list(classes)}
+    if "grade" not in patients.columns:
+        patients["grade"] = pd.array([None] * len(patients), dtype="Int64")
+        labels["grade"] = {"classes": ["2", "3", "4"]}
+    patients["survival_time"] = (
+        source["survival_months"].astype("float64") if "survival_months" in source.columns else np.nan
+    )
+    patients["event"] = source["event"].astype("Int64") if "event" in source.columns else pd.array([None] * len(source), dtype="Int64")
+    for name in ("aln", "molecular_grade4"):
+        if name in source.columns:
+            patients[name] = source[name].astype("Int64")
+            labels[name] = {"classes": ["0", "1"]}
+    known = pd.Index(patients["patient_id"])
+    outputs = {name: out_dir / f"{name}.parquet" for name in ("patients", "slides", "genomics", "gene_groups", "clinical")}
+    outputs["labels"] = out_dir / "labels.json"
+
+    covered: set[str] = set()
+    slides = _EMPTY_SLIDES
+    if slides_sheet is not None and "wsi" in modalities:
+        slides = resolve_slide_paths(read_sheet(slides_sheet), slides_sheet)
+        unknown = ~slides["patient_id"].astype(str).isin(known)
+        if unknown.any():
+            raise ConfigError(
+                f"slides whose patient is not in the {cohort.source} cohort: {_row_list(slides, unknown, 'slide_id')}.",
+                path=slides_sheet,
+                column="patient_id",
+                fix="correct the patient ids or remove those slides.",
+            )
+        if "mpp" not in slides.columns:
+            slides["mpp"] = np.nan
+        slides["mpp"] = pd.to_numeric(slides["mpp"], errors="coerce")
+        slides = slides[["slide_id", "patient_id", "path", "mpp"]]
+        covered |= set(slides["patient_id"].astype(str))
+    write_parquet(slides, outputs["slides"])
+
+    if cohort.genomics is not None and "genomics" in modalities:
+        genomics = cohort.genomics
+        features = genomics.columns.drop("patient_id")
+        genes = pd.DataFrame({"feature": list(map(str, features)), "gene": [_gene_of(str(f)) for f in features]})
+        groups = _expand_groups(genes, cohort.gene_groups) if cohort.gene_groups is not None else genes.assign(group="ungrouped")
+        covered |= set(genomics["patient_id"])
+    else:
+        genomics = pd.DataFrame({"patient_id": pd.Series(dtype=str)})
+        groups = _gene_groups(None, pd.Index([]))
+    write_parquet(genomics, outputs["genomics"])
+    write_parquet(groups, outputs["gene_groups"])
+    if cohort.clinical is not None and "clinical" in modalities:
+        clinical = cohort.clinical
+        covered |= set(clinical["patient_id"])
+    else:
+        clinical = pd.DataFrame({"patient_id": pd.Series(dtype=str)})
+    write_parquet(clinical, outputs["clinical"])
+
+    orphans = patients["patient_id"][~patients["patient_id"].isin(covered)]
+    if not orphans.empty:
+        raise ConfigError(
+            f"{len(orphans)} patient(s) of the {cohort.source} cohort have no data in the modalities used "
+            f"({', '.join(modalities)}): {', '.join(orphans.head(10))}"
+            + (f" … and {len(orphans) - 10} more" if len(orphans) > 10 else "")
+            + ".",
+            column="modalities",
+            fix="add a modality that covers them (e.g. clinical), or give them slides or genomic data.",
+        )
+    write_parquet(patients, outputs["patients"])
+    write_text_atomic(outputs["labels"], json.dumps(labels, indent=2))
+    splits = cohort.splits
+    if splits is not None:
+        splits = splits[splits["patient_id"].isin(patients["patient_id"])]
+    outputs["splits"] = write_cohort_splits(splits, out_dir)
+    log.info("tables (%s format): %d patients; modalities used: %s", cohort.source, len(patients), list(modalities))
+    return outputs
+
+
+def _gene_of(feature: str) -> str:
+    head, _, suffix = feature.rpartition("_")
+    return head if head and suffix in ("cnv", "mut", "rnaseq") else feature

@@ -23,24 +23,39 @@ ENCODER = config["features"]["encoder"]
 MODELS = list(config["training"]["models"])
 FOLDS = list(range(config["folds"]["k"]))
 
-SLIDES_SHEET = Path(config["samples"]["slides"])
-PATIENTS_SHEET = Path(config["samples"]["patients"])
+COHORT_FORMAT = config["cohort"]["format"]
+COHORT_OPTIONS = config["cohort"]["options"]
+MODALITIES = list(config["modalities"])
+SLIDES_SHEET = Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
+PATIENTS_SHEET = Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
+if COHORT_FORMAT == "histofuse" and PATIENTS_SHEET is None:
+    raise ValueError(
+        f"{', '.join(map(str, workflow.configfiles))}: samples.patients is required with cohort.format "
+        "histofuse. Fix: name the patients sheet, or set cohort.format to a published format."
+    )
+# Slides are tiled and encoded only when the models use them and the cohort has them.
+USE_WSI = "wsi" in MODALITIES and SLIDES_SHEET is not None
 
-slides = resolve_slide_paths(
-    validate_sheet(
-        read_sheet(SLIDES_SHEET),
-        schema_path=SCHEMAS / "slides.schema.yaml",
-        path=SLIDES_SHEET,
-        id_column="slide_id",
-    ),
-    SLIDES_SHEET,
-).set_index("slide_id", drop=False)
-patients = validate_sheet(
-    read_sheet(PATIENTS_SHEET),
-    schema_path=SCHEMAS / "patients.schema.yaml",
-    path=PATIENTS_SHEET,
-    id_column="patient_id",
+slides = (
+    resolve_slide_paths(
+        validate_sheet(
+            read_sheet(SLIDES_SHEET),
+            schema_path=SCHEMAS / "slides.schema.yaml",
+            path=SLIDES_SHEET,
+            id_column="slide_id",
+        ),
+        SLIDES_SHEET,
+    ).set_index("slide_id", drop=False)
+    if USE_WSI
+    else pd.DataFrame({"slide_id": [], "patient_id": [], "path": []})
 )
+if PATIENTS_SHEET is not None:
+    validate_sheet(
+        read_sheet(PATIENTS_SHEET),
+        schema_path=SCHEMAS / "patients.schema.yaml",
+        path=PATIENTS_SHEET,
+        id_column="patient_id",
+    )
 SLIDE_IDS = list(slides["slide_id"])
 # Plain dicts: input functions run once per job, and a pandas lookup per call adds up for
 # cohorts of thousands of slides.
@@ -77,24 +92,58 @@ def get_slide_mpp(wildcards):
 
 
 ENCODER_WEIGHTS = str(config["features"].get("weights") or "")
+# extract: masks, tiles and extract_features; precomputed: import_features only (features.smk)
+FEATURES_SOURCE = config["features"]["source"]
+PRECOMPUTED_DIR = str(config["features"].get("precomputed_dir") or "")
 
 
 def get_feature_files(wildcards):
+    """Every slide's features, made by extract_features or import_features (features.source)."""
     return expand(
         f"{RESULTS}/features/{{encoder}}/{{slide}}.h5", encoder=ENCODER, slide=SLIDE_IDS
     )
 
 
+def get_precomputed_features(wildcards):
+    """The slide's precomputed file(s) found in precomputed_dir; none when absent.
+
+    import_features then names the slide, the folder and the file names it looked for.
+    """
+    from histofuse.features.precomputed import candidate_paths
+
+    candidates = candidate_paths(PRECOMPUTED_DIR, wildcards.slide, wildcards.encoder)
+    return [str(path) for path in candidates if path.is_file()]
+
+
 def get_tile_files(wildcards):
+    """Tiles files for the report; none when features are precomputed (no tiling runs)."""
+    if FEATURES_SOURCE == "precomputed":
+        return []
     return expand(f"{RESULTS}/tiles/{{slide}}.h5", slide=SLIDE_IDS)
 
 
 def get_qc_files(wildcards):
+    """Mask QC thumbnails for the report; none when features are precomputed (no masks run)."""
+    if FEATURES_SOURCE == "precomputed":
+        return []
     return expand(f"{RESULTS}/qc/{{slide}}.png", slide=SLIDE_IDS)
 
 
+# Options of the published cohort formats that name files (their changes rerun the tables).
+COHORT_FILE_OPTIONS = ("dataset", "grade_data", "splits", "table", "signatures", "clinical", "path")
+
+
 def get_table_inputs(wildcards):
-    inputs = {"patients": str(PATIENTS_SHEET), "slides": str(SLIDES_SHEET)}
+    inputs = {}
+    if USE_WSI:
+        inputs["slides"] = str(SLIDES_SHEET)
+    if COHORT_FORMAT != "histofuse":
+        for key in COHORT_FILE_OPTIONS:
+            value = COHORT_OPTIONS.get(key)
+            if isinstance(value, str) and value:
+                inputs[f"cohort_{key}"] = value
+        return inputs
+    inputs["patients"] = str(PATIENTS_SHEET)
     for key in ("genomics", "gene_groups", "clinical"):
         value = config["tables"].get(key)
         if value:
@@ -103,9 +152,11 @@ def get_table_inputs(wildcards):
 
 
 def get_table_args(wildcards, input):
-    """Command-line options naming the optional tables that exist in this cohort."""
-    args = []
-    for key in ("genomics", "gene_groups", "clinical"):
+    """Command-line options naming the cohort's format and the tables that exist in it."""
+    args = [f"--format {COHORT_FORMAT}", f"--modalities {' '.join(MODALITIES)}"]
+    if COHORT_FORMAT != "histofuse":
+        args.append(f"--format-options '{json.dumps(COHORT_OPTIONS, sort_keys=True)}'")
+    for key in ("slides", "patients", "genomics", "gene_groups", "clinical"):
         if key in input.keys():
             args.append(f"--{key.replace('_', '-')} '{input[key]}'")
     return " ".join(args)
@@ -117,8 +168,35 @@ def get_grade_classes(wildcards):
 
 def get_train_settings(wildcards):
     """The training section as JSON for `histofuse train --settings`."""
-    settings = {k: v for k, v in config["training"].items() if k != "models"}
+    settings = {k: v for k, v in config["training"].items() if k not in ("models", "cox")}
     return json.dumps(settings, sort_keys=True)
+
+
+COX_SETTINGS = json.dumps(config["training"].get("cox", {}), sort_keys=True)
+PREPROCESS_SETTINGS = json.dumps(config["preprocessing"], sort_keys=True)
+
+
+def get_train_features(wildcards):
+    """The tile features training reads: every slide's, or none for a cohort without slides."""
+    return get_feature_files(wildcards) if USE_WSI else []
+
+
+def get_cohort_splits_arg(wildcards, input):
+    """make_folds' option naming the cohort's split table, when it reads one."""
+    return f"--cohort-splits '{input.cohort_splits}'" if "cohort_splits" in input.keys() else ""
+
+
+def get_genomics_dir(wildcards, input):
+    """The tables folder, derived from the genomics table among the inputs."""
+    return str(Path(input.genomics).parent)
+
+
+def get_fold_inputs(wildcards):
+    """make_folds reads the cohort's own split files when folds.source is cohort."""
+    inputs = {"patients": f"{RESULTS}/tables/patients.parquet"}
+    if config["folds"]["source"] == "cohort":
+        inputs["cohort_splits"] = f"{RESULTS}/tables/cohort_splits.tsv"
+    return inputs
 
 
 def get_prediction_files(wildcards):

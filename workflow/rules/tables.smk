@@ -11,6 +11,7 @@ rule prepare_tables:
         gene_groups=f"{RESULTS}/tables/gene_groups.parquet",
         clinical=f"{RESULTS}/tables/clinical.parquet",
         labels=f"{RESULTS}/tables/labels.json",
+        cohort_splits=f"{RESULTS}/tables/cohort_splits.tsv",
     log:
         f"{RESULTS}/logs/prepare_tables.log",
     benchmark:
@@ -26,14 +27,13 @@ rule prepare_tables:
         grade_classes=get_grade_classes,
         out_dir=get_output_tables_dir,
     shell:
-        "histofuse prepare-tables --patients '{input.patients}' --slides '{input.slides}' "
-        "{params.optional} --grade-classes {params.grade_classes} "
+        "histofuse prepare-tables {params.optional} --grade-classes {params.grade_classes} "
         "--out-dir '{params.out_dir}' > '{log}' 2>&1"
 
 
 rule make_folds:
     input:
-        patients=f"{RESULTS}/tables/patients.parquet",
+        unpack(get_fold_inputs),
     output:
         folds=f"{RESULTS}/folds/folds.tsv",
     log:
@@ -50,6 +50,36 @@ rule make_folds:
         k=config["folds"]["k"],
         seed=config["folds"]["seed"],
         val_fraction=config["folds"]["val_fraction"],
+        source=config["folds"]["source"],
+        stratify=config["folds"]["stratify"],
+        splits=get_cohort_splits_arg,
     shell:
         "histofuse make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
-        "--val-fraction {params.val_fraction} --out '{output.folds}' > '{log}' 2>&1"
+        "--val-fraction {params.val_fraction} --source {params.source} --stratify {params.stratify} "
+        "{params.splits} --out '{output.folds}' > '{log}' 2>&1"
+
+
+rule preprocess:
+    input:
+        genomics=f"{RESULTS}/tables/genomics.parquet",
+        clinical=f"{RESULTS}/tables/clinical.parquet",
+        gene_groups=f"{RESULTS}/tables/gene_groups.parquet",
+        folds=f"{RESULTS}/folds/folds.tsv",
+    output:
+        fitted=f"{RESULTS}/preprocessing/fold{{fold}}.json",
+    log:
+        f"{RESULTS}/logs/preprocess/fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/preprocess/fold{{fold}}.tsv"
+    conda:
+        "../../envs/tables.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        tables_dir=get_genomics_dir,
+        settings=PREPROCESS_SETTINGS,
+    shell:
+        "histofuse preprocess --tables-dir '{params.tables_dir}' --folds '{input.folds}' "
+        "--fold {wildcards.fold} --settings '{params.settings}' --out '{output.fitted}' > '{log}' 2>&1"

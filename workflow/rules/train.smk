@@ -3,12 +3,14 @@
 
 rule train:
     input:
-        features=get_feature_files,
+        features=get_train_features,
         patients=f"{RESULTS}/tables/patients.parquet",
         slides=f"{RESULTS}/tables/slides.parquet",
         genomics=f"{RESULTS}/tables/genomics.parquet",
+        clinical=f"{RESULTS}/tables/clinical.parquet",
         labels=f"{RESULTS}/tables/labels.json",
         folds=f"{RESULTS}/folds/folds.tsv",
+        preprocessing=f"{RESULTS}/preprocessing/fold{{fold}}.json",
     output:
         checkpoint=f"{RESULTS}/models/{{model}}/fold{{fold}}.pt",
         history=f"{RESULTS}/models/{{model}}/fold{{fold}}_history.tsv",
@@ -28,9 +30,12 @@ rule train:
         features_dir=f"{RESULTS}/features/{ENCODER}",
         tables_dir=get_tables_dir,
         settings=get_train_settings,
+        cox=COX_SETTINGS,
+        wsi="" if USE_WSI else "--no-wsi",
     shell:
         "histofuse train --model {wildcards.model} --fold {wildcards.fold} "
         "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
         "--folds '{input.folds}' --settings '{params.settings}' "
         "--checkpoint '{output.checkpoint}' --history '{output.history}' "
-        "--predictions '{output.predictions}' --threads {threads} > '{log}' 2>&1"
+        "--predictions '{output.predictions}' --preprocessing '{input.preprocessing}' "
+        "--cox-settings '{params.cox}' {params.wsi} --threads {threads} > '{log}' 2>&1"

@@ -1,7 +1,7 @@
-"""One fold's patients in memory: tile-feature bags, preprocessed genomics, labels and masks.
+"""One fold's patients in memory: tile-feature bags, preprocessed genomics and clinical data, labels.
 
-Everything fitted from data (genomic imputation and scaling statistics, survival bin edges) uses the
-fold's **train** split only, so validation and test patients never leak into preprocessing.
+Everything fitted from data (the table preprocessing of :mod:`histofuse.preprocess`, survival bin
+edges) uses the fold's **train** split only, so validation and test patients never leak into it.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from torch import Tensor
 
 from histofuse.errors import HistofuseError
 from histofuse.losses import survival_bins, to_bin
+from histofuse.preprocess import FoldPreprocessing, PreprocessSettings, fit_fold_preprocessing
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS",
     "FoldData",
-    "GenomicsScaler",
     "load_fold_data",
     "read_fold",
     "read_grade_classes",
@@ -36,79 +36,6 @@ __all__ = [
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
-_Z_CLIP = 10.0
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class GenomicsScaler:
-    """Median imputation followed by z-scoring, with statistics fitted on training patients.
-
-    A column that is constant (or entirely missing) on the training patients maps to 0. Scaled
-    values are clipped to ±10 training standard deviations so an extreme value at inference cannot
-    saturate the network.
-    """
-
-    columns: tuple[str, ...]
-    median: npt.NDArray[np.float64]
-    mean: npt.NDArray[np.float64]
-    std: npt.NDArray[np.float64]
-
-    def __post_init__(self) -> None:
-        n_columns = len(self.columns)
-        for name in ("median", "mean", "std"):
-            values = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1)
-            if values.shape != (n_columns,):
-                raise ValueError(f"{name} must hold {n_columns} values, got {values.shape}")
-            object.__setattr__(self, name, values)
-
-    @property
-    def n_features(self) -> int:
-        return len(self.columns)
-
-    @classmethod
-    def fit(cls, train_values: pd.DataFrame) -> GenomicsScaler:
-        """Fit on the training patients' rows (one column per genomic feature, NaN = missing)."""
-        values = train_values.to_numpy(dtype=np.float64, na_value=np.nan)
-        values = np.where(np.isfinite(values), values, np.nan)
-        columns = tuple(str(column) for column in train_values.columns)
-        if values.size == 0:
-            median = np.zeros(len(columns))
-        else:
-            all_missing = np.isnan(values).all(axis=0)
-            safe = np.where(all_missing[None, :], 0.0, values)
-            median = np.nanmedian(safe, axis=0)
-        imputed = np.where(np.isnan(values), median[None, :], values)
-        mean = imputed.mean(axis=0) if imputed.shape[0] else np.zeros(len(columns))
-        std = imputed.std(axis=0) if imputed.shape[0] else np.zeros(len(columns))
-        return cls(columns=columns, median=median, mean=mean, std=std)
-
-    def transform(self, values: pd.DataFrame) -> npt.NDArray[np.float32]:
-        """Impute and scale rows with the same columns as at fit time; returns ``(P, G)`` float32."""
-        array = values.loc[:, list(self.columns)].to_numpy(dtype=np.float64, na_value=np.nan)
-        array = np.where(np.isfinite(array), array, np.nan)
-        imputed = np.where(np.isnan(array), self.median[None, :], array)
-        constant = ~(self.std > 1e-12 * np.maximum(1.0, np.abs(self.mean)))
-        scale = np.where(constant, 1.0, self.std)
-        scaled = np.where(constant[None, :], 0.0, (imputed - self.mean[None, :]) / scale[None, :])
-        return np.clip(scaled, -_Z_CLIP, _Z_CLIP).astype(np.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists, loadable with ``torch.load(..., weights_only=True)``."""
-        return {
-            "columns": list(self.columns),
-            "median": self.median.tolist(),
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenomicsScaler:
-        return cls(
-            columns=tuple(data["columns"]),
-            median=np.asarray(data["median"], dtype=np.float64),
-            mean=np.asarray(data["mean"], dtype=np.float64),
-            std=np.asarray(data["std"], dtype=np.float64),
-        )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -125,6 +52,7 @@ class FoldData:
     splits: npt.NDArray[np.str_]
     bags: list[Tensor]
     genomics: Tensor
+    clinical: Tensor
     grade: Tensor
     survival_bin: Tensor
     censored: Tensor
@@ -132,7 +60,7 @@ class FoldData:
     survival_time: npt.NDArray[np.float64]
     event: pd.Series
     n_tiles_dim: int
-    scaler: GenomicsScaler
+    preprocessing: FoldPreprocessing
     bin_edges: npt.NDArray[np.float64] | None
     grade_classes: list[str]
     encoder: str | None = None
@@ -145,6 +73,15 @@ class FoldData:
     @property
     def n_genomic(self) -> int:
         return int(self.genomics.shape[1])
+
+    @property
+    def n_clinical(self) -> int:
+        return int(self.clinical.shape[1])
+
+    @property
+    def gene_groups(self) -> list[list[int]]:
+        """Genomic column indices per gene group (after preprocessing)."""
+        return [list(indices) for indices in self.preprocessing.genomic_groups.values()]
 
     def indices(self, split: str) -> npt.NDArray[np.int64]:
         """Row indices of the patients in ``split``."""
@@ -268,6 +205,19 @@ def _read_patients(tables_dir: Path, tasks: Sequence[str]) -> pd.DataFrame:
     return table.set_index("patient_id")
 
 
+def _read_table(tables_dir: Path, name: str) -> pd.DataFrame:
+    """``{name}.parquet`` with a text ``patient_id`` column (only that column when absent)."""
+    path = tables_dir / f"{name}.parquet"
+    if not path.exists():
+        logger.info("no %s; training without %s features", path, name)
+        return pd.DataFrame({"patient_id": pd.Series(dtype=str)})
+    table = _read_parquet(path, ["patient_id"])
+    if table["patient_id"].duplicated().any():
+        duplicate = table.loc[table["patient_id"].duplicated(), "patient_id"].iloc[0]
+        raise HistofuseError(f"patient {duplicate!r} is listed twice.", path=path, column="patient_id")
+    return table
+
+
 def _read_genomics(tables_dir: Path) -> pd.DataFrame:
     """Genomic features indexed by patient (0 columns when the table is absent or empty)."""
     path = tables_dir / "genomics.parquet"
@@ -376,8 +326,15 @@ def load_fold_data(
     folds_tsv: Path,
     tasks: Sequence[str] = ("grade", "survival"),
     n_bins: int = 4,
+    preprocessing: FoldPreprocessing | None = None,
+    use_wsi: bool = True,
 ) -> FoldData:
-    """Load the patients of ``fold`` and fit the preprocessing on its train split."""
+    """Load the patients of ``fold``; preprocess the tables with ``preprocessing``.
+
+    ``preprocessing`` is the fold's fitted transform (from the preprocessing stage); when None it
+    is fitted here, with default settings, on the fold's train split. ``use_wsi=False`` trains
+    without slides (every bag empty).
+    """
     features_dir, tables_dir = Path(features_dir), Path(tables_dir)
     rows = read_fold(folds_tsv, fold).sort_values("patient_id", kind="stable").reset_index(drop=True)
     patient_ids = tuple(rows["patient_id"].tolist())
@@ -427,17 +384,44 @@ def load_fold_data(
         survival_bin = np.where(known_survival, to_bin(survival_time, bin_edges), -1)
     censored = np.where(known_survival, 1.0 - event_float, 0.0)
 
-    genomics_table = _read_genomics(tables_dir).reindex(list(patient_ids))
-    scaler = GenomicsScaler.fit(genomics_table.loc[list(np.asarray(patient_ids)[train_rows])])
-    genomics = torch.from_numpy(scaler.transform(genomics_table))
+    genomics_table = _read_genomics(tables_dir).reset_index()
+    clinical_table = _read_table(tables_dir, "clinical")
+    if preprocessing is None:
+        groups_path = tables_dir / "gene_groups.parquet"
+        preprocessing = fit_fold_preprocessing(
+            fold=fold,
+            fold_rows=rows,
+            genomics=genomics_table,
+            clinical=clinical_table,
+            gene_groups=pd.read_parquet(groups_path) if groups_path.exists() else None,
+            settings=PreprocessSettings(),
+        )
+    train_ids = tuple(sorted(np.asarray(patient_ids)[train_rows].tolist()))
+    if tuple(preprocessing.train_patients) != train_ids:
+        raise HistofuseError(
+            f"the preprocessing of fold {fold} was fitted on other training patients than the fold's.",
+            path=folds_tsv,
+            fix="rerun the preprocessing stage for this fold (the folds changed since).",
+        )
 
-    bags, n_tiles_dim, encoder = _load_bags(patient_ids, features_dir, tables_dir)
+    def transformed(table: pd.DataFrame, transform: Any) -> Tensor:
+        rows_of = table.assign(patient_id=table["patient_id"].astype(str)).set_index("patient_id")
+        return torch.from_numpy(transform.transform(rows_of.reindex(list(patient_ids))))
+
+    genomics = transformed(genomics_table, preprocessing.genomics)
+    clinical = transformed(clinical_table, preprocessing.clinical)
+
+    if use_wsi:
+        bags, n_tiles_dim, encoder = _load_bags(patient_ids, features_dir, tables_dir)
+    else:
+        bags, n_tiles_dim, encoder = [torch.zeros((0, 1), dtype=torch.float16) for _ in patient_ids], 1, None
     logger.info(
-        "fold %d: %s patients, %d tile-feature dims, %d genomic features",
+        "fold %d: %s patients, %s, %d genomic and %d clinical features",
         fold,
         ", ".join(f"{int((splits == split).sum())} {split}" for split in SPLITS),
-        n_tiles_dim,
-        scaler.n_features,
+        f"{n_tiles_dim} tile-feature dims" if use_wsi else "no slides",
+        genomics.shape[1],
+        clinical.shape[1],
     )
     return FoldData(
         fold=fold,
@@ -445,6 +429,7 @@ def load_fold_data(
         splits=splits,
         bags=bags,
         genomics=genomics,
+        clinical=clinical,
         grade=grade,
         survival_bin=torch.from_numpy(survival_bin),
         censored=torch.from_numpy(censored.astype(np.float32)),
@@ -452,7 +437,7 @@ def load_fold_data(
         survival_time=survival_time,
         event=event,
         n_tiles_dim=n_tiles_dim,
-        scaler=scaler,
+        preprocessing=preprocessing,
         bin_edges=bin_edges,
         grade_classes=grade_classes,
         encoder=encoder,

@@ -38,6 +38,7 @@ from histofuse.errors import HistofuseError, WeightsError
 from histofuse.io import atomic_path
 from histofuse.losses import Reduction, masked_cross_entropy, risk_from_logits, survival_nll
 from histofuse.models.registry import TaskSpec, build_model
+from histofuse.preprocess import FoldPreprocessing
 from histofuse.training.data import FoldData, load_fold_data
 from histofuse.training.settings import TrainSettings
 
@@ -102,7 +103,8 @@ def _forward(
     model: nn.Module, data: FoldData, index: int, bag: Tensor, device: torch.device
 ) -> dict[str, Any]:
     genomics = data.genomics[index : index + 1].to(device)
-    return model([bag.to(device=device, dtype=torch.float32)], genomics)
+    clinical = data.clinical[index : index + 1].to(device)
+    return model([bag.to(device=device, dtype=torch.float32)], genomics, clinical)
 
 
 @torch.no_grad()
@@ -268,8 +270,11 @@ def _checkpoint(
         },
         "n_tiles_dim": data.n_tiles_dim,
         "n_genomic": data.n_genomic,
+        "n_clinical": data.n_clinical,
+        "gene_groups": data.gene_groups,
         "grade_classes": list(data.grade_classes),
-        "genomics": data.scaler.to_dict(),
+        "genomics": data.preprocessing.genomics.to_dict(),
+        "clinical": data.preprocessing.clinical.to_dict(),
         "bin_edges": None if data.bin_edges is None else [float(edge) for edge in data.bin_edges],
         "encoder": data.encoder,
         "best_epoch": best_epoch,
@@ -297,6 +302,8 @@ def load_trained_model(
         content["model_name"],
         n_tiles_dim=int(content["n_tiles_dim"]),
         n_genomic=int(content["n_genomic"]),
+        n_clinical=int(content.get("n_clinical", 0)),
+        gene_groups=content.get("gene_groups") or None,
         task_spec=TaskSpec(
             tasks=tuple(spec["tasks"]), n_classes=int(spec["n_classes"]), n_bins=int(spec["n_bins"])
         ),
@@ -322,8 +329,14 @@ def train_fold(
     out_checkpoint: Path,
     out_predictions: Path,
     out_history: Path | None = None,
+    preprocessing: Path | None = None,
+    use_wsi: bool = True,
 ) -> None:
-    """Train ``model_name`` on ``fold``, keep the best epoch, and predict all of the fold's patients."""
+    """Train ``model_name`` on ``fold``, keep the best epoch, and predict all of the fold's patients.
+
+    ``preprocessing``: the fold's fitted table preprocessing (JSON from ``histofuse preprocess``);
+    fitted here on the fold's train split when None. ``use_wsi=False``: no slides in this cohort.
+    """
     device = settings.resolve_device()
     description = f"{model_name} fold {fold}"
     with _reproducible(settings.seed):
@@ -334,6 +347,8 @@ def train_fold(
             folds_tsv=Path(folds_tsv),
             tasks=settings.tasks,
             n_bins=settings.n_bins,
+            preprocessing=None if preprocessing is None else FoldPreprocessing.read(preprocessing),
+            use_wsi=use_wsi,
         )
         task_spec = TaskSpec(
             tasks=settings.tasks,
@@ -345,6 +360,8 @@ def train_fold(
             model_name,
             n_tiles_dim=data.n_tiles_dim,
             n_genomic=data.n_genomic,
+            n_clinical=data.n_clinical,
+            gene_groups=data.gene_groups or None,
             task_spec=task_spec,
             hidden_dim=settings.hidden_dim,
             dropout=settings.dropout,

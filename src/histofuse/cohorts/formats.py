@@ -1,0 +1,61 @@
+"""Choose a cohort reader by format name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from histofuse.cohorts.bcnb import read_bcnb
+from histofuse.cohorts.generic import read_generic
+from histofuse.cohorts.mcat import read_mcat
+from histofuse.cohorts.model import CohortTables
+from histofuse.cohorts.pathomic import read_pathomic_gbmlgg
+from histofuse.errors import ConfigError
+
+READERS: dict[str, Callable[..., CohortTables]] = {
+    "pathomic_gbmlgg": read_pathomic_gbmlgg,
+    "mcat": read_mcat,
+    "bcnb": read_bcnb,
+    "generic": read_generic,
+}
+"""Format name → reader; the reader's parameters are the paths and options that format takes."""
+
+
+def format_parameters(format: str) -> dict[str, bool]:
+    """The paths and options a format takes, each with whether it is required."""
+    reader = _reader(format)
+    return {
+        name: parameter.default is inspect.Parameter.empty for name, parameter in inspect.signature(reader).parameters.items()
+    }
+
+
+def _reader(format: str) -> Callable[..., CohortTables]:
+    if format not in READERS:
+        raise ConfigError(
+            f"unknown cohort format {format!r}.",
+            column="format",
+            fix=f"use one of: {', '.join(READERS)}.",
+        )
+    return READERS[format]
+
+
+def read_cohort(format: str, **paths_and_options: Any) -> CohortTables:
+    """Read a cohort in the named format; unknown formats and unknown or missing options raise ConfigError."""
+    reader = _reader(format)
+    parameters = format_parameters(format)
+    unknown = sorted(set(paths_and_options) - set(parameters))
+    missing = sorted(name for name, required in parameters.items() if required and name not in paths_and_options)
+    if unknown or missing:
+        problems = []
+        if unknown:
+            problems.append(f"unknown option(s) {', '.join(unknown)}")
+        if missing:
+            problems.append(f"missing {', '.join(missing)}")
+        described = ", ".join(f"{name}{'' if required else ' (optional)'}" for name, required in parameters.items())
+        raise ConfigError(
+            f"format {format!r}: {'; '.join(problems)}.",
+            column="format",
+            fix=f"the {format!r} format takes: {described}.",
+        )
+    return reader(**paths_and_options)

@@ -1,0 +1,142 @@
+"""Read a delimited cohort table as text cells, whatever its line endings or compression.
+
+Every frame returned here is indexed by the row number in the file (the header is row 1, the
+first data row is row 2), so errors raised later can name the rows a user sees in an editor.
+Cells are stripped of surrounding whitespace; an empty cell or ``NA`` is missing (``pd.NA``).
+Any other text, ``NaN`` and ``inf`` included, is kept as written and judged by the reader that
+knows what the column holds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from histofuse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MISSING_TOKENS: frozenset[str] = frozenset({"", "NA"})
+"""Cell texts that mean "missing"; anything else (``NaN``, ``inf``, ``n/a``…) is a value to check."""
+
+_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+_COMPRESSIONS = (".zip", ".gz")
+
+
+def _table_suffix(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def separator_for(path: Path) -> str:
+    """The field separator implied by the file name (``.csv`` → comma, ``.tsv``/``.txt`` → tab)."""
+    suffix = _table_suffix(path)
+    if suffix not in _SEPARATORS:
+        raise ConfigError(
+            f"cannot tell the field separator from the file name (suffix '{suffix or 'none'}').",
+            path=path,
+            fix=f"name the file with one of {', '.join(sorted(_SEPARATORS))} (optionally + .zip or .gz), "
+            "or give the separator explicitly.",
+        )
+    return _SEPARATORS[suffix]
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise ConfigError("table does not exist.", path=path, fix="correct the path.")
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+                if len(members) != 1:
+                    raise ConfigError(
+                        f"the zip archive holds {len(members)} files "
+                        f"({', '.join(m.filename for m in members[:5]) or 'none'}); one table is expected.",
+                        path=path,
+                        fix="zip exactly one table, or unzip it and name the table itself.",
+                    )
+                return archive.read(members[0])
+        except zipfile.BadZipFile as err:
+            raise ConfigError(f"not a readable zip archive ({err}).", path=path, fix="re-create the archive.") from err
+    if name.endswith(".gz"):
+        try:
+            return gzip.decompress(path.read_bytes())
+        except (OSError, EOFError) as err:
+            raise ConfigError(f"not a readable gzip file ({err}).", path=path, fix="re-create the file.") from err
+    return path.read_bytes()
+
+
+def read_text(path: str | Path) -> str:
+    """The table's text, decoded as UTF-8 (a byte-order mark is dropped), with ``\\n`` line ends.
+
+    LF, CRLF and CR-only (old Mac/Excel) files, and files that mix them, give the same text.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"the file is not UTF-8 text (byte {err.start}).",
+            path=path,
+            fix="save the table as UTF-8 (in Excel: 'CSV UTF-8').",
+        ) from err
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_table(path: str | Path, *, sep: str | None = None) -> pd.DataFrame:
+    """Read a delimited table as stripped text cells, indexed by file row number (header = 1).
+
+    Blank lines are skipped (the row numbers of later rows still match the file). Duplicate or
+    ragged headers raise ConfigError. An unnamed header cell (an index column written by pandas)
+    is kept under the name ``""``.
+    """
+    path = Path(path)
+    separator = sep if sep is not None else separator_for(path)
+    text = read_text(path)
+    try:
+        raw = pd.read_csv(
+            io.StringIO(text),
+            sep=separator,
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[],
+            skip_blank_lines=False,
+        )
+    except pd.errors.EmptyDataError as err:
+        raise ConfigError("the table is empty.", path=path, fix="add a header line and rows.") from err
+    except pd.errors.ParserError as err:
+        raise ConfigError(
+            f"cannot parse the table ({err}).",
+            path=path,
+            fix="check that every row has as many fields as the header and that quotes are balanced.",
+        ) from err
+    raw = raw.fillna("").apply(lambda column: column.str.strip())
+    header = [str(name) for name in raw.iloc[0]]
+    seen: dict[str, int] = {}
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+    duplicated = [name for name, count in seen.items() if count > 1]
+    if duplicated:
+        raise ConfigError(
+            f"duplicate column names: {', '.join(repr(n) for n in duplicated)}.",
+            path=path,
+            row=1,
+            fix="give every column a unique name.",
+        )
+    frame = raw.iloc[1:].copy()
+    frame.columns = header
+    frame.index = pd.RangeIndex(2, len(raw) + 1)
+    frame = frame.loc[~(frame == "").all(axis=1)]
+    frame = frame.mask(frame.isin(MISSING_TOKENS), pd.NA).astype(object)
+    log.debug("%s: %d rows × %d columns", path, len(frame), len(frame.columns))
+    return frame
