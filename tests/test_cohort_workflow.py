@@ -29,7 +29,7 @@ def test_gbmlgg_example_runs_genomic_and_clinical_baselines(tmp_path: Path) -> N
     proc = snakemake("--profile", "profiles/default", "--cores", "2", "--configfile", str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     jobs = jobs_run(proc)
-    assert not {"tissue_mask", "tile", "extract_features"} & set(jobs)
+    assert not {"tile", "extract_features"} & set(jobs)
     assert jobs["train"] == 6 and jobs["preprocess"] == 3
 
     results = tmp_path / "results"

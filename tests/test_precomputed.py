@@ -124,7 +124,7 @@ def test_import_command(tmp_path: Path) -> None:
 
 
 def test_workflow_with_precomputed_features_runs_no_slide_stages(tmp_path: Path) -> None:
-    """A dry run on a 3-slide cohort: import_features replaces tissue_mask, tile and extract_features."""
+    """A dry run on a 3-slide cohort: import_features replaces tile and extract_features."""
     from workflow_support import snakemake
 
     (tmp_path / "slides.tsv").write_text(
@@ -149,5 +149,5 @@ def test_workflow_with_precomputed_features_runs_no_slide_stages(tmp_path: Path)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
     assert "import_features" in text and "train" in text
-    for rule in ("tissue_mask", "tile", "extract_features"):
+    for rule in ("tile", "extract_features"):
         assert f"\n{rule} " not in text and f" {rule}\n" not in text and f"rule {rule}:" not in text, rule

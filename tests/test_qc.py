@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from histofuse.cli import main
@@ -66,14 +67,14 @@ def test_tile_qc_on_the_real_slide(tmp_path: Path) -> None:
 def test_tile_command_writes_the_qc_image(tmp_path: Path) -> None:
     slide = shared_file("data", "slides", "cmu_small_region.svs")
     args = ["--slide", str(slide), "--slide-id", "cmu"]
-    assert main(["tissue-mask", *args, "--mask", str(tmp_path / "m.png"), "--qc", str(tmp_path / "qc.png")]) == 0
     out = tmp_path / "tiles.h5"
-    code = main(
-        ["tile", *args, "--mask", str(tmp_path / "m.png"), "--out", str(out), "--max-tiles", "5", "--seed", "3",
-         "--qc", str(tmp_path / "qc_tiles.png"), "--qc-base", str(tmp_path / "qc.png")]
-    )
+    outputs = ["--mask", str(tmp_path / "m.png"), "--mask-qc", str(tmp_path / "qc.png"), "--out", str(out)]
+    code = main(["tile", *args, *outputs, "--max-tiles", "5", "--seed", "3", "--qc", str(tmp_path / "qc_tiles.png")])
     assert code == 0
     coords, attrs = read_tiles_h5(out)
     assert len(coords) == 5 and attrs["max_tiles"] == 5 and attrs["n_tissue_tiles"] > 5
+    assert (tmp_path / "m.png").is_file() and (tmp_path / "qc.png").is_file()
     assert (tmp_path / "qc_tiles.png").is_file()
-    assert main(["tile", *args, "--mask", str(tmp_path / "m.png"), "--out", str(out), "--qc", str(tmp_path / "x.png")]) == 2
+    # the tile-grid QC image is not optional
+    with pytest.raises(SystemExit):
+        main(["tile", *args, *outputs])

@@ -19,7 +19,7 @@ import yaml
 from workflow_support import REPO, TINY, demo_config, jobs_run, make_cohort, slides_run, snakemake, write_config
 
 COHORT_LEVEL = {"prepare_tables", "make_folds", "preprocess", "train", "evaluate", "report", "all"}
-SLIDE_LEVEL = {"tissue_mask", "tile", "extract_features"}
+SLIDE_LEVEL = {"tile", "extract_features"}
 FAST_TRAINING = {"epochs": 2, "patience": 2, "hidden_dim": 32, "grad_accum": 2}
 
 
@@ -105,7 +105,7 @@ def test_changing_the_encoder_reextracts_but_keeps_tiles(base: Path, tmp_path: P
 
     ran = jobs_run(run(tmp_path))
     assert ran["extract_features"] == TINY.n_slides - 1
-    assert ran["tissue_mask"] == ran["tile"] == 0
+    assert ran["tile"] == 0
     assert {"train", "evaluate", "report"} <= set(ran)
     assert "prepare_tables" not in ran and "make_folds" not in ran
     assert len(list((tmp_path / "results" / "features" / "timm:mobilenetv3_small_050").glob("*.h5"))) == TINY.n_slides - 1
@@ -125,7 +125,7 @@ def test_until_stops_after_a_stage(base: Path, tmp_path: Path) -> None:
     write_config(tmp_path / "project.yaml", config)
 
     until = run(tmp_path, "--until", "tile")
-    assert dict(jobs_run(until)) == {"tissue_mask": 1, "tile": 1}
+    assert dict(jobs_run(until)) == {"tile": 1}
     assert slides_run(until, "tile") == {new_slide}
     assert (tmp_path / "results" / "tiles" / f"{new_slide}.h5").is_file()
     assert not (tmp_path / "results" / "features" / "efficientnet_lite0" / f"{new_slide}.h5").exists()
@@ -145,5 +145,5 @@ def test_interrupted_run_resumes_without_redoing_finished_slides(base: Path, tmp
 
     proc = run(tmp_path)
     assert slides_run(proc, "extract_features") == unfinished
-    assert not slides_run(proc, "tile") and not slides_run(proc, "tissue_mask")
+    assert not slides_run(proc, "tile")
     assert (results / "report.html").is_file()

@@ -101,16 +101,16 @@ def test_reduced_demo_runs_as_slurm_jobs(slurm_env: dict[str, str], tmp_path: Pa
     features = sorted((results / "features" / "efficientnet_lite0").glob("*.h5"))
     assert len(features) == COHORT.n_slides
 
-    # every job ran through sbatch: the 16 mask and tiling jobs in one group job, the 8 extractions
+    # every job ran through sbatch: the 8 tiling jobs in one group job, the 8 extractions
     # in two, then per fold one preprocessing and one training job, and four cohort-level jobs
     log = proc.stdout + proc.stderr
     submitted = log.count("has been submitted with SLURM jobid")
     gpu_groups = -(-COHORT.n_slides // SLIDES_PER_GPU_JOB)
     assert submitted == 1 + gpu_groups + 2 * FOLDS + 4
-    assert log.count("slurm_logs/group_slide_prep_tile_tissue_mask/") == 1
+    assert log.count("slurm_logs/group_slide_prep_tile/") == 1
     assert log.count("slurm_logs/group_slide_features_extract_features/") == gpu_groups
     for slide in (results / "tiles").glob("*.h5"):
-        assert (results / "benchmarks" / "tissue_mask" / f"{slide.stem}.tsv").is_file()
+        assert (results / "benchmarks" / "tile" / f"{slide.stem}.tsv").is_file()
     records = sacct_jobs(slurm_env)
     assert (records["state"] == "COMPLETED").sum() >= submitted
     completed = records[records["state"] == "COMPLETED"].tail(submitted)

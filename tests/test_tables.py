@@ -147,3 +147,29 @@ def test_unused_modalities_are_written_empty(cohort: dict[str, Path], tmp_path: 
     assert list(pd.read_parquet(out / "genomics.parquet").columns) == ["patient_id"]
     assert len(pd.read_parquet(out / "clinical.parquet")) == 4
     assert len(pd.read_csv(out / "cohort_splits.tsv", sep="\t")) == 0
+
+
+def test_a_gene_group_list_replaces_the_formats_groups(tmp_path: Path) -> None:
+    from histofuse.cohorts import CohortTables
+    from histofuse.tables import write_cohort_tables
+
+    ids = ["A", "B", "C"]
+    cohort = CohortTables(
+        patients=pd.DataFrame(
+            {
+                "patient_id": ids,
+                "survival_months": [1.0, 2.0, 3.0],
+                "event": pd.array([1, 0, 1], dtype="Int64"),
+            }
+        ),
+        genomics=pd.DataFrame({"patient_id": ids, "TP53_cnv": [0.0, 1.0, 2.0], "CD8A_rnaseq": [1.0, 5.0, 9.0]}),
+        gene_groups=pd.DataFrame({"gene": ["TP53", "CD8A"], "group": ["oncogenes", "cytokines"]}),
+        source="mcat",
+    )
+    own = write_cohort_tables(cohort, tmp_path, modalities=("genomics",))
+    assert set(pd.read_parquet(own["gene_groups"])["group"]) == {"oncogenes", "cytokines"}
+    lists = tmp_path / "ksf.csv"
+    lists.write_text("gene,group\nTP53,tumour\nCD8A,microenvironment\n")
+    replaced = write_cohort_tables(cohort, tmp_path, modalities=("genomics",), gene_groups=lists)
+    groups = pd.read_parquet(replaced["gene_groups"])
+    assert dict(zip(groups["feature"], groups["group"])) == {"TP53_cnv": "tumour", "CD8A_rnaseq": "microenvironment"}

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -69,10 +70,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_tissue_mask(args: argparse.Namespace) -> None:
-    from histofuse.slides.mask import MaskSettings, mask_slide
+    from histofuse.slides.mask import mask_slide
     from histofuse.slides.reader import open_slide
 
-    settings = MaskSettings(
+    with open_slide(args.slide, reader=args.reader, mpp=args.mpp) as reader:
+        mask_slide(reader, settings=_mask_settings(args), mask_png=args.mask, qc_png=args.qc)
+
+
+def _mask_settings(args: argparse.Namespace) -> Any:
+    from histofuse.slides.mask import MaskSettings
+
+    return MaskSettings(
         method=args.method,
         mpp=args.mask_mpp,
         background_filter=args.background_filter,
@@ -81,12 +89,10 @@ def cmd_tissue_mask(args: argparse.Namespace) -> None:
         min_tissue_um2=args.min_tissue_um2,
         pen_marks=tuple(args.pen_marks),
     )
-    with open_slide(args.slide, reader=args.reader, mpp=args.mpp) as reader:
-        mask_slide(reader, settings=settings, mask_png=args.mask, qc_png=args.qc)
 
 
 def cmd_tile(args: argparse.Namespace) -> None:
-    from histofuse.slides.mask import read_mask_png
+    from histofuse.slides.mask import mask_slide, read_mask_png
     from histofuse.slides.qc import write_tile_qc
     from histofuse.slides.reader import open_slide
     from histofuse.slides.tiling import TilingSettings, compute_tile_grid, write_tiles_h5
@@ -100,16 +106,11 @@ def cmd_tile(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     with open_slide(args.slide, reader=args.reader, mpp=args.mpp) as reader:
+        mask_slide(reader, settings=_mask_settings(args), mask_png=args.mask, qc_png=args.mask_qc)
         info = reader.info
     grid = compute_tile_grid(info, read_mask_png(args.mask), settings)
     write_tiles_h5(grid, args.out, slide_id=args.slide_id, reader=args.reader)
-    if args.qc is not None:
-        if args.qc_base is None:
-            raise HistofuseError(
-                "--qc needs --qc-base, the mask QC thumbnail to draw the tiles on.",
-                fix="pass --qc-base with the QC image written by 'histofuse tissue-mask --qc'.",
-            )
-        write_tile_qc(args.qc_base, grid.coords, grid.attrs, args.qc)
+    write_tile_qc(args.mask_qc, grid.coords, grid.attrs, args.qc)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -158,7 +159,9 @@ def cmd_prepare_tables(args: argparse.Namespace) -> None:
 
         options = json.loads(args.format_options)
         cohort = read_cohort(args.format, **options)
-        write_cohort_tables(cohort, Path(args.out_dir), slides_sheet=args.slides, modalities=modalities)
+        write_cohort_tables(
+            cohort, Path(args.out_dir), slides_sheet=args.slides, modalities=modalities, gene_groups=args.gene_groups
+        )
         return
     if args.patients is None:
         raise HistofuseError(
@@ -282,30 +285,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mpp", type=_optional_float, default=None, help="level-0 µm/px, overrides metadata")
         p.add_argument("--reader", default="openslide", help="slide reader backend")
 
+    def mask_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--method", default="otsu", help="otsu | morphological")
+        p.add_argument("--mask-mpp", type=float, default=8.0, help="resolution of the mask, µm/px")
+        p.add_argument("--background-filter", type=_bool, default=True, help="blank-background filter: true | false")
+        p.add_argument("--max-background-grey", type=int, default=220, help="brighter pixels are background")
+        p.add_argument("--min-saturation", type=int, default=12, help="greyer pixels (RGB spread) are background")
+        p.add_argument("--min-tissue-um2", type=float, default=100.0, help="smaller tissue regions are debris")
+        p.add_argument("--pen-marks", nargs="*", default=[], help="ink colours to remove: blue green red black")
+
     p = add("tissue-mask", cmd_tissue_mask, "Tissue mask PNG and QC thumbnail of one slide.")
     slide_args(p)
-    p.add_argument("--method", default="otsu", help="otsu | morphological")
-    p.add_argument("--mask-mpp", type=float, default=8.0, help="resolution of the mask, µm/px")
-    p.add_argument("--background-filter", type=_bool, default=True, help="blank-background filter: true | false")
-    p.add_argument("--max-background-grey", type=int, default=220, help="brighter pixels are background")
-    p.add_argument("--min-saturation", type=int, default=12, help="greyer pixels (RGB spread) are background")
-    p.add_argument("--min-tissue-um2", type=float, default=100.0, help="smaller tissue regions are debris")
-    p.add_argument("--pen-marks", nargs="*", default=[], help="ink colours to remove: blue green red black")
+    mask_args(p)
     p.add_argument("--mask", required=True, type=Path, help="output mask PNG")
     p.add_argument("--qc", required=True, type=Path, help="output QC thumbnail PNG")
 
-    p = add("tile", cmd_tile, "Tile coordinates of one slide at a target resolution, to HDF5.")
+    p = add("tile", cmd_tile, "Tissue mask and tile coordinates of one slide at a target resolution.")
     slide_args(p)
-    p.add_argument("--mask", required=True, type=Path, help="tissue mask PNG from tissue-mask")
+    mask_args(p)
     p.add_argument("--tile-mpp", type=float, default=0.5)
     p.add_argument("--tile-px", type=int, default=256)
     p.add_argument("--overlap-px", type=int, default=0)
     p.add_argument("--tissue-threshold", type=float, default=0.5)
     p.add_argument("--max-tiles", type=_optional_int, default=None, help="cap on tiles per slide (empty: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling under --max-tiles")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--qc", type=Path, default=None, help="output PNG: thumbnail with the tile grid")
-    p.add_argument("--qc-base", type=Path, default=None, help="mask QC thumbnail to draw the tiles on")
+    p.add_argument("--mask", required=True, type=Path, help="output mask PNG")
+    p.add_argument("--mask-qc", required=True, type=Path, help="output PNG: thumbnail with the mask outline")
+    p.add_argument("--out", required=True, type=Path, help="output tiles HDF5")
+    p.add_argument("--qc", required=True, type=Path, help="output PNG: thumbnail with the tile grid")
 
     p = add("extract", cmd_extract, "Tile features of one slide with an encoder, to HDF5.")
     slide_args(p)

@@ -299,11 +299,13 @@ def write_cohort_tables(
     *,
     slides_sheet: Path | None = None,
     modalities: Sequence[str] = MODALITIES,
+    gene_groups: Path | None = None,
 ) -> dict[str, Path]:
     """Write a cohort read from a published format in the layout :func:`prepare_tables` writes.
 
     Slides come from histofuse's slides sheet (``slides_sheet``; the formats carry no slide paths);
-    the tables of modalities not in ``modalities`` are written empty.
+    the tables of modalities not in ``modalities`` are written empty. ``gene_groups``: a
+    ``gene,group`` csv (e.g. tumour / microenvironment lists) used instead of the format's own groups.
     """
     from histofuse.cohorts.labels import TEXT_LABELS
 
@@ -354,7 +356,12 @@ def write_cohort_tables(
         genomics = cohort.genomics
         features = genomics.columns.drop("patient_id")
         genes = pd.DataFrame({"feature": list(map(str, features)), "gene": [_gene_of(str(f)) for f in features]})
-        groups = _expand_groups(genes, cohort.gene_groups) if cohort.gene_groups is not None else genes.assign(group="ungrouped")
+        if gene_groups is not None:
+            groups = _gene_groups(gene_groups, features)
+        elif cohort.gene_groups is not None:
+            groups = _expand_groups(genes, cohort.gene_groups)
+        else:
+            groups = genes.assign(group="ungrouped")
         covered |= set(genomics["patient_id"])
     else:
         genomics = pd.DataFrame({"patient_id": pd.Series(dtype=str)})

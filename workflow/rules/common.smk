@@ -92,6 +92,20 @@ def get_slide_mpp(wildcards):
 
 
 ENCODER_WEIGHTS = str(config["features"].get("weights") or "")
+# The tile rule's mask and tiling options, formatted once (they are the same for every slide).
+_MASK = config["tissue_mask"]
+TISSUE_MASK_ARGS = (
+    f"--method {_MASK['method']} --mask-mpp {_MASK['mpp']} "
+    f"--background-filter {_MASK['background_filter']} --max-background-grey {_MASK['max_background_grey']} "
+    f"--min-saturation {_MASK['min_saturation']} --min-tissue-um2 {_MASK['min_tissue_um2']} "
+    f"--pen-marks {' '.join(_MASK['pen_marks'])}"
+)
+_TILING = config["tiling"]
+TILING_ARGS = (
+    f"--tile-mpp {_TILING['mpp']} --tile-px {_TILING['tile_px']} --overlap-px {_TILING['overlap_px']} "
+    f"--tissue-threshold {_TILING['tissue_threshold']} --max-tiles '{_TILING['max_tiles'] or ''}' "
+    f"--seed {_TILING['seed']}"
+)
 # extract: masks, tiles and extract_features; precomputed: import_features only (features.smk)
 FEATURES_SOURCE = config["features"]["source"]
 PRECOMPUTED_DIR = str(config["features"].get("precomputed_dir") or "")
@@ -142,6 +156,8 @@ def get_table_inputs(wildcards):
             value = COHORT_OPTIONS.get(key)
             if isinstance(value, str) and value:
                 inputs[f"cohort_{key}"] = value
+        if config["tables"].get("gene_groups"):
+            inputs["gene_groups"] = config["tables"]["gene_groups"]
         return inputs
     inputs["patients"] = str(PATIENTS_SHEET)
     for key in ("genomics", "gene_groups", "clinical"):

@@ -1,6 +1,6 @@
 # Per-slide tile features: extracted with the configured encoder (GPU when the node has one), or
 # imported from precomputed CLAM / TRIDENT files (features.source). Only the chosen rule exists, so
-# with precomputed features the DAG has no tissue_mask, tile or extract_features jobs.
+# with precomputed features the DAG has no tile or extract_features jobs.
 
 
 if FEATURES_SOURCE == "precomputed":
