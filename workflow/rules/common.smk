@@ -156,8 +156,8 @@ def get_table_inputs(wildcards):
             value = COHORT_OPTIONS.get(key)
             if isinstance(value, str) and value:
                 inputs[f"cohort_{key}"] = value
-        if config["tables"].get("gene_groups"):
-            inputs["gene_groups"] = config["tables"]["gene_groups"]
+        if config["cohort"].get("gene_groups"):
+            inputs["gene_groups"] = config["cohort"]["gene_groups"]
         return inputs
     inputs["patients"] = str(PATIENTS_SHEET)
     for key in ("genomics", "gene_groups", "clinical"):
