@@ -67,6 +67,17 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def _masked_reduce(per_sample: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """Zero the unlabelled samples, then keep them (none), sum, or average over the labelled ones."""
+    per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    if reduction == "sum":
+        return total
+    return total / mask.sum().clamp(min=1).to(total.dtype)
+
+
 def _as_mask(mask: Tensor | None, default: Tensor) -> Tensor:
     if mask is None:
         return default
@@ -118,13 +129,7 @@ def survival_nll(
     uncensored = -(1.0 - cens) * (log_s_prev_y + log_h_y)
     censored_term = -cens * log_s_y
     per_sample = (1.0 - alpha) * (uncensored + censored_term) + alpha * uncensored
-    per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
-    if reduction == "none":
-        return per_sample
-    total = per_sample.sum()
-    if reduction == "sum":
-        return total
-    return total / mask.sum().clamp(min=1).to(total.dtype)
+    return _masked_reduce(per_sample, mask, reduction)
 
 
 def masked_cross_entropy(
@@ -258,13 +263,7 @@ def masked_bce(
         None if pos_weight is None else torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
     )
     per_sample = F.binary_cross_entropy_with_logits(logits, safe_target, pos_weight=weight, reduction="none")
-    per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
-    if reduction == "none":
-        return per_sample
-    total = per_sample.sum()
-    if reduction == "sum":
-        return total
-    return total / mask.sum().clamp(min=1).to(total.dtype)
+    return _masked_reduce(per_sample, mask, reduction)
 
 
 def distillation_loss(

@@ -234,8 +234,7 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
 
 def _gene_groups(path: Path | None, features: pd.Index) -> pd.DataFrame:
     """Map each genomic feature to its gene and group (``ungrouped`` when no list is given)."""
-    genes = [str(f).rsplit("_", 1)[0] if str(f).rsplit("_", 1)[-1] in ("cnv", "mut", "rnaseq") else str(f) for f in features]
-    frame = pd.DataFrame({"feature": list(map(str, features)), "gene": genes})
+    frame = pd.DataFrame({"feature": list(map(str, features)), "gene": [_gene_of(str(f)) for f in features]})
     if path is None:
         frame["group"] = "ungrouped"
         return frame
@@ -355,13 +354,10 @@ def write_cohort_tables(
     if cohort.genomics is not None and "genomics" in modalities:
         genomics = cohort.genomics
         features = genomics.columns.drop("patient_id")
-        genes = pd.DataFrame({"feature": list(map(str, features)), "gene": [_gene_of(str(f)) for f in features]})
-        if gene_groups is not None:
-            groups = _gene_groups(gene_groups, features)
-        elif cohort.gene_groups is not None:
-            groups = _expand_groups(genes, cohort.gene_groups)
+        if gene_groups is None and cohort.gene_groups is not None:
+            groups = _expand_groups(_gene_groups(None, features)[["feature", "gene"]], cohort.gene_groups)
         else:
-            groups = genes.assign(group="ungrouped")
+            groups = _gene_groups(gene_groups, features)
         covered |= set(genomics["patient_id"])
     else:
         genomics = pd.DataFrame({"patient_id": pd.Series(dtype=str)})

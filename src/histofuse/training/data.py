@@ -221,14 +221,7 @@ def _read_table(tables_dir: Path, name: str) -> pd.DataFrame:
 def _read_genomics(tables_dir: Path) -> pd.DataFrame:
     """Genomic features indexed by patient (0 columns when the table is absent or empty)."""
     path = tables_dir / "genomics.parquet"
-    if not path.exists():
-        logger.info("no %s; training without genomic features", path)
-        return pd.DataFrame(index=pd.Index([], name="patient_id", dtype=str))
-    table = _read_parquet(path, ["patient_id"])
-    if table["patient_id"].duplicated().any():
-        duplicate = table.loc[table["patient_id"].duplicated(), "patient_id"].iloc[0]
-        raise HistofuseError(f"patient {duplicate!r} is listed twice.", path=path, column="patient_id")
-    table = table.set_index("patient_id")
+    table = _read_table(tables_dir, "genomics").set_index("patient_id")
     for column in table.columns:
         try:
             table[column] = pd.to_numeric(table[column]).astype("float64")
