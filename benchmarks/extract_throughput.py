@@ -7,7 +7,12 @@ A synthetic H&E-like slide is written as a JPEG-compressed pyramidal BigTIFF (24
 (a) ``encoder_only``: the encoder on synthetic normalised tensors already on the device;
 (b) ``naive_loader``: a per-tile OpenSlide ``DataLoader`` (read, resize and normalise each tile on
     the CPU, as CLAM-style scripts do), then the encoder;
-(c) ``histofuse``: :func:`histofuse.features.extract.extract_slide_features`, file written.
+(c) ``histofuse``: :func:`histofuse.features.extract.extract_slide_features`, file written
+    (``--region-decoder``, default ``auto``: the JPEG tiles decoded by tifffile);
+(e) ``histofuse_no_encoder``: (c) with an encoder that does no work (a zero vector per tile), so
+    the figure is what reading, transfer, preprocessing and writing alone sustain;
+(d) with ``--compare-decoders``, ``histofuse_reader_decode``: the same with every read decoded by
+    the slide reader (OpenSlide), to show what the decoding path is worth.
 
 Each figure is one JSON line on stdout (tiles/s, device, precision, batch size, workers, git
 revision, versions), followed by the ratios (c)/(a) and (c)/(b). Progress and logs go to stderr.
@@ -19,6 +24,7 @@ revision, versions), followed by the ratios (c)/(a) and (c)/(b). Progress and lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -142,6 +148,17 @@ def tile_slide(slide: Path, tiles_h5: Path, *, max_tiles: int | None) -> int:
 
 
 # --------------------------------------------------------------------------------- the encoders
+
+
+class _NoWork(torch.nn.Module):
+    """Zero features of the right shape: the pipeline around the encoder, without the encoder."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros((x.shape[0], self.dim))
 
 
 def build_random_encoder(name: str) -> Encoder:
@@ -311,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default 128 (quick 16)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default cores - 1; quick 0)")
     parser.add_argument("--region-px", type=int, default=2048, help="histofuse's shared region reads")
+    parser.add_argument("--region-decoder", default="auto", choices=("auto", "reader", "tifffile"))
+    parser.add_argument("--compare-decoders", action="store_true", help="also time (d), reads decoded by OpenSlide")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each figure (the median is reported)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the slide and outputs here")
     args = parser.parse_args(argv)
@@ -347,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
             "input_px": INPUT_PX,
             "slide_px": side,
             "region_px": args.region_px,
+            "region_decoder": args.region_decoder,
             "repeats": args.repeats,
             "quick": bool(args.quick),
             "git_revision": git_revision(),
@@ -358,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             device=str(device),
             precision=precision,
             region_px=args.region_px,
+            region_decoder=args.region_decoder,
         )
         for name in args.encoders:
             encoder = build_random_encoder(name)
@@ -375,19 +396,36 @@ def main(argv: list[str] | None = None) -> None:
             )
             digests: list[str] = []
 
-            def end_to_end() -> float:
-                rate, digest = histofuse_end_to_end(encoder, slide, tiles_h5, workdir / f"{name}.h5", settings=settings)
+            def end_to_end(run_settings: ExtractSettings = settings) -> float:
+                rate, digest = histofuse_end_to_end(
+                    encoder, slide, tiles_h5, workdir / f"{name}.h5", settings=run_settings
+                )
                 digests.append(digest)
                 return rate
 
             figures["histofuse"], runs["histofuse"] = repeat(args.repeats, end_to_end)
+            no_work = dataclasses.replace(encoder, model=_NoWork(encoder.dim))
+            figures["histofuse_no_encoder"], runs["histofuse_no_encoder"] = repeat(
+                args.repeats,
+                lambda: histofuse_end_to_end(no_work, slide, tiles_h5, workdir / "no_encoder.h5", settings=settings)[0],
+            )
+            if args.compare_decoders:
+                reader_settings = dataclasses.replace(settings, region_decoder="reader")
+                figures["histofuse_reader_decode"], runs["histofuse_reader_decode"] = repeat(
+                    args.repeats, lambda: end_to_end(reader_settings)
+                )
+                if len(set(digests)) != 1:
+                    raise SystemExit(f"{name}: features differ between the region decoders")
             for figure, value in figures.items():
                 line = {**common, "encoder": name, "figure": figure, "unit": "tiles/s", "value": round(value, 2)}
                 line["runs"] = [round(v, 2) for v in runs[figure]]
-                if figure == "histofuse":
+                if figure in ("histofuse", "histofuse_reader_decode"):
                     line["features_sha256"] = digests[-1]
                 print(json.dumps(line), flush=True)
-            for figure, denominator in (("histofuse_over_encoder_only", "encoder_only"), ("histofuse_over_naive_loader", "naive_loader")):
+            ratios = [("histofuse_over_encoder_only", "encoder_only"), ("histofuse_over_naive_loader", "naive_loader")]
+            if args.compare_decoders:
+                ratios.append(("histofuse_over_reader_decode", "histofuse_reader_decode"))
+            for figure, denominator in ratios:
                 ratio = figures["histofuse"] / figures[denominator]
                 print(json.dumps({**common, "encoder": name, "figure": figure, "unit": "ratio", "value": round(ratio, 3)}), flush=True)
 

@@ -331,8 +331,8 @@ def test_features_equal_the_per_tile_path(tmp_path: Path, jpeg_slide: Path, lite
     tiles = _write_tiles(tmp_path / "tiles.h5", corner)
     outputs = {}
     for name, settings in {
-        "per_tile": ExtractSettings(batch_size=4, device="cpu", region_px=0),
-        "regions": ExtractSettings(batch_size=4, device="cpu", region_px=2048),
+        "per_tile": ExtractSettings(batch_size=4, device="cpu", region_px=0, region_decoder="reader"),
+        "regions": ExtractSettings(batch_size=4, device="cpu", region_px=2048, region_decoder="tifffile"),
         "regions_workers": ExtractSettings(batch_size=5, device="cpu", region_px=512, num_workers=2),
     }.items():
         out = tmp_path / f"{name}.h5"
@@ -345,6 +345,8 @@ def test_features_equal_the_per_tile_path(tmp_path: Path, jpeg_slide: Path, lite
         np.testing.assert_array_equal(other_coords, coords)
         np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-5)
         assert attrs["source"] == "extracted" and attrs["stain_norm"] == "none"
+        assert attrs["region_decoder"] == "tifffile"
+    assert outputs["per_tile"][2]["region_decoder"] == "openslide"
 
 
 def test_plan_reads_covers_every_tile_once() -> None:

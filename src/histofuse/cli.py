@@ -126,6 +126,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         precision=args.precision,
         reader=args.reader,
         region_px=args.region_px,
+        region_decoder=args.region_decoder,
         compile=args.compile,
         stain_norm=args.stain_norm,
         stain_target=args.stain_target,
@@ -325,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--region-px", type=int, default=2048, help="side of shared region reads (0: per tile)")
+    p.add_argument(
+        "--region-decoder",
+        default="auto",
+        choices=("auto", "reader", "tifffile"),
+        help="who decodes the reads: tifffile for tiled JPEG TIFF levels (auto), the slide reader, or tifffile only",
+    )
     p.add_argument("--compile", type=_bool, default=False, help="torch.compile the encoder: true | false")
     p.add_argument("--stain-norm", type=_optional_str, default=None, help="macenko, or empty for none")
     p.add_argument("--stain-target", type=_optional_str, default=None, help="target image of the stain norm")

@@ -54,6 +54,7 @@ else:
             device=config["features"]["device"],
             precision=config["features"]["precision"],
             region_px=config["features"]["region_px"],
+            region_decoder=config["features"]["region_decoder"],
             compile=config["features"]["compile"],
             stain_norm=config["features"]["stain_norm"] or "",
             stain_target=config["features"]["stain_target"] or "",
@@ -62,6 +63,6 @@ else:
             "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
             "--batch-size {params.batch_size} --num-workers {params.num_workers} "
             "--device {params.device} --precision {params.precision} --threads {threads} "
-            "--region-px {params.region_px} --compile {params.compile} "
+            "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
             "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "
             "--out '{output.features}' > '{log}' 2>&1"

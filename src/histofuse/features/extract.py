@@ -41,7 +41,8 @@ from histofuse.features.encoders import Encoder
 from histofuse.features.regions import ReadJob, plan_reads
 from histofuse.features.stain import STAIN_NORMS, MacenkoNormaliser, load_normaliser
 from histofuse.io import atomic_path
-from histofuse.slides.reader import SlideReader, open_slide
+from histofuse.slides.reader import SlideInfo, SlideReader, open_slide
+from histofuse.slides.tiff_regions import REGION_DECODERS, TiffRegionDecoder
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class ExtractSettings:
     reader: str = "openslide"
     region_px: int = 2048
     """Side (read-level px) of the regions neighbouring tiles share; 0 reads every tile alone."""
+    region_decoder: str = "auto"
+    """auto | reader | tifffile: who decodes the reads (see :mod:`histofuse.slides.tiff_regions`)."""
     compile: bool = False
     """Compile the encoder with ``torch.compile`` (pays a one-off compile time per process)."""
     stain_norm: str | None = None
@@ -95,6 +98,12 @@ class ExtractSettings:
                 "features.region_px must be 0 or more.",
                 column="features.region_px",
                 fix="use e.g. 2048 (tiles share region reads) or 0 (every tile read alone).",
+            )
+        if self.region_decoder not in REGION_DECODERS:
+            raise ConfigError(
+                f"unknown region decoder '{self.region_decoder}'.",
+                column="features.region_decoder",
+                fix=f"set features.region_decoder to one of: {', '.join(REGION_DECODERS)}.",
             )
         if self.stain_norm is not None and self.stain_norm not in STAIN_NORMS:
             raise ConfigError(
@@ -206,7 +215,9 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         reader: str,
         mpp: float | None,
         normaliser: MacenkoNormaliser | None = None,
+        tiff_info: SlideInfo | None = None,
     ) -> None:
+        """``tiff_info``: the slide's pyramid, given to decode qualifying reads with tifffile."""
         self.slide_path = slide_path
         self.jobs = jobs
         self.read_level = read_level
@@ -215,7 +226,9 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.reader_name = reader
         self.mpp = mpp
         self.normaliser = normaliser
+        self.tiff_info = tiff_info
         self._reader: SlideReader | None = None
+        self._tiff: TiffRegionDecoder | None = None
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -223,6 +236,7 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_reader"] = None  # each worker opens its own
+        state["_tiff"] = None
         return state
 
     def _open(self) -> SlideReader:
@@ -230,9 +244,17 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self._reader = open_slide(self.slide_path, reader=self.reader_name, mpp=self.mpp)
         return self._reader
 
+    def _read(self, job: ReadJob) -> np.ndarray:
+        if self.tiff_info is not None:
+            if self._tiff is None:
+                self._tiff = TiffRegionDecoder(self.slide_path, self.tiff_info)
+            if self._tiff.can_read(job.location, self.read_level):
+                return self._tiff.read_region(job.location, self.read_level, job.size)
+        return self._open().read_region(job.location, self.read_level, job.size)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         job = self.jobs[index]
-        region = self._open().read_region(job.location, self.read_level, job.size)
+        region = self._read(job)
         size = self.read_tile_px
         tiles = np.empty((len(job.indices), self.tile_px, self.tile_px, 3), dtype=np.uint8)
         for k, (ox, oy) in enumerate(job.offsets):
@@ -248,6 +270,9 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._tiff is not None:
+            self._tiff.close()
+            self._tiff = None
 
 
 def _rebatch(
@@ -255,34 +280,28 @@ def _rebatch(
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Regroup (indices, tiles) chunks of any size into batches of exactly ``batch_size`` (the last may be smaller).
 
-    With ``pin`` the batch is assembled directly in page-locked memory for asynchronous copies.
+    Each tile is copied once, from its chunk straight into the batch; with ``pin`` the batch lives
+    in page-locked memory, ready for an asynchronous copy to the device.
     """
-    pending_idx: list[torch.Tensor] = []
-    pending_tiles: list[torch.Tensor] = []
-    count = 0
-
-    def emit(n: int) -> tuple[np.ndarray, torch.Tensor]:
-        nonlocal pending_idx, pending_tiles, count
-        indices = torch.cat(pending_idx)
-        tiles = torch.cat(pending_tiles) if len(pending_tiles) > 1 else pending_tiles[0]
-        shape = (n, *tiles.shape[1:])
-        if pin:
-            batch = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            batch.copy_(tiles[:n])
-        else:
-            batch = tiles[:n]
-        pending_idx, pending_tiles = [indices[n:]], [tiles[n:]]
-        count -= n
-        return indices[:n].numpy(), batch
-
+    batch: torch.Tensor | None = None
+    batch_idx = np.empty(batch_size, dtype=np.int64)
+    filled = 0
     for indices, tiles in chunks:
-        pending_idx.append(indices)
-        pending_tiles.append(tiles)
-        count += len(indices)
-        while count >= batch_size:
-            yield emit(batch_size)
-    if count:
-        yield emit(count)
+        start = 0
+        count = len(indices)
+        while start < count:
+            if batch is None:
+                batch = torch.empty((batch_size, *tiles.shape[1:]), dtype=tiles.dtype, pin_memory=pin)
+            take = min(batch_size - filled, count - start)
+            batch[filled : filled + take].copy_(tiles[start : start + take])
+            batch_idx[filled : filled + take] = indices[start : start + take].numpy()
+            filled += take
+            start += take
+            if filled == batch_size:
+                yield batch_idx.copy(), batch
+                batch, filled = None, 0
+    if filled and batch is not None:
+        yield batch_idx[:filled].copy(), batch[:filled]
 
 
 def _resize(tile: np.ndarray, side: int) -> np.ndarray:
@@ -342,6 +361,30 @@ def _prepare_model(encoder: Encoder, device: torch.device, *, compile_model: boo
     return model
 
 
+class _Fetched:
+    """A batch's features on their way back to the host.
+
+    On CUDA the copy is queued right behind the batch's kernels into page-locked memory, and an
+    event marks its end: waiting for the event waits for this batch only, never for the batches
+    queued after it (a plain ``.cpu()`` would wait for everything on the stream).
+    """
+
+    def __init__(self, features: torch.Tensor, device: torch.device) -> None:
+        if device.type == "cuda":
+            self.host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+            self.host.copy_(features, non_blocking=True)
+            self.event: torch.cuda.Event | None = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = features
+            self.event = None
+
+    def numpy(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
 def _encode_batches(
     batches: Iterable[tuple[np.ndarray, torch.Tensor]],
     *,
@@ -353,12 +396,13 @@ def _encode_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(tile indices, float32 features) of each batch, in batch order.
 
-    Results are fetched one batch late, so the device computes a batch while the host prepares the
-    next. ``pad_to`` pads short batches to that size (a compiled model then sees one shape only).
+    Results are handed out one batch late: while the device encodes batch k, the host writes the
+    features of batch k-1 and assembles batch k+1. ``pad_to`` pads short batches to that size (a
+    compiled model then sees one shape only).
     """
     preprocess = _preprocess_for(encoder, device)
     non_blocking = device.type == "cuda"
-    pending: tuple[np.ndarray, torch.Tensor] | None = None
+    pending: tuple[np.ndarray, _Fetched] | None = None
     with torch.inference_mode():
         for indices, batch in batches:
             n = batch.shape[0]
@@ -367,29 +411,52 @@ def _encode_batches(
             x = preprocess(batch.to(device, non_blocking=non_blocking))
             with _autocast(device, precision):
                 features = model(x)
-            features = features[:n].float()
+            fetched = _Fetched(features[:n].float(), device)
             if pending is not None:
-                yield pending[0], pending[1].cpu().numpy()
-            pending = (indices, features)
+                yield pending[0], pending[1].numpy()
+            pending = (indices, fetched)
         if pending is not None:
-            yield pending[0], pending[1].cpu().numpy()
+            yield pending[0], pending[1].numpy()
 
 
 # ------------------------------------------------------------------------------------------ output
 
 
-def _check_slide(slide_path: Path, spec: TileSpec, reader: str, mpp: float | None) -> float:
-    """Open the slide once up front so that unreadable slides fail early; the read level's downsample."""
+def _check_slide(slide_path: Path, spec: TileSpec, reader: str, mpp: float | None) -> SlideInfo:
+    """Open the slide once up front so that unreadable slides fail early; its pyramid."""
     with open_slide(slide_path, reader=reader, mpp=mpp) as slide:
-        levels = slide.info.level_count
-        downsamples = slide.info.level_downsamples
-    if not 0 <= spec.read_level < levels:
+        info = slide.info
+    if not 0 <= spec.read_level < info.level_count:
         raise SlideError(
-            f"tiles ask for pyramid level {spec.read_level} but the slide has {levels} levels.",
+            f"tiles ask for pyramid level {spec.read_level} but the slide has {info.level_count} levels.",
             path=slide_path,
             fix="rerun tiling for this slide (the tiles file belongs to a different slide or reader).",
         )
-    return float(downsamples[spec.read_level])
+    return info
+
+
+def _tiff_reads(slide_path: Path, info: SlideInfo, jobs: list[ReadJob], level: int, choice: str) -> int:
+    """How many of ``jobs`` tifffile decodes under ``features.region_decoder`` = ``choice``."""
+    if choice == "reader" or not jobs:
+        return 0
+    try:
+        decoder = TiffRegionDecoder(slide_path, info)
+    except SlideError:
+        if choice == "tifffile":
+            raise
+        return 0
+    try:
+        count = sum(decoder.can_read(job.location, level) for job in jobs)
+    finally:
+        decoder.close()
+    if choice == "tifffile" and count < len(jobs):
+        raise SlideError(
+            f"features.region_decoder is 'tifffile' but {len(jobs) - count} of {len(jobs)} reads at level {level} "
+            "cannot be decoded from the TIFF tiles (not a tiled 8-bit RGB JPEG level, or reads between its pixels).",
+            path=slide_path,
+            fix="set features.region_decoder to 'auto' (tifffile where it can, the slide reader elsewhere) or 'reader'.",
+        )
+    return count
 
 
 def _write_attrs(
@@ -418,6 +485,13 @@ def _write_attrs(
     h5.attrs["stain_norm"] = settings.stain_norm or "none"
     if settings.stain_target:
         h5.attrs["stain_target"] = str(settings.stain_target)
+
+
+def _decoder_label(tiff_reads: int, reads: int, reader: str) -> str:
+    """``tifffile``, the reader's name, or ``tifffile+<reader>`` when the reads were split."""
+    if tiff_reads == reads and reads:
+        return "tifffile"
+    return reader if tiff_reads == 0 else f"tifffile+{reader}"
 
 
 def _progress(total: int, label: str) -> tqdm:  # type: ignore[type-arg]
@@ -456,15 +530,28 @@ def extract_slide_features(
         log.warning(
             "tiles of %s were made with reader '%s', extracting with '%s'", slide_path, tiles_reader, settings.reader
         )
-    read_downsample = _check_slide(slide_path, spec, settings.reader, mpp)
+    info = _check_slide(slide_path, spec, settings.reader, mpp)
     normaliser = load_normaliser(settings.stain_norm, settings.stain_target)
 
     n = int(spec.coords.shape[0])
     jobs = plan_reads(
-        spec.coords, downsample=read_downsample, read_tile_px=spec.read_tile_px, region_px=settings.region_px
+        spec.coords,
+        downsample=float(info.level_downsamples[spec.read_level]),
+        read_tile_px=spec.read_tile_px,
+        region_px=settings.region_px,
     )
     shared = sum(len(job.indices) for job in jobs if len(job.indices) > 1)
-    log.info("%s: %d tiles in %d reads (%d tiles share region reads)", slide_path.name, n, len(jobs), shared)
+    tiff_reads = _tiff_reads(slide_path, info, jobs, spec.read_level, settings.region_decoder)
+    log.info(
+        "%s: %d tiles in %d reads (%d tiles share region reads; %d reads decoded by tifffile, %d by %s)",
+        slide_path.name,
+        n,
+        len(jobs),
+        shared,
+        tiff_reads,
+        len(jobs) - tiff_reads,
+        settings.reader,
+    )
     dataset = RegionTileDataset(
         slide_path=slide_path,
         jobs=jobs,
@@ -474,6 +561,7 @@ def extract_slide_features(
         reader=settings.reader,
         mpp=mpp,
         normaliser=normaliser,
+        tiff_info=info if tiff_reads else None,
     )
     workers = settings.num_workers
     loader = DataLoader(
@@ -504,6 +592,7 @@ def extract_slide_features(
             for name, data in spec.extra.items():
                 h5.create_dataset(name, data=data)
             _write_attrs(h5, spec=spec, encoder=encoder, precision=precision, device=device, settings=settings)
+            h5.attrs["region_decoder"] = _decoder_label(tiff_reads, len(jobs), settings.reader)
             done = 0
             with _progress(n, label) as bar:
                 for indices, chunk in encoded:
