@@ -5,6 +5,7 @@ Every error names the file, the key (or row and column) and how to fix it.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +53,14 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 def _fix_for(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        return f"remove or correct the key; allowed keys here are: {', '.join(allowed)}."
+        unknown = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hints = [
+            f"'{key}' -> '{close[0]}'"
+            for key in unknown
+            if (close := difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6))
+        ]
+        did_you_mean = f"did you mean {', '.join(hints)}? " if hints else ""
+        return f"{did_you_mean}remove or correct the key; allowed keys here are: {', '.join(allowed)}."
     if error.validator == "enum":
         return f"use one of: {', '.join(map(str, error.validator_value))}."
     hint = error.schema.get("description")

@@ -8,15 +8,20 @@ from pathlib import Path
 import pandas as pd
 
 from histofuse.config import read_sheet, validate_config, validate_sheet
+from histofuse.exclusions import EXCLUSIONS_TSV
+from histofuse.samples import (
+    check_data_root,
+    check_slide_patients,
+    check_weights_file,
+    missing_slide_files,
+)
 from histofuse.tables import resolve_slide_paths
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
-validate_config(
-    config,
-    schema_path=SCHEMAS / "config.schema.yaml",
-    source=", ".join(str(f) for f in workflow.configfiles) or "config",
-)
+CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
+validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE)
+ON_ERROR = config["on_error"]
 
 RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
@@ -49,13 +54,30 @@ slides = (
     if USE_WSI
     else pd.DataFrame({"slide_id": [], "patient_id": [], "path": []})
 )
-if PATIENTS_SHEET is not None:
+patients = (
     validate_sheet(
         read_sheet(PATIENTS_SHEET),
         schema_path=SCHEMAS / "patients.schema.yaml",
         path=PATIENTS_SHEET,
         id_column="patient_id",
     )
+    if PATIENTS_SHEET is not None
+    else None
+)
+# Problems of the sheets stop the run here, before any job; a missing slide file under
+# on_error: skip is left to its tiling job, which records the slide as excluded. With precomputed
+# features the slide files themselves are never read.
+if USE_WSI:
+    check_data_root(slides, sheet=SLIDES_SHEET, data_root=config["samples"].get("data_root"))
+    if patients is not None and COHORT_FORMAT == "histofuse":
+        check_slide_patients(
+            slides, slides_sheet=SLIDES_SHEET, patients=patients, patients_sheet=PATIENTS_SHEET
+        )
+MISSING_SLIDES = (
+    missing_slide_files(slides, sheet=SLIDES_SHEET, on_error=ON_ERROR)
+    if USE_WSI and config["features"]["source"] == "extract"
+    else set()
+)
 SLIDE_IDS = list(slides["slide_id"])
 # Plain dicts: input functions run once per job, and a pandas lookup per call adds up for
 # cohorts of thousands of slides.
@@ -74,15 +96,27 @@ wildcard_constraints:
     encoder=r"[A-Za-z0-9_.:\-]+",
 
 
+EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
+
+
 def get_final_output():
-    """The targets of the default run: the report and the metrics."""
+    """The targets of the default run: the report, the metrics and the list of excluded slides."""
     return [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
+        EXCLUSIONS,
     ]
 
 
 def get_slide_path(wildcards):
+    """The slide's file as the sheet gives it (resolved against the sheet's folder)."""
+    return SLIDE_PATHS[wildcards.slide]
+
+
+def get_slide_input(wildcards):
+    """The slide file as a job input; none for a missing file under on_error: skip (then excluded)."""
+    if wildcards.slide in MISSING_SLIDES:
+        return []
     return SLIDE_PATHS[wildcards.slide]
 
 
@@ -92,6 +126,8 @@ def get_slide_mpp(wildcards):
 
 
 ENCODER_WEIGHTS = str(config["features"].get("weights") or "")
+if USE_WSI and config["features"]["source"] == "extract":
+    check_weights_file(ENCODER_WEIGHTS, source=CONFIG_SOURCE)
 # The tile rule's mask and tiling options, formatted once (they are the same for every slide).
 _MASK = config["tissue_mask"]
 TISSUE_MASK_ARGS = (
