@@ -67,6 +67,32 @@ def _fix_for(error: jsonschema.ValidationError) -> str:
     return f"see the comment on this key in config/config.yaml ({hint})." if hint else "see config/config.yaml."
 
 
+def check_plain_data(paths: list[str] | list[Path]) -> None:
+    """Refuse config files that are more than data: YAML tags that name Python objects, or YTE templates.
+
+    Each file is parsed with ``yaml.safe_load``; the pipeline never evaluates anything in a config.
+    """
+    for path in map(Path, paths):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                document = yaml.safe_load(handle)
+        except yaml.constructor.ConstructorError as err:
+            raise ConfigError(
+                f"the configuration is not plain data ({str(err).splitlines()[0]} {err.problem_mark}).",
+                path=path,
+                fix="remove YAML tags such as !!python/...; give plain values (strings, numbers, lists, mappings).",
+            ) from err
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read the configuration ({err}).", path=path, fix="write it as YAML.") from err
+        if isinstance(document, dict) and "__use_yte__" in document:
+            raise ConfigError(
+                "the configuration is a YTE template (__use_yte__), which runs Python code.",
+                path=path,
+                column="__use_yte__",
+                fix="remove __use_yte__ and write the values out; histofuse configs are plain data.",
+            )
+
+
 def validate_config(config: dict[str, Any], *, schema_path: str | Path, source: str = "config") -> dict[str, Any]:
     """Validate ``config`` in place (filling defaults); raise ConfigError listing every problem."""
     schema = load_schema(schema_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.config import read_sheet, validate_config, validate_sheet
+from histofuse.config import check_plain_data, read_sheet, validate_config, validate_sheet
 from histofuse.exclusions import EXCLUSIONS_TSV
 from histofuse.samples import (
     check_data_root,
@@ -20,6 +20,7 @@ from histofuse.tables import resolve_slide_paths
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
 CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
+check_plain_data(workflow.configfiles)
 validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE)
 ON_ERROR = config["on_error"]
 
