@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.config import check_plain_data, read_sheet, validate_config, validate_sheet
+from histofuse.config import (
+    check_plain_data,
+    read_sheet,
+    validate_config,
+    validate_sheet,
+)
 from histofuse.exclusions import EXCLUSIONS_TSV
 from histofuse.samples import (
     check_data_root,
@@ -21,7 +26,9 @@ SCHEMAS = Path(workflow.basedir) / "schemas"
 
 CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 check_plain_data(workflow.configfiles)
-validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE)
+validate_config(
+    config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE
+)
 ON_ERROR = config["on_error"]
 
 RESULTS = config["results"].rstrip("/")
@@ -32,8 +39,12 @@ FOLDS = list(range(config["folds"]["k"]))
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
 MODALITIES = list(config["modalities"])
-SLIDES_SHEET = Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
-PATIENTS_SHEET = Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
+SLIDES_SHEET = (
+    Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
+)
+PATIENTS_SHEET = (
+    Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
+)
 if COHORT_FORMAT == "histofuse" and PATIENTS_SHEET is None:
     raise ValueError(
         f"{', '.join(map(str, workflow.configfiles))}: samples.patients is required with cohort.format "
@@ -69,10 +80,15 @@ patients = (
 # on_error: skip is left to its tiling job, which records the slide as excluded. With precomputed
 # features the slide files themselves are never read.
 if USE_WSI:
-    check_data_root(slides, sheet=SLIDES_SHEET, data_root=config["samples"].get("data_root"))
+    check_data_root(
+        slides, sheet=SLIDES_SHEET, data_root=config["samples"].get("data_root")
+    )
     if patients is not None and COHORT_FORMAT == "histofuse":
         check_slide_patients(
-            slides, slides_sheet=SLIDES_SHEET, patients=patients, patients_sheet=PATIENTS_SHEET
+            slides,
+            slides_sheet=SLIDES_SHEET,
+            patients=patients,
+            patients_sheet=PATIENTS_SHEET,
         )
 MISSING_SLIDES = (
     missing_slide_files(slides, sheet=SLIDES_SHEET, on_error=ON_ERROR)
@@ -181,7 +197,15 @@ def get_qc_files(wildcards):
 
 
 # Options of the published cohort formats that name files (their changes rerun the tables).
-COHORT_FILE_OPTIONS = ("dataset", "grade_data", "splits", "table", "signatures", "clinical", "path")
+COHORT_FILE_OPTIONS = (
+    "dataset",
+    "grade_data",
+    "splits",
+    "table",
+    "signatures",
+    "clinical",
+    "path",
+)
 
 
 def get_table_inputs(wildcards):
@@ -221,7 +245,9 @@ def get_grade_classes(wildcards):
 
 def get_train_settings(wildcards):
     """The training section as JSON for `histofuse train --settings`."""
-    settings = {k: v for k, v in config["training"].items() if k not in ("models", "cox")}
+    settings = {
+        k: v for k, v in config["training"].items() if k not in ("models", "cox")
+    }
     return json.dumps(settings, sort_keys=True)
 
 
@@ -236,7 +262,11 @@ def get_train_features(wildcards):
 
 def get_cohort_splits_arg(wildcards, input):
     """make_folds' option naming the cohort's split table, when it reads one."""
-    return f"--cohort-splits '{input.cohort_splits}'" if "cohort_splits" in input.keys() else ""
+    return (
+        f"--cohort-splits '{input.cohort_splits}'"
+        if "cohort_splits" in input.keys()
+        else ""
+    )
 
 
 def get_genomics_dir(wildcards, input):
