@@ -92,10 +92,8 @@ def _mask_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_tile(args: argparse.Namespace) -> None:
-    from histofuse.slides.mask import mask_slide, read_mask_png
-    from histofuse.slides.qc import write_tile_qc
-    from histofuse.slides.reader import open_slide
-    from histofuse.slides.tiling import TilingSettings, compute_tile_grid, write_tiles_h5
+    from histofuse.slides.job import TileJob, run_tile_job
+    from histofuse.slides.tiling import TilingSettings
 
     settings = TilingSettings(
         mpp=args.tile_mpp,
@@ -105,18 +103,31 @@ def cmd_tile(args: argparse.Namespace) -> None:
         max_tiles=args.max_tiles,
         seed=args.seed,
     )
-    with open_slide(args.slide, reader=args.reader, mpp=args.mpp) as reader:
-        mask_slide(reader, settings=_mask_settings(args), mask_png=args.mask, qc_png=args.mask_qc)
-        info = reader.info
-    grid = compute_tile_grid(info, read_mask_png(args.mask), settings)
-    write_tiles_h5(grid, args.out, slide_id=args.slide_id, reader=args.reader)
-    write_tile_qc(args.mask_qc, grid.coords, grid.attrs, args.qc)
+    job = TileJob(
+        slide=args.slide,
+        slide_id=args.slide_id or args.slide.stem,
+        mpp=args.mpp,
+        reader=args.reader,
+        mask=args.mask,
+        mask_qc=args.mask_qc,
+        tiles=args.out,
+        qc=args.qc,
+    )
+    run_tile_job(job, mask_settings=_mask_settings(args), settings=settings, on_error=args.on_error)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from histofuse.features.encoders import build_encoder
     from histofuse.features.extract import ExtractSettings, extract_slide_features
 
+    from histofuse.errors import SlideError
+    from histofuse.exclusions import Exclusion, check_on_error, read_exclusion, write_excluded_features
+
+    check_on_error(args.on_error)
+    upstream = read_exclusion(args.tiles) if args.tiles.is_file() else None
+    if upstream is not None:  # excluded by tiling: carry the record on, no encoder needed
+        write_excluded_features(args.out, upstream, encoder=args.encoder)
+        return
     _limit_torch_threads(args.threads)
     encoder = build_encoder(args.encoder, weights=args.weights)
     settings = ExtractSettings(
@@ -131,22 +142,45 @@ def cmd_extract(args: argparse.Namespace) -> None:
         stain_norm=args.stain_norm,
         stain_target=args.stain_target,
     )
-    extract_slide_features(
-        slide_path=args.slide,
-        tiles_h5=args.tiles,
-        out_h5=args.out,
-        encoder=encoder,
-        settings=settings,
-        mpp=args.mpp,
-    )
+    try:
+        extract_slide_features(
+            slide_path=args.slide,
+            tiles_h5=args.tiles,
+            out_h5=args.out,
+            encoder=encoder,
+            settings=settings,
+            mpp=args.mpp,
+        )
+    except SlideError as err:
+        if args.on_error != "skip":
+            raise
+        slide_id = args.slide_id or args.out.stem
+        exclusion = Exclusion.from_error(err, slide=slide_id, stage="extract_features", file=args.slide)
+        write_excluded_features(args.out, exclusion, encoder=args.encoder)
 
 
 def cmd_import_features(args: argparse.Namespace) -> None:
     from histofuse.features.precomputed import import_precomputed_features
 
-    import_precomputed_features(
-        folder=args.folder, slide_id=args.slide_id, encoder=args.encoder, out_h5=args.out
-    )
+    from histofuse.errors import SlideError
+    from histofuse.exclusions import Exclusion, check_on_error, write_excluded_features
+
+    check_on_error(args.on_error)
+    try:
+        import_precomputed_features(
+            folder=args.folder, slide_id=args.slide_id, encoder=args.encoder, out_h5=args.out
+        )
+    except SlideError as err:
+        if args.on_error != "skip":
+            raise
+        exclusion = Exclusion.from_error(err, slide=args.slide_id, stage="import_features", file=args.folder)
+        write_excluded_features(args.out, exclusion, encoder=args.encoder)
+
+
+def cmd_exclusions(args: argparse.Namespace) -> None:
+    from histofuse.exclusions import collect_exclusions
+
+    collect_exclusions(args.features, args.out, encoder=args.encoder)
 
 
 def cmd_prepare_tables(args: argparse.Namespace) -> None:
@@ -204,9 +238,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 def cmd_make_folds(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from histofuse.folds import FoldSettings, make_folds, write_folds
-
-    from histofuse.folds import folds_from_cohort_splits
+    from histofuse.folds import FoldSettings, check_fold_labels, folds_from_cohort_splits, make_folds, write_folds
 
     settings = FoldSettings(
         k=args.k, seed=args.seed, val_fraction=args.val_fraction, source=args.source, stratify=args.stratify
@@ -217,6 +249,7 @@ def cmd_make_folds(args: argparse.Namespace) -> None:
         folds = folds_from_cohort_splits(splits, patients, settings, path=args.cohort_splits)
     else:
         folds = make_folds(patients, settings)
+    check_fold_labels(folds, patients, tuple(args.tasks), path=args.patients)
     write_folds(folds, Path(args.out))
 
 
@@ -285,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--slide-id", default=None)
         p.add_argument("--mpp", type=_optional_float, default=None, help="level-0 µm/px, overrides metadata")
         p.add_argument("--reader", default="openslide", help="slide reader backend")
+        p.add_argument(
+            "--on-error", default="stop", help="stop, or skip: a slide that fails is recorded as excluded"
+        )
 
     def mask_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--method", default="otsu", help="otsu | morphological")
@@ -341,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", required=True, type=Path, help="features.precomputed_dir")
     p.add_argument("--slide-id", required=True)
     p.add_argument("--encoder", required=True, help="features.encoder (TRIDENT: the features_<encoder> folder)")
+    p.add_argument("--on-error", default="stop", help="stop, or skip: a slide that fails is recorded as excluded")
     p.add_argument("--out", required=True, type=Path)
+
+    p = add("exclusions", cmd_exclusions, "List the excluded slides; check every other slide's encoder.")
+    p.add_argument("--features", nargs="*", default=[], type=Path, help="every slide's features file")
+    p.add_argument("--encoder", required=True, help="features.encoder")
+    p.add_argument("--out", required=True, type=Path, help="output exclusions.tsv")
 
     p = add("prepare-tables", cmd_prepare_tables, "Check and type the cohort tables, to parquet.")
     p.add_argument("--format", default="histofuse", help="cohort.format: histofuse or a published format")
@@ -363,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="kfold", help="kfold or cohort (the cohort's own split files)")
     p.add_argument("--stratify", default="grade", help="label column stratified on, with the event")
     p.add_argument("--cohort-splits", type=Path, default=None, help="cohort_splits.tsv (source cohort)")
+    p.add_argument("--tasks", nargs="*", default=[], help="training.tasks: each needs labels in every fold")
     p.add_argument("--out", required=True, type=Path)
 
     p = add("preprocess", cmd_preprocess, "Fit one fold's table preprocessing on its training part.")

@@ -5,6 +5,7 @@ Every error names the file, the key (or row and column) and how to fix it.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,11 +53,44 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 def _fix_for(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        return f"remove or correct the key; allowed keys here are: {', '.join(allowed)}."
+        unknown = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hints = [
+            f"'{key}' -> '{close[0]}'"
+            for key in unknown
+            if (close := difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6))
+        ]
+        did_you_mean = f"did you mean {', '.join(hints)}? " if hints else ""
+        return f"{did_you_mean}remove or correct the key; allowed keys here are: {', '.join(allowed)}."
     if error.validator == "enum":
         return f"use one of: {', '.join(map(str, error.validator_value))}."
     hint = error.schema.get("description")
     return f"see the comment on this key in config/config.yaml ({hint})." if hint else "see config/config.yaml."
+
+
+def check_plain_data(paths: list[str] | list[Path]) -> None:
+    """Refuse config files that are more than data: YAML tags that name Python objects, or YTE templates.
+
+    Each file is parsed with ``yaml.safe_load``; the pipeline never evaluates anything in a config.
+    """
+    for path in map(Path, paths):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                document = yaml.safe_load(handle)
+        except yaml.constructor.ConstructorError as err:
+            raise ConfigError(
+                f"the configuration is not plain data ({str(err).splitlines()[0]} {err.problem_mark}).",
+                path=path,
+                fix="remove YAML tags such as !!python/...; give plain values (strings, numbers, lists, mappings).",
+            ) from err
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read the configuration ({err}).", path=path, fix="write it as YAML.") from err
+        if isinstance(document, dict) and "__use_yte__" in document:
+            raise ConfigError(
+                "the configuration is a YTE template (__use_yte__), which runs Python code.",
+                path=path,
+                column="__use_yte__",
+                fix="remove __use_yte__ and write the values out; histofuse configs are plain data.",
+            )
 
 
 def validate_config(config: dict[str, Any], *, schema_path: str | Path, source: str = "config") -> dict[str, Any]:

@@ -157,6 +157,44 @@ def folds_from_cohort_splits(
     return folds.sort_values(["fold", "split", "patient_id"]).reset_index(drop=True)
 
 
+TASK_LABELS: dict[str, tuple[str, ...]] = {"grade": ("grade",), "survival": ("survival_time", "event")}
+
+
+def check_fold_labels(
+    folds: pd.DataFrame, patients: pd.DataFrame, tasks: tuple[str, ...], *, path: Path | None = None
+) -> None:
+    """Every fold's training part needs labelled patients for every task (survival: an observed death).
+
+    A task whose labels are all missing in a fold's training part cannot be learnt there; this
+    stops the run before any model is trained.
+    """
+    known = patients.assign(patient_id=patients["patient_id"].astype(str)).set_index("patient_id")
+    problems = []
+    for fold, part in folds[folds["split"] == "train"].groupby("fold", sort=True):
+        rows = known.reindex(part["patient_id"].astype(str))
+        for task in tasks:
+            columns = TASK_LABELS.get(task, (task,))
+            missing = [c for c in columns if c not in rows.columns]
+            if missing:
+                problems.append(f"task '{task}': the patients table has no column {', '.join(missing)}")
+                continue
+            labelled = rows[list(columns)].notna().all(axis=1)
+            if task == "survival":
+                labelled &= rows["event"].fillna(0).astype(float) == 1
+            if not labelled.any():
+                what = "an observed death (event 1) with a survival time" if task == "survival" else f"a {task} label"
+                problems.append(f"fold {fold}, task '{task}': none of its {len(rows)} training patients has {what}")
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError(
+            "labels are missing for a task in a fold: " + "; ".join(unique[:10]) + ".",
+            path=path,
+            column="training.tasks",
+            fix="fill in the labels in the patients sheet, or remove the task from training.tasks "
+            "(with folds.source: kfold, folds.stratify on that label spreads the labelled patients over the folds).",
+        )
+
+
 def write_folds(folds: pd.DataFrame, path: Path) -> None:
     """Write folds as TSV atomically."""
     with atomic_path(path) as tmp:

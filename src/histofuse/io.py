@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     The caller writes the file at the yielded path (any library may open it by name). On normal
     exit the file is fsynced and renamed over ``target`` in one step, so a reader never sees a
     half-written output; on an exception the temporary file is removed and ``target`` is untouched.
+    A process killed outright (``kill -9``, power loss) leaves only a hidden ``.<name>.*.tmp`` file
+    that nothing reads as output; the next successful write of the same target removes it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +46,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:

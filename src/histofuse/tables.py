@@ -52,8 +52,14 @@ class TableInputs:
     modalities: tuple[str, ...] = MODALITIES
 
 
-def _row_list(frame: pd.DataFrame, mask: pd.Series, id_column: str, limit: int = 10) -> str:
-    rows = [f"row {i + 2} ({frame.at[i, id_column]})" for i in frame.index[mask]]
+def _row_list(
+    frame: pd.DataFrame, mask: pd.Series, id_column: str, limit: int = 10, *, value_column: str | None = None
+) -> str:
+    """``row N (id)`` of the masked rows (header = row 1), with the cell of ``value_column`` when given."""
+    rows = [
+        f"row {i + 2} ({frame.at[i, id_column]})" + (f" = {frame.at[i, value_column]!r}" if value_column else "")
+        for i in frame.index[mask]
+    ]
     more = f" … and {len(rows) - limit} more" if len(rows) > limit else ""
     return ", ".join(rows[:limit]) + more
 
@@ -90,10 +96,11 @@ def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
         if bad_text.any() or bad_inf.any():
             mask = bad_text | pd.Series(bad_inf, index=frame.index)
             raise ConfigError(
-                f"non-numeric or infinite values in {_row_list(frame, mask, 'patient_id')}.",
+                f"non-numeric or infinite values in {_row_list(frame, mask, 'patient_id', value_column=column)}.",
                 path=path,
                 column=str(column),
-                fix="use numbers, leave missing values empty (they are imputed per fold), or drop the column.",
+                fix="use finite numbers, leave missing values empty (not NaN or NA; they are imputed per fold), "
+                "or drop the column.",
             )
         out[str(column)] = values.astype("float64")
     unknown = ~out["patient_id"].isin(known_patients)
@@ -117,7 +124,19 @@ def _clinical_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
     out = frame.copy()
     for column in out.columns.drop("patient_id"):
         numeric = pd.to_numeric(out[column], errors="coerce")
-        if numeric.notna().sum() == out[column].notna().sum():
+        given = out[column].notna()
+        bad = (given & numeric.isna()) | pd.Series(np.isinf(numeric.to_numpy(dtype=float, na_value=np.nan)), index=out.index)
+        # a column of numbers with a few text, NaN or infinite cells is a numeric column with typos,
+        # not a category: a text column holds mostly text
+        if bad.any() and numeric.notna().sum() > bad.sum():
+            raise ConfigError(
+                f"a numeric column holds text, NaN or infinite values: "
+                f"{_row_list(frame, bad, 'patient_id', value_column=column)}.",
+                path=path,
+                column=str(column),
+                fix="use finite numbers, leave missing values empty (they are imputed per fold), or drop the column.",
+            )
+        if not bad.any():
             out[column] = numeric.astype("float64")
     return out.loc[out["patient_id"].isin(known_patients)].reset_index(drop=True)
 

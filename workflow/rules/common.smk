@@ -7,16 +7,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.config import read_sheet, validate_config, validate_sheet
+from histofuse.config import (
+    check_plain_data,
+    read_sheet,
+    validate_config,
+    validate_sheet,
+)
+from histofuse.exclusions import EXCLUSIONS_TSV
+from histofuse.samples import (
+    check_data_root,
+    check_slide_patients,
+    check_weights_file,
+    missing_slide_files,
+)
 from histofuse.tables import resolve_slide_paths
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
+CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
+check_plain_data(workflow.configfiles)
 validate_config(
-    config,
-    schema_path=SCHEMAS / "config.schema.yaml",
-    source=", ".join(str(f) for f in workflow.configfiles) or "config",
+    config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE
 )
+ON_ERROR = config["on_error"]
 
 RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
@@ -26,8 +39,12 @@ FOLDS = list(range(config["folds"]["k"]))
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
 MODALITIES = list(config["modalities"])
-SLIDES_SHEET = Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
-PATIENTS_SHEET = Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
+SLIDES_SHEET = (
+    Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
+)
+PATIENTS_SHEET = (
+    Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
+)
 if COHORT_FORMAT == "histofuse" and PATIENTS_SHEET is None:
     raise ValueError(
         f"{', '.join(map(str, workflow.configfiles))}: samples.patients is required with cohort.format "
@@ -49,13 +66,35 @@ slides = (
     if USE_WSI
     else pd.DataFrame({"slide_id": [], "patient_id": [], "path": []})
 )
-if PATIENTS_SHEET is not None:
+patients = (
     validate_sheet(
         read_sheet(PATIENTS_SHEET),
         schema_path=SCHEMAS / "patients.schema.yaml",
         path=PATIENTS_SHEET,
         id_column="patient_id",
     )
+    if PATIENTS_SHEET is not None
+    else None
+)
+# Problems of the sheets stop the run here, before any job; a missing slide file under
+# on_error: skip is left to its tiling job, which records the slide as excluded. With precomputed
+# features the slide files themselves are never read.
+if USE_WSI:
+    check_data_root(
+        slides, sheet=SLIDES_SHEET, data_root=config["samples"].get("data_root")
+    )
+    if patients is not None and COHORT_FORMAT == "histofuse":
+        check_slide_patients(
+            slides,
+            slides_sheet=SLIDES_SHEET,
+            patients=patients,
+            patients_sheet=PATIENTS_SHEET,
+        )
+MISSING_SLIDES = (
+    missing_slide_files(slides, sheet=SLIDES_SHEET, on_error=ON_ERROR)
+    if USE_WSI and config["features"]["source"] == "extract"
+    else set()
+)
 SLIDE_IDS = list(slides["slide_id"])
 # Plain dicts: input functions run once per job, and a pandas lookup per call adds up for
 # cohorts of thousands of slides.
@@ -74,15 +113,27 @@ wildcard_constraints:
     encoder=r"[A-Za-z0-9_.:\-]+",
 
 
+EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
+
+
 def get_final_output():
-    """The targets of the default run: the report and the metrics."""
+    """The targets of the default run: the report, the metrics and the list of excluded slides."""
     return [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
+        EXCLUSIONS,
     ]
 
 
 def get_slide_path(wildcards):
+    """The slide's file as the sheet gives it (resolved against the sheet's folder)."""
+    return SLIDE_PATHS[wildcards.slide]
+
+
+def get_slide_input(wildcards):
+    """The slide file as a job input; none for a missing file under on_error: skip (then excluded)."""
+    if wildcards.slide in MISSING_SLIDES:
+        return []
     return SLIDE_PATHS[wildcards.slide]
 
 
@@ -92,6 +143,8 @@ def get_slide_mpp(wildcards):
 
 
 ENCODER_WEIGHTS = str(config["features"].get("weights") or "")
+if USE_WSI and config["features"]["source"] == "extract":
+    check_weights_file(ENCODER_WEIGHTS, source=CONFIG_SOURCE)
 # The tile rule's mask and tiling options, formatted once (they are the same for every slide).
 _MASK = config["tissue_mask"]
 TISSUE_MASK_ARGS = (
@@ -144,7 +197,15 @@ def get_qc_files(wildcards):
 
 
 # Options of the published cohort formats that name files (their changes rerun the tables).
-COHORT_FILE_OPTIONS = ("dataset", "grade_data", "splits", "table", "signatures", "clinical", "path")
+COHORT_FILE_OPTIONS = (
+    "dataset",
+    "grade_data",
+    "splits",
+    "table",
+    "signatures",
+    "clinical",
+    "path",
+)
 
 
 def get_table_inputs(wildcards):
@@ -184,7 +245,9 @@ def get_grade_classes(wildcards):
 
 def get_train_settings(wildcards):
     """The training section as JSON for `histofuse train --settings`."""
-    settings = {k: v for k, v in config["training"].items() if k not in ("models", "cox")}
+    settings = {
+        k: v for k, v in config["training"].items() if k not in ("models", "cox")
+    }
     return json.dumps(settings, sort_keys=True)
 
 
@@ -199,7 +262,11 @@ def get_train_features(wildcards):
 
 def get_cohort_splits_arg(wildcards, input):
     """make_folds' option naming the cohort's split table, when it reads one."""
-    return f"--cohort-splits '{input.cohort_splits}'" if "cohort_splits" in input.keys() else ""
+    return (
+        f"--cohort-splits '{input.cohort_splits}'"
+        if "cohort_splits" in input.keys()
+        else ""
+    )
 
 
 def get_genomics_dir(wildcards, input):

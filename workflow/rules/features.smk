@@ -22,15 +22,17 @@ if FEATURES_SOURCE == "precomputed":
             runtime=10,
         params:
             folder=PRECOMPUTED_DIR,
+            on_error=ON_ERROR,
         shell:
-            "histofuse import-features --folder '{params.folder}' --slide-id '{wildcards.slide}' "
-            "--encoder '{wildcards.encoder}' --out '{output.features}' > '{log}' 2>&1"
+            "histofuse import-features --folder {params.folder:q} --slide-id {wildcards.slide:q} "
+            "--encoder {wildcards.encoder:q} --on-error {params.on_error} --out {output.features:q} "
+            "> {log:q} 2>&1"
 
 else:
 
     rule extract_features:
         input:
-            slide=get_slide_path,
+            slide=get_slide_input,
             tiles=f"{RESULTS}/tiles/{{slide}}.h5",
         output:
             features=f"{RESULTS}/features/{{encoder}}/{{slide}}.h5",
@@ -46,6 +48,8 @@ else:
             runtime=60,
             gpu=gpu_request(config["features"]["device"]),
         params:
+            path=get_slide_path,
+            on_error=ON_ERROR,
             mpp=get_slide_mpp,
             reader=config["reader"],
             weights=ENCODER_WEIGHTS,
@@ -59,10 +63,34 @@ else:
             stain_norm=config["features"]["stain_norm"] or "",
             stain_target=config["features"]["stain_target"] or "",
         shell:
-            "histofuse extract --slide '{input.slide}' --tiles '{input.tiles}' --mpp '{params.mpp}' "
+            "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
+            "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error {params.on_error} "
             "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
             "--batch-size {params.batch_size} --num-workers {params.num_workers} "
             "--device {params.device} --precision {params.precision} --threads {threads} "
             "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
             "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "
-            "--out '{output.features}' > '{log}' 2>&1"
+            "--out {output.features:q} > {log:q} 2>&1"
+
+
+# The cohort's excluded slides (on_error: skip), read from every slide's features file; every other
+# file must come from the configured encoder. Training waits for this check.
+rule exclusions:
+    input:
+        features=get_feature_files,
+    output:
+        exclusions=EXCLUSIONS,
+    log:
+        f"{RESULTS}/logs/exclusions.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/exclusions.tsv"
+    conda:
+        "../../envs/features.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        encoder=ENCODER,
+    script:
+        "../scripts/exclusions.py"

@@ -1,10 +1,11 @@
 # Per-slide tiling: tissue mask (+ QC thumbnail) and tile coordinates (+ QC of the tile grid) in one
-# job, so that a cohort of thousands of slides is two jobs per slide (tiling, features).
+# job, so that a cohort of thousands of slides is two jobs per slide (tiling, features). Under
+# on_error: skip a slide that fails writes these outputs flagged as excluded instead of failing.
 
 
 rule tile:
     input:
-        slide=get_slide_path,
+        slide=get_slide_input,
     output:
         mask=f"{RESULTS}/masks/{{slide}}.png",
         mask_qc=report(
@@ -31,11 +32,14 @@ rule tile:
         mem_mb=2000,
         runtime=15,
     params:
+        path=get_slide_path,
         mpp=get_slide_mpp,
         reader=config["reader"],
+        on_error=ON_ERROR,
         mask=TISSUE_MASK_ARGS,
         tiling=TILING_ARGS,
     shell:
-        "histofuse tile --slide '{input.slide}' --slide-id '{wildcards.slide}' --mpp '{params.mpp}' "
-        "--reader {params.reader} {params.mask} {params.tiling} --mask '{output.mask}' "
-        "--mask-qc '{output.mask_qc}' --out '{output.tiles}' --qc '{output.qc}' > '{log}' 2>&1"
+        "histofuse tile --slide {params.path:q} --slide-id {wildcards.slide:q} --mpp '{params.mpp}' "
+        "--reader {params.reader} --on-error {params.on_error} {params.mask} {params.tiling} "
+        "--mask {output.mask:q} --mask-qc {output.mask_qc:q} --out {output.tiles:q} --qc {output.qc:q} "
+        "> {log:q} 2>&1"

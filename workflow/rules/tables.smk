@@ -53,10 +53,11 @@ rule make_folds:
         source=config["folds"]["source"],
         stratify=config["folds"]["stratify"],
         splits=get_cohort_splits_arg,
+        tasks=" ".join(config["training"]["tasks"]),
     shell:
         "histofuse make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
         "--val-fraction {params.val_fraction} --source {params.source} --stratify {params.stratify} "
-        "{params.splits} --out '{output.folds}' > '{log}' 2>&1"
+        "{params.splits} --tasks {params.tasks} --out '{output.folds}' > '{log}' 2>&1"
 
 
 rule preprocess:

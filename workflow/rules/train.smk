@@ -4,6 +4,7 @@
 rule train:
     input:
         features=get_train_features,
+        exclusions=EXCLUSIONS,
         patients=f"{RESULTS}/tables/patients.parquet",
         slides=f"{RESULTS}/tables/slides.parquet",
         genomics=f"{RESULTS}/tables/genomics.parquet",

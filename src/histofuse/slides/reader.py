@@ -112,6 +112,18 @@ def require_existing(path: Path) -> None:
         )
 
 
+def unreadable_region_error(path: Path, location: tuple[int, int], level: int, err: Exception) -> SlideError:
+    """The error for pixels a backend cannot decode (a corrupt or truncated tile inside the file)."""
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    return SlideError(
+        f"cannot read the region at level-0 ({int(location[0])}, {int(location[1])}), pyramid level {level} "
+        f"({type(err).__name__}: {first_line}); the file is corrupt or truncated.",
+        path=path,
+        fix="re-export or re-download the slide, or remove its row from the slides sheet "
+        "(with on_error: skip the slide is excluded and the run goes on).",
+    )
+
+
 def missing_mpp_error(path: Path) -> SlideError:
     """The error for a slide whose resolution is neither in the sheet nor in its metadata."""
     return SlideError(
@@ -199,7 +211,12 @@ class OpenSlideReader:
         raise missing_mpp_error(self.path)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        region = self._slide.read_region((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
+        import openslide
+
+        try:
+            region = self._slide.read_region((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
+        except openslide.OpenSlideError as err:
+            raise unreadable_region_error(self.path, location, level, err) from err
         rgba = np.asarray(region)
         rgb = rgba[..., :3].copy()
         # Transparent pixels (outside the scanned area) are background: make them white.

@@ -26,6 +26,7 @@ from histofuse.slides.reader import (
     positive_or_none,
     require_existing,
     thumbnail_at_mpp,
+    unreadable_region_error,
 )
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,20 @@ class TiatoolboxReader:
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 (h, w, 3) of ``size`` (w, h) at pyramid ``level``, top-left at level-0 ``location``."""
-        region = self._wsi.read_rect(
-            (int(location[0]), int(location[1])),
-            (int(size[0]), int(size[1])),
-            resolution=int(level),
-            units="level",
-            coord_space="baseline",
-            pad_mode="constant",
-            pad_constant_values=_BACKGROUND,
-        )
+        try:
+            region = self._wsi.read_rect(
+                (int(location[0]), int(location[1])),
+                (int(size[0]), int(size[1])),
+                resolution=int(level),
+                units="level",
+                coord_space="baseline",
+                pad_mode="constant",
+                pad_constant_values=_BACKGROUND,
+            )
+        # the delegate backends (OpenSlide, tifffile + imagecodecs, wsidicom) each raise their own
+        # decoding errors; any of them means these pixels cannot be read from the file
+        except Exception as err:  # noqa: BLE001
+            raise unreadable_region_error(self.path, location, level, err) from err
         return np.ascontiguousarray(np.asarray(region)[..., :3], dtype=np.uint8)
 
     def thumbnail_at_mpp(self, mpp: float) -> tuple[np.ndarray, float]:

@@ -242,7 +242,8 @@ def _slides_by_patient(tables_dir: Path) -> dict[str, list[str]]:
     return {patient: sorted(set(slides)) for patient, slides in grouped.items()}
 
 
-def _read_features(path: Path) -> tuple[npt.NDArray[np.float32], str | None]:
+def _read_features(path: Path) -> tuple[npt.NDArray[np.float32], str | None] | None:
+    """A slide's tile features and their encoder; ``None`` for a slide excluded under ``on_error: skip``."""
     if not path.exists():
         raise HistofuseError(
             "tile-feature file is missing for a slide listed in slides.parquet.",
@@ -251,6 +252,8 @@ def _read_features(path: Path) -> tuple[npt.NDArray[np.float32], str | None]:
         )
     try:
         with h5py.File(path, "r") as handle:
+            if bool(handle.attrs.get("excluded", False)):
+                return None
             if "features" not in handle:
                 raise HistofuseError("no 'features' dataset.", path=path)
             features = np.asarray(handle["features"][()], dtype=np.float32)
@@ -278,16 +281,27 @@ def _load_bags(
     per_patient: list[list[npt.NDArray[np.float32]]] = []
     dims: dict[int, Path] = {}
     encoders: dict[str, Path] = {}
+    excluded: list[str] = []
     for patient_id in patient_ids:
         arrays = []
         for slide_id in slides.get(patient_id, []):
             path = features_dir / f"{slide_id}.h5"
-            features, encoder = _read_features(path)
+            found = _read_features(path)
+            if found is None:
+                excluded.append(slide_id)
+                continue
+            features, encoder = found
             dims.setdefault(features.shape[1], path)
             if encoder is not None:
                 encoders.setdefault(encoder, path)
             arrays.append(features)
         per_patient.append(arrays)
+    if excluded:
+        logger.warning(
+            "%d slide(s) excluded by an earlier stage are left out (see exclusions.tsv): %s",
+            len(excluded),
+            ", ".join(excluded),
+        )
     if not dims:
         raise HistofuseError(
             "no tile-feature file found for any patient of this fold.",
