@@ -254,12 +254,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from histofuse.evaluate import run_evaluate
+    from histofuse.evaluate import EvaluationSettings, run_evaluate
 
     run_evaluate(
         prediction_files=[Path(p) for p in args.predictions],
         out_folds=Path(args.out_folds),
         out_summary=Path(args.out_summary),
+        out_comparison=_optional_path(args.out_comparison or ""),
+        out_confusion=_optional_path(args.out_confusion or ""),
+        settings=EvaluationSettings(n_boot=args.bootstrap, seed=args.seed),
     )
 
 
@@ -384,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--out-folds", required=True)
     p.add_argument("--out-summary", required=True)
+    p.add_argument("--out-comparison", default=None, help="paired model comparison (TSV)")
+    p.add_argument("--out-confusion", default=None, help="confusion counts per fold (TSV)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser
 
 

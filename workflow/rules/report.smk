@@ -9,8 +9,14 @@ rule evaluate:
         summary=report(
             f"{RESULTS}/metrics/summary.tsv",
             caption="../report/summary.rst",
-            category="Results",
+            category="Metrics",
         ),
+        comparison=report(
+            f"{RESULTS}/metrics/comparison.tsv",
+            caption="../report/comparison.rst",
+            category="Metrics",
+        ),
+        confusion=f"{RESULTS}/metrics/confusion.tsv",
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
@@ -21,9 +27,14 @@ rule evaluate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["evaluation"]["seed"],
     shell:
         "histofuse evaluate --predictions {input.predictions:q} --out-folds '{output.folds}' "
-        "--out-summary '{output.summary}' > '{log}' 2>&1"
+        "--out-summary '{output.summary}' --out-comparison '{output.comparison}' "
+        "--out-confusion '{output.confusion}' --bootstrap {params.bootstrap} "
+        "--seed {params.seed} > '{log}' 2>&1"
 
 
 rule report:
