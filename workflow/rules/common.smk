@@ -26,8 +26,12 @@ FOLDS = list(range(config["folds"]["k"]))
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
 MODALITIES = list(config["modalities"])
-SLIDES_SHEET = Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
-PATIENTS_SHEET = Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
+SLIDES_SHEET = (
+    Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
+)
+PATIENTS_SHEET = (
+    Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
+)
 if COHORT_FORMAT == "histofuse" and PATIENTS_SHEET is None:
     raise ValueError(
         f"{', '.join(map(str, workflow.configfiles))}: samples.patients is required with cohort.format "
@@ -144,7 +148,15 @@ def get_qc_files(wildcards):
 
 
 # Options of the published cohort formats that name files (their changes rerun the tables).
-COHORT_FILE_OPTIONS = ("dataset", "grade_data", "splits", "table", "signatures", "clinical", "path")
+COHORT_FILE_OPTIONS = (
+    "dataset",
+    "grade_data",
+    "splits",
+    "table",
+    "signatures",
+    "clinical",
+    "path",
+)
 
 
 def get_table_inputs(wildcards):
@@ -184,7 +196,9 @@ def get_grade_classes(wildcards):
 
 def get_train_settings(wildcards):
     """The training section as JSON for `histofuse train --settings`."""
-    settings = {k: v for k, v in config["training"].items() if k not in ("models", "cox")}
+    settings = {
+        k: v for k, v in config["training"].items() if k not in ("models", "cox")
+    }
     return json.dumps(settings, sort_keys=True)
 
 
@@ -199,7 +213,11 @@ def get_train_features(wildcards):
 
 def get_cohort_splits_arg(wildcards, input):
     """make_folds' option naming the cohort's split table, when it reads one."""
-    return f"--cohort-splits '{input.cohort_splits}'" if "cohort_splits" in input.keys() else ""
+    return (
+        f"--cohort-splits '{input.cohort_splits}'"
+        if "cohort_splits" in input.keys()
+        else ""
+    )
 
 
 def get_genomics_dir(wildcards, input):

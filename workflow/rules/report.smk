@@ -92,7 +92,9 @@ rule report:
             f"{RESULTS}/plots/km.png", caption="../report/km.rst", category="Survival"
         ),
         roc=report(
-            f"{RESULTS}/plots/roc.png", caption="../report/roc.rst", category="Classification"
+            f"{RESULTS}/plots/roc.png",
+            caption="../report/roc.rst",
+            category="Classification",
         ),
         confusion=report(
             f"{RESULTS}/plots/confusion.png",
