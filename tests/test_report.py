@@ -10,12 +10,14 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
+import browser
 import pytest
 from PIL import Image
 
 import histofuse
-from histofuse.evaluate import run_evaluate
-from histofuse.report import build_report, html as report_html, plots
+from histofuse.evaluate import EvaluationSettings, run_evaluate
+from histofuse.errors import HistofuseError
+from histofuse.report import attention, build_report, figures, html as report_html, plots
 
 CLASSES = ["2", "3", "4"]
 N_PATIENTS = 30
@@ -105,7 +107,20 @@ def report_inputs(tmp_path: Path) -> dict[str, Any]:
         prediction_files=prediction_files,
         out_folds=results / "metrics" / "folds.tsv",
         out_summary=results / "metrics" / "summary.tsv",
+        out_comparison=results / "metrics" / "comparison.tsv",
+        out_confusion=results / "metrics" / "confusion.tsv",
+        settings=EvaluationSettings(n_boot=5, seed=0),
     )
+    history_files = []
+    for model in ("attn_mil", "mean_pool"):
+        for fold in range(N_FOLDS):
+            path = results / "models" / model / f"fold{fold}_history.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            epochs = np.arange(1, 6)
+            pd.DataFrame(
+                {"epoch": epochs, "train_loss": 2.0 / epochs, "val_loss": 2.2 / epochs + 0.1 * fold}
+            ).to_csv(path, sep="\t", index=False)
+            history_files.append(path)
 
     qc_pngs, tile_files, feature_files = [], [], []
     for index, slide_id in enumerate(slide_ids[:5]):
@@ -132,6 +147,9 @@ def report_inputs(tmp_path: Path) -> dict[str, Any]:
     return {
         "summary_tsv": results / "metrics" / "summary.tsv",
         "folds_tsv_metrics": results / "metrics" / "folds.tsv",
+        "comparison_tsv": results / "metrics" / "comparison.tsv",
+        "confusion_tsv": results / "metrics" / "confusion.tsv",
+        "history_files": history_files,
         "prediction_files": prediction_files,
         "tables_dir": tables,
         "folds_tsv": folds_tsv,
@@ -179,21 +197,42 @@ def test_report_is_self_contained_and_complete(
     assert "<script" not in text.lower()
     assert "<link" not in text.lower()
     sources = image_sources(text)
-    assert len(sources) == 5 + 2  # QC thumbnails + KM + ROC
+    # QC thumbnails + fold composition, KM, ROC, confusion and training curves.
+    assert len(sources) == 5 + 5
     for source in sources:
         decode_png(source)
-    assert re.search(r'<img class="plot km" src="data:image/png;base64,', text)
-    assert re.search(r'<img class="plot roc" src="data:image/png;base64,', text)
+    for css in ("km", "roc", "confusion", "training", "composition"):
+        assert re.search(rf'<img class="plot {css}" src="data:image/png;base64,', text), css
 
-    for heading in ("Cohort", "Slides QC", "Features", "Results", "Plots", "Provenance"):
-        assert f"<h2>{heading}</h2>" in text
+    for heading in (
+        "Cohort",
+        "Slides QC",
+        "Feature extraction",
+        "Task: survival",
+        "Task: grade",
+        "Training",
+        "Attention",
+        "Missing-modality robustness",
+        "Exclusions",
+        "Provenance",
+    ):
+        assert f"<h2>{heading}</h2>" in text, heading
+    # Absent optional inputs: each section says what would fill it.
+    assert "appear when abmil is among training.models" in text
+    assert "appears when bidistill is among training.models" in text
+    assert "No slide was excluded" in text
+    assert "Paired comparison across folds" in text  # two models on grade
+    assert "appears when two or more models are trained" in text  # one survival model
     assert "Cohort &lt;A&gt; report" in text and "<A>" not in text
     assert "&lt;b&gt;not bold&lt;/b&gt;" in text
     assert histofuse.__version__ in text
+    assert "Run date</dt>" in text and "weights SHA-256 ab12cd34ef56" in text
 
     summary = pd.read_csv(report_inputs["summary_tsv"], sep="\t")
     for row in summary.itertuples(index=False):
         assert f"{row.mean:.3f} ± {row.sd:.3f}" in text
+        if np.isfinite(row.ci_low):
+            assert f"[{row.ci_low:.3f}, {row.ci_high:.3f}]" in text
     folds = pd.read_csv(report_inputs["folds_tsv_metrics"], sep="\t")
     assert "<details>" in text
     for value in folds["value"]:
@@ -272,3 +311,101 @@ def test_package_versions_tolerate_missing_packages() -> None:
     versions = report_html.package_versions(("pandas", "surely-not-an-installed-package"))
     assert versions["pandas"] == pd.__version__
     assert versions["surely-not-an-installed-package"] == "not installed"
+
+
+def test_optional_sections_show_their_inputs(tmp_path: Path, report_inputs: dict[str, Any]) -> None:
+    rates = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    rows = [
+        {"model": model, "fold": fold, "rate": rate, "auc": 0.9 - slope * rate + 0.01 * fold}
+        for model, slope in (("bidistill", 0.1), ("mm_baseline", 0.4))
+        for fold in range(N_FOLDS)
+        for rate in rates
+    ]
+    missing_rate = tmp_path / "missing_rate.tsv"
+    pd.DataFrame(rows).to_csv(missing_rate, sep="\t", index=False)
+    exclusions = tmp_path / "exclusions.tsv"
+    pd.DataFrame(
+        {"slide": ["S900"], "stage": ["tile"], "reason": ["unreadable <tiff>"], "fix": ["re-scan it"]}
+    ).to_csv(exclusions, sep="\t", index=False)
+    attention = tmp_path / "attention" / "S000.png"
+    write_png(attention, (10, 200, 10), size=(80, 60))
+    out = tmp_path / "report.html"
+    build_report(
+        out_html=out,
+        missing_rate_tsv=missing_rate,
+        exclusions_tsv=exclusions,
+        attention_pngs=[attention],
+        **report_inputs,
+    )
+    text = out.read_text(encoding="utf-8")
+    assert re.search(r'<img class="plot missing-rate" src="data:image/png;base64,', text)
+    assert re.search(r'<img class="plot attention" src="data:image/png;base64,', text)
+    # The curve's table: mean ± sd over folds per model and rate.
+    for model, slope in (("bidistill", 0.1), ("mm_baseline", 0.4)):
+        for rate in rates:
+            values = [0.9 - slope * rate + 0.01 * fold for fold in range(N_FOLDS)]
+            assert f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" in text
+    assert "S900" in text and "unreadable &lt;tiff&gt;" in text and "re-scan it" in text
+    assert "No slide was excluded" not in text
+
+
+def test_training_curves_read_val_metric(tmp_path: Path) -> None:
+    path = tmp_path / "abmil" / "fold2_history.tsv"
+    path.parent.mkdir()
+    pd.DataFrame(
+        {"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.9], "val_metric": [0.6, 0.7]}
+    ).to_csv(path, sep="\t", index=False)
+    histories = figures.read_histories([path])
+    assert list(histories["model"]) == ["abmil", "abmil"] and set(histories["fold"]) == {2}
+    fig = figures.training_curves_figure(histories)
+    assert len(fig.axes) == 2  # loss and validation metric
+    fig = figures.training_curves_figure(histories.drop(columns=["val_metric"]))
+    assert len(fig.axes) == 1
+    bad = tmp_path / "abmil" / "fold3_history.tsv"
+    pd.DataFrame({"epoch": [1], "train_loss": [1.0]}).to_csv(bad, sep="\t", index=False)
+    with pytest.raises(HistofuseError, match="val_loss"):
+        figures.read_histories([bad])
+
+
+def test_attention_uses_the_fold_that_tests_the_patient() -> None:
+    slides = pd.DataFrame({"slide_id": ["S1", "S2"], "patient_id": ["P1", "P2"]})
+    folds = pd.DataFrame(
+        {
+            "patient_id": ["P1", "P1", "P2", "P2"],
+            "fold": [0, 1, 0, 1],
+            "split": ["train", "test", "test", "val"],
+        }
+    )
+    checkpoints = {0: Path("fold0.pt"), 1: Path("fold1.pt")}
+    assert attention.choose_fold("S1", slides, folds, checkpoints) == 1
+    assert attention.choose_fold("S2", slides, folds, checkpoints) == 0
+    assert attention.choose_fold("S2", slides, folds, {1: Path("fold1.pt")}) == 1  # fallback
+
+
+def test_report_loads_in_headless_chromium(
+    tmp_path: Path, report_inputs: dict[str, Any]
+) -> None:
+    out = tmp_path / "report.html"
+    build_report(out_html=out, **report_inputs)
+    shot = tmp_path / "report.png"
+    browser.screenshot(out, shot)
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2400)
+        # Not a blank page: the rendered report has many colours.
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+    state = browser.load_state(out, tmp_path)
+    assert len(state.images) == len(image_sources(out.read_text(encoding="utf-8"))) > 0
+    broken = [image for image in state.images if not image["complete"] or image["width"] == 0]
+    assert not broken, broken
+    assert state.errors == [], state.errors
+    assert state.console == [], state.console
+
+    # The probe does see a broken image and a console error.
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<!DOCTYPE html><html><head></head><body><img alt="x" src="data:image/png;base64,AAAA">'
+        "<script>console.error('boom')</script></body></html>"
+    )
+    state = browser.load_state(bad, tmp_path)
+    assert state.images[0]["width"] == 0
+    assert any("boom" in error for error in state.errors)

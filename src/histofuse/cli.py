@@ -288,12 +288,37 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from histofuse.evaluate import run_evaluate
+    from histofuse.evaluate import EvaluationSettings, run_evaluate
 
     run_evaluate(
         prediction_files=[Path(p) for p in args.predictions],
         out_folds=Path(args.out_folds),
         out_summary=Path(args.out_summary),
+        out_comparison=_optional_path(args.out_comparison or ""),
+        out_confusion=_optional_path(args.out_confusion or ""),
+        settings=EvaluationSettings(n_boot=args.bootstrap, seed=args.seed),
+    )
+
+
+def cmd_attention(args: argparse.Namespace) -> None:
+    from histofuse.report.attention import write_attention_png
+
+    checkpoints = {}
+    for raw in args.checkpoints:
+        path = Path(raw)
+        if not path.stem.startswith("fold") or not path.stem[4:].isdigit():
+            raise HistofuseError("checkpoint name does not say the fold", path=path)
+        checkpoints[int(path.stem[4:])] = path
+    write_attention_png(
+        slide_id=args.slide_id,
+        slide_path=Path(args.slide),
+        features_h5=Path(args.features),
+        checkpoints=checkpoints,
+        slides_table=Path(args.slides_table),
+        folds_tsv=Path(args.folds),
+        out_png=Path(args.out),
+        reader=args.reader,
+        mpp=float(args.mpp) if args.mpp else None,
     )
 
 
@@ -434,6 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--out-folds", required=True)
     p.add_argument("--out-summary", required=True)
+    p.add_argument("--out-comparison", default=None, help="paired model comparison (TSV)")
+    p.add_argument("--out-confusion", default=None, help="confusion counts per fold (TSV)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+    p = add("attention", cmd_attention, "Tile-attention heatmap of one slide (abmil checkpoints).")
+    p.add_argument("--slide-id", required=True)
+    p.add_argument("--slide", required=True, help="the slide file")
+    p.add_argument("--features", required=True, help="the slide's features .h5")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="abmil fold{k}.pt of every fold")
+    p.add_argument("--slides-table", required=True, help="tables/slides.parquet")
+    p.add_argument("--folds", required=True, help="folds/folds.tsv")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--reader", default="openslide")
+    p.add_argument("--mpp", default="", help="µm/px overriding the slide's metadata")
     return parser
 
 

@@ -1,23 +1,57 @@
-"""Evaluation metrics for the survival and grade tasks.
+"""Evaluation metrics for the survival and classification tasks.
 
 Every function takes plain array-likes and returns a Python ``float``. A metric that is undefined
 for the data it is given (no events, a single class, no samples) returns ``float("nan")`` and logs a
 warning instead of raising, so one degenerate fold does not stop the evaluation of the others.
 Inputs that are malformed (mismatched lengths, NaN values, class indices out of range) raise
 ``ValueError``: callers are expected to drop missing labels before calling.
+
+The survival metrics beyond Harrell's c-index come from scikit-survival and weight by the inverse
+probability of censoring, estimated by Kaplan–Meier on the survival labels ``train_time``,
+``train_event`` (the caller decides which patients; :mod:`histofuse.evaluate` passes every patient
+of the fold). They are computed at the times of :func:`evaluation_times`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from lifelines.utils import concordance_index
 from numpy.typing import ArrayLike, NDArray
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.nonparametric import kaplan_meier_estimator
+from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
+from sksurv.util import Surv
 
-__all__ = ["accuracy", "balanced_accuracy", "cindex", "macro_f1", "multiclass_auc"]
+__all__ = [
+    "EVALUATION_QUANTILES",
+    "accuracy",
+    "balanced_accuracy",
+    "cindex",
+    "class_confusion",
+    "evaluation_times",
+    "integrated_brier",
+    "macro_f1",
+    "multiclass_auc",
+    "km_survival",
+    "survival_from_risk",
+    "td_auc",
+    "uno_cindex",
+]
+
+EVALUATION_QUANTILES: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+"""Quantiles of the test times at which time-dependent metrics are evaluated."""
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +192,195 @@ def macro_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
         log.warning("macro F1 undefined: no samples")
         return _NAN
     return float(f1_score(y, p, average="macro", zero_division=0))
+
+
+def class_confusion(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> NDArray[np.int64]:
+    """Counts ``(n_classes, n_classes)``: row = true class, column = predicted class."""
+    y, p = _class_pair(y_true, y_pred)
+    return confusion_matrix(y, p, labels=list(range(n_classes))).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- survival (sksurv)
+
+
+def _survival_pair(
+    time: ArrayLike, event: ArrayLike, name: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    time_a = _as_float_vector(time, f"{name} time")
+    event_a = _as_float_vector(event, f"{name} event")
+    _check_lengths(time=time_a, event=event_a)
+    if not np.isin(event_a, (0.0, 1.0)).all():
+        raise ValueError(f"{name} event must be 0 (censored) or 1 (event)")
+    return time_a, event_a
+
+
+def _surv(time: NDArray[np.float64], event: NDArray[np.float64]) -> np.ndarray:
+    return Surv.from_arrays(event=event.astype(bool), time=time)
+
+
+def evaluation_times(
+    train_time: ArrayLike,
+    time: ArrayLike,
+    quantiles: tuple[float, ...] = EVALUATION_QUANTILES,
+) -> NDArray[np.float64]:
+    """Times for the time-dependent metrics: quantiles of the test times (20th to 80th percentile).
+
+    Only times inside the test follow-up and below the longest time of the censoring sample
+    ``train_time`` are kept (the censoring distribution is unknown beyond). May be empty, and then
+    the time-dependent metrics are NaN.
+    """
+    train_a = _as_float_vector(train_time, "train time")
+    time_a = _as_float_vector(time, "time")
+    if len(time_a) < 2 or len(train_a) == 0:
+        return np.empty(0)
+    grid = np.unique(np.quantile(time_a, quantiles))
+    keep = (grid >= time_a.min()) & (grid < time_a.max()) & (grid < train_a.max())
+    return grid[keep]
+
+
+def _ipcw_metric(name: str, compute: Callable[[], float]) -> float:
+    try:
+        return float(compute())
+    except (ValueError, ZeroDivisionError) as exc:
+        log.warning("%s undefined: %s", name, exc)
+        return _NAN
+
+
+def uno_cindex(
+    train_time: ArrayLike,
+    train_event: ArrayLike,
+    time: ArrayLike,
+    event: ArrayLike,
+    risk: ArrayLike,
+    *,
+    tau: float,
+) -> float:
+    """Uno's c-index of ``risk`` (higher = shorter survival), truncated at ``tau``.
+
+    :func:`sksurv.metrics.concordance_index_ipcw`; NaN (with a warning) when undefined.
+    """
+    train = _surv(*_survival_pair(train_time, train_event, "train"))
+    time_a, event_a = _survival_pair(time, event, "test")
+    risk_a = _as_float_vector(risk, "risk")
+    _check_lengths(time=time_a, risk=risk_a)
+    if not event_a.any() or not math.isfinite(tau):
+        log.warning("Uno's c-index undefined: no events or no evaluation time")
+        return _NAN
+    test = _surv(time_a, event_a)
+    return _ipcw_metric(
+        "Uno's c-index", lambda: concordance_index_ipcw(train, test, risk_a, tau=tau)[0]
+    )
+
+
+def td_auc(
+    train_time: ArrayLike,
+    train_event: ArrayLike,
+    time: ArrayLike,
+    event: ArrayLike,
+    risk: ArrayLike,
+    times: ArrayLike,
+) -> float:
+    """Mean cumulative/dynamic time-dependent AUC of ``risk`` over ``times``.
+
+    :func:`sksurv.metrics.cumulative_dynamic_auc` (its ``mean_auc``, weighted by the survival
+    function); NaN (with a warning) when undefined or ``times`` is empty.
+    """
+    train = _surv(*_survival_pair(train_time, train_event, "train"))
+    time_a, event_a = _survival_pair(time, event, "test")
+    risk_a = _as_float_vector(risk, "risk")
+    _check_lengths(time=time_a, risk=risk_a)
+    times_a = np.asarray(times, dtype=np.float64)
+    if times_a.size == 0 or not event_a.any():
+        log.warning("time-dependent AUC undefined: no events or no evaluation time")
+        return _NAN
+    test = _surv(time_a, event_a)
+    return _ipcw_metric(
+        "time-dependent AUC",
+        lambda: cumulative_dynamic_auc(train, test, risk_a, times_a)[1],
+    )
+
+
+def integrated_brier(
+    train_time: ArrayLike,
+    train_event: ArrayLike,
+    time: ArrayLike,
+    event: ArrayLike,
+    survival: ArrayLike,
+    times: ArrayLike,
+) -> float:
+    """Integrated Brier score of predicted survival probabilities ``(n, len(times))``.
+
+    :func:`sksurv.metrics.integrated_brier_score` (lower is better); NaN (with a warning) when
+    undefined or fewer than two ``times``.
+    """
+    train = _surv(*_survival_pair(train_time, train_event, "train"))
+    time_a, event_a = _survival_pair(time, event, "test")
+    surv_a = np.asarray(survival, dtype=np.float64)
+    times_a = np.asarray(times, dtype=np.float64)
+    if times_a.size < 2:
+        log.warning("integrated Brier score undefined: fewer than two evaluation times")
+        return _NAN
+    if surv_a.shape != (len(time_a), len(times_a)):
+        raise ValueError(
+            f"survival must have shape ({len(time_a)}, {len(times_a)}), got {surv_a.shape}"
+        )
+    test = _surv(time_a, event_a)
+    return _ipcw_metric(
+        "integrated Brier score",
+        lambda: integrated_brier_score(train, test, surv_a, times_a),
+    )
+
+
+def survival_from_risk(
+    train_risk: ArrayLike,
+    train_time: ArrayLike,
+    train_event: ArrayLike,
+    risk: ArrayLike,
+    times: ArrayLike,
+) -> NDArray[np.float64]:
+    """Survival probabilities ``S(t | risk)`` at ``times`` for a model that predicts a risk score.
+
+    A one-covariate Cox model on the risk score is fitted on the fold's training patients
+    (:class:`sksurv.linear_model.CoxPHSurvivalAnalysis`, Breslow baseline hazard, a small ridge
+    penalty of 1e-4 for stability), so ``S(t | r) = S0(t) ** exp(beta * r)``. The score's scale is
+    thereby calibrated on training data only; past the last training time a curve keeps its last
+    value. Returns ``(len(risk), len(times))``; all NaN when the
+    training patients have no event.
+    """
+    train_time_a, train_event_a = _survival_pair(train_time, train_event, "train")
+    train_risk_a = _as_float_vector(train_risk, "train risk")
+    _check_lengths(train_time=train_time_a, train_risk=train_risk_a)
+    risk_a = _as_float_vector(risk, "risk")
+    times_a = np.asarray(times, dtype=np.float64)
+    out = np.full((len(risk_a), len(times_a)), np.nan)
+    if not train_event_a.any() or times_a.size == 0 or len(risk_a) == 0:
+        log.warning("survival curves undefined: no training event or no evaluation time")
+        return out
+    model = CoxPHSurvivalAnalysis(alpha=1e-4)
+    try:
+        model.fit(train_risk_a.reshape(-1, 1), _surv(train_time_a, train_event_a))
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("Cox model on the risk score failed: %s", exc)
+        return out
+    functions = model.predict_survival_function(risk_a.reshape(-1, 1))
+    # Beyond the last training time the curve stays at its last value.
+    return np.vstack(
+        [function(np.clip(times_a, *function.domain)) for function in functions]
+    ).astype(np.float64)
+
+
+def km_survival(
+    train_time: ArrayLike, train_event: ArrayLike, n: int, times: ArrayLike
+) -> NDArray[np.float64]:
+    """The training patients' Kaplan–Meier curve at ``times``, the same for ``n`` patients.
+
+    The no-information reference for the integrated Brier score. Returns ``(n, len(times))``.
+    """
+    train_time_a, train_event_a = _survival_pair(train_time, train_event, "train")
+    times_a = np.asarray(times, dtype=np.float64)
+    if len(train_time_a) == 0 or times_a.size == 0:
+        return np.full((n, times_a.size), np.nan)
+    grid, curve = kaplan_meier_estimator(train_event_a.astype(bool), train_time_a)
+    at = np.searchsorted(grid, times_a, side="right") - 1
+    values = np.where(at >= 0, curve[np.clip(at, 0, None)], 1.0)
+    return np.tile(values, (n, 1)).astype(np.float64)

@@ -290,6 +290,40 @@ def get_prediction_files(wildcards):
     )
 
 
+def get_history_files(wildcards):
+    """Every model's training history per fold (training curves)."""
+    return expand(
+        f"{RESULTS}/models/{{model}}/fold{{fold}}_history.tsv", model=MODELS, fold=FOLDS
+    )
+
+
+def get_missing_rate_table(wildcards):
+    """The missing-modality robustness table, made when bidistill is trained; none otherwise."""
+    if "bidistill" in MODELS:
+        return f"{RESULTS}/metrics/missing_rate.tsv"
+    return []
+
+
+ATTENTION_SLIDES = (
+    sorted(SLIDE_IDS)[: config["report"]["attention_slides"]]
+    if USE_WSI and "abmil" in MODELS
+    else []
+)
+
+
+def get_attention_files(wildcards):
+    """Attention heatmaps of the first report.attention_slides slides; none without abmil."""
+    return expand(f"{RESULTS}/plots/attention/{{slide}}.png", slide=ATTENTION_SLIDES)
+
+
+def get_abmil_checkpoints(wildcards):
+    return expand(f"{RESULTS}/models/abmil/fold{{fold}}.pt", fold=FOLDS)
+
+
+def get_attention_features(wildcards):
+    return f"{RESULTS}/features/{ENCODER}/{wildcards.slide}.h5"
+
+
 def get_tables_dir(wildcards, input):
     """The tables folder, derived from the patients table among the inputs."""
     return str(Path(input.patients).parent)

@@ -9,8 +9,14 @@ rule evaluate:
         summary=report(
             f"{RESULTS}/metrics/summary.tsv",
             caption="../report/summary.rst",
-            category="Results",
+            category="Metrics",
         ),
+        comparison=report(
+            f"{RESULTS}/metrics/comparison.tsv",
+            caption="../report/comparison.rst",
+            category="Metrics",
+        ),
+        confusion=f"{RESULTS}/metrics/confusion.tsv",
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
@@ -21,16 +27,60 @@ rule evaluate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["evaluation"]["seed"],
     shell:
         "histofuse evaluate --predictions {input.predictions:q} --out-folds '{output.folds}' "
-        "--out-summary '{output.summary}' > '{log}' 2>&1"
+        "--out-summary '{output.summary}' --out-comparison '{output.comparison}' "
+        "--out-confusion '{output.confusion}' --bootstrap {params.bootstrap} "
+        "--seed {params.seed} > '{log}' 2>&1"
+
+
+rule attention:
+    input:
+        slide=get_slide_path,
+        features=get_attention_features,
+        checkpoints=get_abmil_checkpoints,
+        slides=f"{RESULTS}/tables/slides.parquet",
+        folds=f"{RESULTS}/folds/folds.tsv",
+    output:
+        png=report(
+            f"{RESULTS}/plots/attention/{{slide}}.png",
+            caption="../report/attention.rst",
+            category="Attention",
+            labels={"slide": "{slide}"},
+        ),
+    log:
+        f"{RESULTS}/logs/attention/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attention/{{slide}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        mpp=get_slide_mpp,
+        reader=config["reader"],
+    shell:
+        "histofuse attention --slide-id '{wildcards.slide}' --slide '{input.slide}' "
+        "--features '{input.features}' --checkpoints {input.checkpoints:q} "
+        "--slides-table '{input.slides}' --folds '{input.folds}' --out '{output.png}' "
+        "--reader {params.reader} --mpp '{params.mpp}' > '{log}' 2>&1"
 
 
 rule report:
     input:
         summary=f"{RESULTS}/metrics/summary.tsv",
         folds_metrics=f"{RESULTS}/metrics/folds.tsv",
+        comparison=f"{RESULTS}/metrics/comparison.tsv",
+        confusion=f"{RESULTS}/metrics/confusion.tsv",
         predictions=get_prediction_files,
+        histories=get_history_files,
+        missing_rate=get_missing_rate_table,
+        attention=get_attention_files,
         patients=f"{RESULTS}/tables/patients.parquet",
         folds=f"{RESULTS}/folds/folds.tsv",
         qc=get_qc_files,
@@ -39,10 +89,27 @@ rule report:
     output:
         html=f"{RESULTS}/report.html",
         km=report(
-            f"{RESULTS}/plots/km.png", caption="../report/km.rst", category="Results"
+            f"{RESULTS}/plots/km.png", caption="../report/km.rst", category="Survival"
         ),
         roc=report(
-            f"{RESULTS}/plots/roc.png", caption="../report/roc.rst", category="Results"
+            f"{RESULTS}/plots/roc.png",
+            caption="../report/roc.rst",
+            category="Classification",
+        ),
+        confusion=report(
+            f"{RESULTS}/plots/confusion.png",
+            caption="../report/confusion.rst",
+            category="Classification",
+        ),
+        training=report(
+            f"{RESULTS}/plots/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+        composition=report(
+            f"{RESULTS}/plots/fold_composition.png",
+            caption="../report/fold_composition.rst",
+            category="Cohort",
         ),
     log:
         f"{RESULTS}/logs/report.log",
@@ -56,5 +123,7 @@ rule report:
         runtime=10,
     params:
         tables_dir=get_tables_dir,
+        benchmarks_dir=f"{RESULTS}/benchmarks",
+        exclusions=f"{RESULTS}/exclusions.tsv",
     script:
         "../scripts/report.py"

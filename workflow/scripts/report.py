@@ -10,24 +10,43 @@ logging.basicConfig(
 )
 
 from histofuse.report import build_report  # noqa: E402
-from histofuse.report.plots import write_km_png, write_roc_png  # noqa: E402
+from histofuse.report.standalone import write_figures  # noqa: E402
 
 sm = snakemake  # noqa: F821
 predictions = [Path(p) for p in sm.input.predictions]
 tables_dir = Path(sm.params.tables_dir)
+missing_rate = list(sm.input.missing_rate)
 try:
-    write_km_png(predictions, Path(sm.output.km))
-    write_roc_png(predictions, Path(sm.output.roc), labels_json=tables_dir / "labels.json")
+    write_figures(
+        prediction_files=predictions,
+        labels_json=tables_dir / "labels.json",
+        confusion_tsv=Path(sm.input.confusion),
+        history_files=[Path(p) for p in sm.input.histories],
+        folds_tsv=Path(sm.input.folds),
+        patients=Path(sm.input.patients),
+        out_km=Path(sm.output.km),
+        out_roc=Path(sm.output.roc),
+        out_confusion=Path(sm.output.confusion),
+        out_training=Path(sm.output.training),
+        out_composition=Path(sm.output.composition),
+    )
     build_report(
         out_html=Path(sm.output.html),
         summary_tsv=Path(sm.input.summary),
         folds_tsv_metrics=Path(sm.input.folds_metrics),
+        comparison_tsv=Path(sm.input.comparison),
+        confusion_tsv=Path(sm.input.confusion),
         prediction_files=predictions,
+        history_files=[Path(p) for p in sm.input.histories],
+        missing_rate_tsv=Path(missing_rate[0]) if missing_rate else None,
+        attention_pngs=[Path(p) for p in sm.input.attention],
         tables_dir=tables_dir,
         folds_tsv=Path(sm.input.folds),
         qc_pngs=[Path(p) for p in sm.input.qc],
         tile_files=[Path(p) for p in sm.input.tiles],
         feature_files=[Path(p) for p in sm.input.features],
+        benchmarks_dir=Path(sm.params.benchmarks_dir),
+        exclusions_tsv=Path(sm.params.exclusions),
         config=dict(sm.config),
         title=sm.config["report"]["title"],
     )

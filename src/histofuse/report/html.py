@@ -29,9 +29,16 @@ from PIL import Image
 
 import histofuse
 from histofuse.errors import HistofuseError
-from histofuse.evaluate import grade_probability_columns, has_grade_task, read_predictions
+from histofuse.evaluate import (
+    classification_tasks,
+    grade_probability_columns,
+    has_grade_task,
+    has_survival_task,
+    read_predictions,
+)
 from histofuse.io import write_text_atomic
-from histofuse.report import plots
+from histofuse.report import figures, plots, sections
+from histofuse.report.markup import _esc, _facts, _fmt, _fmt_count, _img, _section, _table
 
 __all__ = ["build_report"]
 
@@ -47,17 +54,11 @@ PROVENANCE_PACKAGES = (
     "openslide-python",
     "lifelines",
     "scikit-learn",
+    "scikit-survival",
+    "scipy",
     "h5py",
     "matplotlib",
 )
-_METRIC_NAMES = {
-    "cindex": "C-index",
-    "auc": "AUC (macro OvR)",
-    "accuracy": "Accuracy",
-    "balanced_accuracy": "Balanced accuracy",
-    "f1_macro": "Macro F1",
-}
-_TASK_ORDER = ("survival", "grade")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
@@ -75,6 +76,9 @@ th, td { border-bottom: 1px solid #e2e2e2; padding: .3rem .7rem; text-align: lef
 th { background: #f3f6f9; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td .n { color: #888; font-size: .8rem; margin-left: .3rem; }
+td .ci { color: #666; font-size: .78rem; }
+.wide { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: .8rem; }
+.wide figure { margin: 0; } .wide img { width: 100%; height: auto; }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2rem 1.2rem; }
 dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
 .thumbs { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr));
@@ -92,55 +96,6 @@ code { font-size: .85rem; }
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _img(png: bytes, alt: str, *, css_class: str | None = None) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    cls = f' class="{_esc(css_class)}"' if css_class else ""
-    return f'<img{cls} src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _fmt_count(value: int) -> str:
-    return f"{value:,}"
-
-
-def _table(
-    header: Sequence[str],
-    rows: Iterable[Sequence[str]],
-    *,
-    numeric: Iterable[int] = (),
-    raw: bool = False,
-) -> str:
-    """An HTML table; cells are escaped unless ``raw`` (then callers escape themselves)."""
-    numeric_cols = set(numeric)
-
-    def cell(tag: str, index: int, text: str) -> str:
-        cls = ' class="num"' if index in numeric_cols else ""
-        return f"<{tag}{cls}>{text if raw and tag == 'td' else _esc(text)}</{tag}>"
-
-    head = "".join(cell("th", index, text) for index, text in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(cell("td", index, text) for index, text in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _facts(items: Sequence[tuple[str, str]]) -> str:
-    body = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in items)
-    return f'<dl class="facts">{body}</dl>'
-
-
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{_esc(anchor)}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
 
 
 def _decode_attr(value: Any) -> str:
@@ -272,6 +227,15 @@ def _cohort_section(*, tables_dir: Path, folds_tsv: Path, classes: Sequence[str]
             _table(fold_header, fold_rows, numeric=range(1, len(fold_header))),
             '<p class="note">Grade columns give patient counts per split in the order '
             f"{_esc(split_names)}.</p>",
+            _img(
+                plots.fig_to_png_bytes(
+                    figures.fold_composition_figure(
+                        folds, patients.set_index("patient_id")["grade_label"]
+                    )
+                ),
+                "Fold composition",
+                css_class="plot composition",
+            ),
         ]
     )
 
@@ -421,110 +385,7 @@ def _features_section(feature_files: Sequence[Path], tiles: Mapping[str, TileInf
     return _table(header, rows, numeric=(1, 4, 5)) + note
 
 
-# --------------------------------------------------------------------------- results
-
-
-def _metric_name(metric: str) -> str:
-    return _METRIC_NAMES.get(metric, metric)
-
-
-def _column_order(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    metric_rank = {name: index for index, name in enumerate(_METRIC_NAMES)}
-    task_rank = {name: index for index, name in enumerate(_TASK_ORDER)}
-    pairs = frame[["task", "metric"]].drop_duplicates().itertuples(index=False)
-    return sorted(
-        ((str(task), str(metric)) for task, metric in pairs),
-        key=lambda tm: (
-            task_rank.get(tm[0], len(task_rank)),
-            tm[0],
-            metric_rank.get(tm[1], len(metric_rank)),
-            tm[1],
-        ),
-    )
-
-
-def _two_level_header(columns: Sequence[tuple[str, str]], first: Sequence[str]) -> str:
-    tasks: list[tuple[str, int]] = []
-    for task, _ in columns:
-        if tasks and tasks[-1][0] == task:
-            tasks[-1] = (task, tasks[-1][1] + 1)
-        else:
-            tasks.append((task, 1))
-    top = "".join(f'<th rowspan="2">{_esc(name)}</th>' for name in first)
-    top += "".join(f'<th colspan="{span}" class="num">{_esc(task)}</th>' for task, span in tasks)
-    bottom = "".join(f'<th class="num">{_esc(_metric_name(metric))}</th>' for _, metric in columns)
-    return f"<thead><tr>{top}</tr><tr>{bottom}</tr></thead>"
-
-
-def _summary_table(summary: pd.DataFrame) -> str:
-    columns = _column_order(summary)
-    indexed = summary.set_index(["model", "task", "metric"])
-    body = []
-    for model in sorted(summary["model"].astype(str).unique()):
-        cells = [f"<td>{_esc(model)}</td>"]
-        for task, metric in columns:
-            key = (model, task, metric)
-            if key not in indexed.index:
-                cells.append('<td class="num">—</td>')
-                continue
-            row = indexed.loc[key]
-            mean, sd, n_folds = float(row["mean"]), float(row["sd"]), int(row["n_folds"])
-            text = _fmt(mean) if not math.isfinite(sd) else f"{_fmt(mean)} ± {_fmt(sd)}"
-            cells.append(
-                f'<td class="num" title="{n_folds} fold(s)">{_esc(text)}'
-                f'<span class="n">({n_folds})</span></td>'
-            )
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table>{_two_level_header(columns, ['Model'])}<tbody>{''.join(body)}</tbody></table>"
-
-
-def _folds_table(folds: pd.DataFrame) -> str:
-    fold_ids = sorted(folds["fold"].unique())
-    order = {pair: index for index, pair in enumerate(_column_order(folds))}
-    keys = folds[["model", "task", "metric"]].drop_duplicates().itertuples(index=False)
-    keys = sorted(keys, key=lambda k: (str(k[0]), order[(str(k[1]), str(k[2]))]))
-    indexed = folds.set_index(["model", "task", "metric", "fold"])
-    header = ["Model", "Task", "Metric", *(f"fold {fold}" for fold in fold_ids)]
-    rows = []
-    for model, task, metric in keys:
-        row = [_esc(model), _esc(task), _esc(_metric_name(metric))]
-        for fold in fold_ids:
-            key = (model, task, metric, fold)
-            if key not in indexed.index:
-                row.append("—")
-                continue
-            record = indexed.loc[key]
-            row.append(
-                f'{_esc(_fmt(float(record["value"])))}'
-                f'<span class="n">n={int(record["n"])}</span>'
-            )
-        rows.append(row)
-    return _table(header, rows, numeric=range(3, len(header)), raw=True)
-
-
-def _results_section(summary_tsv: Path, folds_tsv_metrics: Path) -> str:
-    summary = _read_table(Path(summary_tsv), "metric summary")
-    _require(summary, ["model", "task", "metric", "mean", "sd", "n_folds"], Path(summary_tsv))
-    folds = _read_table(Path(folds_tsv_metrics), "per-fold metrics")
-    _require(folds, ["model", "task", "metric", "fold", "value", "n"], Path(folds_tsv_metrics))
-    if summary.empty:
-        return '<p class="note">No metrics were computed.</p>'
-    for frame in (summary, folds):
-        for column in ("model", "task", "metric"):
-            frame[column] = frame[column].astype(str)
-    parts = [
-        '<p class="note">Test-set metrics across cross-validation folds: mean ± sample standard '
-        "deviation, number of folds in brackets.</p>",
-        _summary_table(summary),
-    ]
-    if not folds.empty:
-        parts.append(
-            "<details><summary>Per-fold values</summary>" + _folds_table(folds) + "</details>"
-        )
-    return "\n".join(parts)
-
-
-# --------------------------------------------------------------------------- plots
+# --------------------------------------------------------------------------- task figures
 
 
 def _km_block(predictions: pd.DataFrame) -> str:
@@ -548,6 +409,7 @@ def _km_block(predictions: pd.DataFrame) -> str:
     figure = plots.km_figure(groups)
     return "\n".join(
         [
+            "<h3>Kaplan–Meier by predicted risk</h3>",
             '<p class="note">Pooled test predictions of all folds. Within each fold, patients whose '
             "predicted risk exceeds the median risk of that fold's training patients form the "
             "high-risk group.</p>",
@@ -557,14 +419,7 @@ def _km_block(predictions: pd.DataFrame) -> str:
                 css_class="plot km",
             ),
             _table(
-                [
-                    "Model",
-                    "Low risk n",
-                    "Low risk events",
-                    "High risk n",
-                    "High risk events",
-                    "Log-rank",
-                ],
+                ["Model", "Low risk n", "Low risk events", "High risk n", "High risk events", "Log-rank"],
                 rows,
                 numeric=(1, 2, 3, 4),
             ),
@@ -572,28 +427,34 @@ def _km_block(predictions: pd.DataFrame) -> str:
     )
 
 
-def _roc_block(predictions: pd.DataFrame, class_names: Sequence[str]) -> str:
-    if not plots.pooled_grade_test_rows(predictions):
-        return '<p class="note">No grade predictions.</p>'
-    figure = plots.roc_figure(predictions, class_names)
-    return "\n".join(
-        [
-            '<p class="note">One-vs-rest ROC curves per grade class on pooled test predictions of all '
+def _classification_blocks(
+    predictions: pd.DataFrame, confusion: pd.DataFrame | None, task: str, class_names: Sequence[str]
+) -> list[str]:
+    blocks = []
+    if task == "grade" and plots.pooled_grade_test_rows(predictions):
+        figure = plots.roc_figure(predictions, class_names)
+        blocks += [
+            "<h3>ROC curves</h3>",
+            '<p class="note">One-vs-rest ROC curves per class on pooled test predictions of all '
             "folds.</p>",
-            _img(plots.fig_to_png_bytes(figure), "ROC curves for grade", css_class="plot roc"),
+            _img(plots.fig_to_png_bytes(figure), f"ROC curves for {task}", css_class="plot roc"),
         ]
-    )
+    if confusion is not None and not confusion[confusion["task"] == task].empty:
+        figure = figures.confusion_figure(confusion, task, class_names)
+        blocks += [
+            "<h3>Confusion matrices</h3>",
+            '<p class="note">Test predictions summed over folds; shade = share of the true class.</p>',
+            _img(plots.fig_to_png_bytes(figure), f"Confusion matrices for {task}", css_class="plot confusion"),
+        ]
+    return blocks
 
 
-def _plots_section(predictions: pd.DataFrame, class_names: Sequence[str]) -> str:
-    return "\n".join(
-        [
-            "<h3>Survival: Kaplan–Meier by predicted risk</h3>",
-            _km_block(predictions),
-            "<h3>Grade: ROC curves</h3>",
-            _roc_block(predictions, class_names),
-        ]
-    )
+def _read_optional(path: Path | None, kind: str, columns: Sequence[str]) -> pd.DataFrame | None:
+    if path is None or not Path(path).exists():
+        return None
+    frame = _read_table(Path(path), kind)
+    _require(frame, columns, Path(path))
+    return frame
 
 
 # --------------------------------------------------------------------------- provenance
@@ -644,14 +505,21 @@ def git_revision() -> str:
     return revision if result.returncode == 0 and revision else "unknown"
 
 
-def _provenance_section(config: Mapping[str, Any]) -> str:
+def _provenance_section(
+    config: Mapping[str, Any], feature_infos: Sequence[FeatureInfo], run_date: str
+) -> str:
     try:
         versions = package_versions()
+        encoders = sorted({(info.encoder, info.weights_sha256) for info in feature_infos})
         facts = [
+            ("Run date", run_date),
             ("histofuse", histofuse.__version__),
             ("Git revision", git_revision()),
             ("Python", platform.python_version()),
             ("Platform", platform.platform()),
+        ]
+        facts += [("Encoder", f"{name} (weights SHA-256 {sha})") for name, sha in encoders] or [
+            ("Encoder", "none (no slide features)")
         ]
         return "\n".join(
             [
@@ -690,38 +558,87 @@ def build_report(
     feature_files: Sequence[Path],
     config: Mapping[str, Any],
     title: str = "histofuse report",
+    comparison_tsv: Path | None = None,
+    confusion_tsv: Path | None = None,
+    history_files: Sequence[Path] = (),
+    missing_rate_tsv: Path | None = None,
+    attention_pngs: Sequence[Path] = (),
+    benchmarks_dir: Path | None = None,
+    exclusions_tsv: Path | None = None,
 ) -> None:
     """Write one self-contained HTML report to ``out_html`` (atomically).
 
-    Sections: Cohort, Slides QC, Features, Results, Plots and Provenance. ``summary_tsv`` and
-    ``folds_tsv_metrics`` are the outputs of :func:`histofuse.evaluate.run_evaluate`;
-    ``folds_tsv`` is the fold assignment (``patient_id, fold, split``).
+    Sections: cohort, slides QC, feature extraction, one per task (survival, then each
+    classification task), training, attention, missing-modality robustness, exclusions and
+    provenance. ``summary_tsv``, ``folds_tsv_metrics``, ``comparison_tsv`` and ``confusion_tsv``
+    are the outputs of :func:`histofuse.evaluate.run_evaluate`; ``folds_tsv`` is the fold
+    assignment (``patient_id, fold, split``). The optional inputs may be absent: their section
+    then says what would fill it.
     """
     tables_dir = Path(tables_dir)
     predictions = read_predictions([Path(path) for path in prediction_files])
     class_names = _class_names(tables_dir, predictions)
     tiles = {info.slide_id: info for info in (read_tile_info(Path(p)) for p in tile_files)}
+    feature_infos = [read_feature_info(Path(path)) for path in feature_files]
     run_date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
-    sections = [
+    summary = _read_table(Path(summary_tsv), "metric summary")
+    _require(summary, ["model", "task", "metric", "mean", "sd", "n_folds"], Path(summary_tsv))
+    metric_folds = _read_table(Path(folds_tsv_metrics), "per-fold metrics")
+    _require(metric_folds, ["model", "task", "metric", "fold", "value", "n"], Path(folds_tsv_metrics))
+    for frame in (summary, metric_folds):
+        for column in ("model", "task", "metric"):
+            frame[column] = frame[column].astype(str)
+    comparison = _read_optional(comparison_tsv, "model comparison", ["task", "metric", "model_a", "model_b"])
+    confusion = _read_optional(confusion_tsv, "confusion counts", ["model", "task", "fold", "true", "predicted", "count"])
+    n_boot = config.get("evaluation", {}).get("bootstrap") if isinstance(config.get("evaluation"), Mapping) else None
+
+    tasks = ["survival"] if has_survival_task(predictions) or "survival" in set(summary["task"]) else []
+    tasks += [task for task in classification_tasks(predictions) if task not in tasks]
+    tasks += sorted(set(summary["task"]) - set(tasks))
+    task_sections = []
+    for task in tasks:
+        if task == "survival":
+            blocks = [_km_block(predictions)]
+        else:
+            names = class_names if task == "grade" else plots.read_class_names_for(tables_dir / "labels.json", task)
+            blocks = _classification_blocks(predictions, confusion, task, names)
+        body = sections.task_section(
+            task, summary=summary, folds=metric_folds, comparison=comparison, figures_html=blocks, n_boot=n_boot
+        )
+        task_sections.append((f"task-{task}", f"Task: {task}", body))
+    if not task_sections:
+        task_sections.append(("tasks", "Tasks", '<p class="note">No metrics were computed.</p>'))
+
+    encoder = feature_infos[0].encoder if feature_infos else None
+    tile_counts = {slide: info.n_tiles for slide, info in tiles.items()}
+    all_sections = [
         (
             "cohort",
             "Cohort",
             _cohort_section(tables_dir=tables_dir, folds_tsv=Path(folds_tsv), classes=class_names),
         ),
         ("slides-qc", "Slides QC", _qc_section(qc_pngs, tiles)),
-        ("features", "Features", _features_section(feature_files, tiles)),
-        ("results", "Results", _results_section(Path(summary_tsv), Path(folds_tsv_metrics))),
-        ("plots", "Plots", _plots_section(predictions, class_names)),
-        ("provenance", "Provenance", _provenance_section(config)),
+        (
+            "features",
+            "Feature extraction",
+            _features_section(feature_files, tiles)
+            + sections.throughput_block(benchmarks_dir, encoder, tile_counts),
+        ),
+        *task_sections,
+        ("training", "Training", sections.training_section(history_files)),
+        ("attention", "Attention", sections.attention_section(attention_pngs)),
+        ("robustness", "Missing-modality robustness", sections.robustness_section(missing_rate_tsv)),
+        ("exclusions", "Exclusions", sections.exclusions_section(exclusions_tsv)),
+        ("provenance", "Provenance", _provenance_section(config, feature_infos, run_date)),
     ]
-    nav = "".join(f'<a href="#{_esc(anchor)}">{_esc(name)}</a>' for anchor, name, _ in sections)
+    nav = "".join(f'<a href="#{_esc(anchor)}">{_esc(name)}</a>' for anchor, name, _ in all_sections)
     header = (
         f"<header><h1>{_esc(title)}</h1>"
         f'<p class="meta">Generated {_esc(run_date)} · histofuse {_esc(histofuse.__version__)}'
         f"</p><nav>{nav}</nav></header>"
     )
-    body = "\n".join(_section(anchor, name, content) for anchor, name, content in sections)
+    body = "\n".join(_section(anchor, name, content) for anchor, name, content in all_sections)
     document = (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'

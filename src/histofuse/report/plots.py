@@ -43,6 +43,7 @@ __all__ = [
     "new_figure",
     "pooled_grade_test_rows",
     "read_class_names",
+    "read_class_names_for",
     "roc_figure",
     "save_figure",
     "write_km_png",
@@ -106,6 +107,15 @@ def read_class_names(labels_json: str | Path, n_classes: int | None = None) -> l
             )
         names = [str(index) for index in range(n_classes)]
     return names
+
+
+def read_class_names_for(labels_json: str | Path, task: str) -> list[str]:
+    """Class names of a classification ``task`` from ``labels.json`` (empty when not listed)."""
+    try:
+        classes = json.loads(Path(labels_json).read_text(encoding="utf-8"))[task]["classes"]
+        return [str(name) for name in classes]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _grid(n_panels: int, *, panel_width: float, panel_height: float) -> tuple[Figure, list[Axes]]:
