@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from histofuse.errors import SlideError
-from histofuse.slides.reader import SlideInfo
+from histofuse.slides.reader import SlideInfo, unreadable_region_error
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,10 @@ class TiffRegionDecoder:
             for tx in range(xa // entry.tile_w, (xb - 1) // entry.tile_w + 1):
                 index = ty * entry.tiles_across + tx
                 data = self._read_bytes(int(page.dataoffsets[index]), int(page.databytecounts[index]))
-                segment, _, _ = decode(data, index, jpegtables=page.jpegtables)
+                try:
+                    segment, _, _ = decode(data, index, jpegtables=page.jpegtables)
+                except Exception as err:  # imagecodecs raises its own codec errors for bad tile data
+                    raise unreadable_region_error(self.path, location, level, err) from err
                 tile = segment.reshape(segment.shape[-3:])
                 top, left = ty * entry.tile_h, tx * entry.tile_w
                 r0, r1 = max(ya, top), min(yb, top + entry.tile_h)
