@@ -50,7 +50,10 @@ def test_lint_is_clean(demo_config: Path) -> None:
 
 def test_full_run_learns_the_planted_signal(finished_run: Path) -> None:
     summary = pd.read_csv(finished_run / "metrics" / "summary.tsv", sep="\t")
-    assert list(summary.columns) == ["model", "task", "metric", "mean", "sd", "n_folds"]
+    from histofuse.evaluate import SUMMARY_COLUMNS
+
+    assert tuple(summary.columns) == SUMMARY_COLUMNS
+    assert {"mean", "sd", "n_folds", "ci_low", "ci_high"} <= set(summary.columns)
     value = summary.set_index(["model", "task", "metric"])["mean"]
     assert value[("mm_baseline", "survival", "cindex")] > 0.65
     assert value[("mm_baseline", "grade", "auc")] > 0.70
