@@ -1,7 +1,9 @@
 """Score cross-validated predictions: one metric value per model, task and fold, then a summary.
 
 Prediction files (``{results}/predictions/{model}/fold{k}.parquet``) hold train, val and test rows;
-only ``split == "test"`` rows are scored. A model whose file lacks the grade or survival columns did
+only ``split == "test"`` rows are scored. Tasks: ``grade`` and ``diagnosis`` (``{task}`` label,
+``{task}_pred``, ``{task}_prob_{k}``), ``binary`` (``binary`` label, ``binary_prob``) and
+``survival`` (``survival_time``, ``event``, ``risk``). A model whose file lacks a task's columns did
 not train that task and gets no rows for it. Rows with a missing label are left out of that task
 only, and ``n`` records how many rows were scored.
 """
@@ -40,6 +42,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = ("model", "task", "metric", "mean", "sd", "n_
 _REQUIRED_COLUMNS = ("patient_id", "fold", "split", "model")
 _SURVIVAL_COLUMNS = ("survival_time", "event", "risk")
 _PROB_PATTERN = re.compile(r"^grade_prob_(\d+)$")
+_CLASS_TASKS = ("grade", "diagnosis")
 _FOLD_STEM = re.compile(r"^fold(\d+)$")
 
 _GradeMetric = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
@@ -51,19 +54,22 @@ _GRADE_METRICS: tuple[tuple[str, _GradeMetric], ...] = (
 )
 
 
-def grade_probability_columns(columns: Iterable[str], *, path: Path | None = None) -> list[str]:
-    """The ``grade_prob_{i}`` columns ordered by class index; they must be ``0 … K-1``."""
+def grade_probability_columns(
+    columns: Iterable[str], *, path: Path | None = None, task: str = "grade"
+) -> list[str]:
+    """The ``{task}_prob_{i}`` columns ordered by class index; they must be ``0 … K-1``."""
+    pattern = _PROB_PATTERN if task == "grade" else re.compile(rf"^{task}_prob_(\d+)$")
     indexed = sorted(
         (int(match.group(1)), name)
         for name in columns
-        if (match := _PROB_PATTERN.match(str(name))) is not None
+        if (match := pattern.match(str(name))) is not None
     )
     indices = [index for index, _ in indexed]
     if indices != list(range(len(indices))):
         raise HistofuseError(
-            f"grade probability columns are not numbered 0..K-1 (found indices {indices})",
+            f"{task} probability columns are not numbered 0..K-1 (found indices {indices})",
             path=path,
-            fix="write one grade_prob_{i} column per class, i = 0 … K-1",
+            fix=f"write one {task}_prob_{{i}} column per class, i = 0 … K-1",
         )
     return [name for _, name in indexed]
 
@@ -71,6 +77,16 @@ def grade_probability_columns(columns: Iterable[str], *, path: Path | None = Non
 def has_grade_task(frame: pd.DataFrame) -> bool:
     """Whether the predictions carry the grade task (a label column and class probabilities)."""
     return "grade" in frame.columns and "grade_prob_0" in frame.columns
+
+
+def has_class_task(frame: pd.DataFrame, task: str) -> bool:
+    """Whether the predictions carry the classification ``task`` (label and class probabilities)."""
+    return task in frame.columns and f"{task}_prob_0" in frame.columns
+
+
+def has_binary_task(frame: pd.DataFrame) -> bool:
+    """Whether the predictions carry the binary task (``binary`` label and ``binary_prob``)."""
+    return "binary" in frame.columns and "binary_prob" in frame.columns
 
 
 def has_survival_task(frame: pd.DataFrame) -> bool:
@@ -143,19 +159,29 @@ def _finite_or_raise(values: np.ndarray, path: Path, column: str) -> None:
         )
 
 
-def _grade_records(test: pd.DataFrame, path: Path) -> list[tuple[str, str, float, int]]:
-    prob_columns = grade_probability_columns(test.columns, path=path)
-    rows = test[test["grade"].notna()]
+def _grade_records(test: pd.DataFrame, path: Path, task: str = "grade") -> list[tuple[str, str, float, int]]:
+    prob_columns = grade_probability_columns(test.columns, path=path, task=task)
+    rows = test[test[task].notna()]
     probs = rows[prob_columns].to_numpy(dtype=np.float64, na_value=np.nan)
-    _finite_or_raise(probs, path, "grade_prob_*")
-    y_true = rows["grade"].to_numpy(dtype=np.float64, na_value=np.nan)
-    if "grade_pred" in rows.columns:
-        y_pred = rows["grade_pred"].to_numpy(dtype=np.float64, na_value=np.nan)
-        _finite_or_raise(y_pred, path, "grade_pred")
+    _finite_or_raise(probs, path, f"{task}_prob_*")
+    y_true = rows[task].to_numpy(dtype=np.float64, na_value=np.nan)
+    if f"{task}_pred" in rows.columns:
+        y_pred = rows[f"{task}_pred"].to_numpy(dtype=np.float64, na_value=np.nan)
+        _finite_or_raise(y_pred, path, f"{task}_pred")
     else:
         y_pred = probs.argmax(axis=1).astype(np.float64)
     n = len(rows)
-    return [("grade", name, fn(y_true, y_pred, probs), n) for name, fn in _GRADE_METRICS]
+    return [(task, name, fn(y_true, y_pred, probs), n) for name, fn in _GRADE_METRICS]
+
+
+def _binary_records(test: pd.DataFrame, path: Path) -> list[tuple[str, str, float, int]]:
+    rows = test[test["binary"].notna()]
+    positive = rows["binary_prob"].to_numpy(dtype=np.float64, na_value=np.nan)
+    _finite_or_raise(positive, path, "binary_prob")
+    probs = np.stack([1.0 - positive, positive], axis=1)
+    y_true = rows["binary"].to_numpy(dtype=np.float64, na_value=np.nan)
+    y_pred = (positive >= 0.5).astype(np.float64)
+    return [("binary", name, fn(y_true, y_pred, probs), len(rows)) for name, fn in _GRADE_METRICS]
 
 
 def _survival_records(test: pd.DataFrame, path: Path) -> list[tuple[str, str, float, int]]:
@@ -191,12 +217,15 @@ def evaluate_predictions(prediction_files: Sequence[Path]) -> pd.DataFrame:
             if test.empty:
                 log.warning("%s: no test rows for model %s fold %d", path, model, fold)
             task_records: list[tuple[str, str, float, int]] = []
-            if has_grade_task(frame):
-                task_records += _grade_records(test, path)
+            for task in _CLASS_TASKS:
+                if has_class_task(frame, task):
+                    task_records += _grade_records(test, path, task)
+            if has_binary_task(frame):
+                task_records += _binary_records(test, path)
             if has_survival_task(frame):
                 task_records += _survival_records(test, path)
             if not task_records:
-                log.warning("%s: neither grade nor survival predictions found", path)
+                log.warning("%s: no grade, diagnosis, binary or survival predictions found", path)
             for task, metric, value, n in task_records:
                 records.append(
                     {

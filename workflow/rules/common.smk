@@ -22,6 +22,15 @@ RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
 MODELS = list(config["training"]["models"])
 FOLDS = list(range(config["folds"]["k"]))
+MISSING_RATE = config["missing_rate"]
+MISSING_RATE_MODELS = list(MISSING_RATE["models"])
+_untrained = [m for m in MISSING_RATE_MODELS if m not in MODELS]
+if _untrained:
+    raise ValueError(
+        f"{', '.join(map(str, workflow.configfiles))}: missing_rate.models names {_untrained}, which "
+        f"training.models ({MODELS}) does not train. Fix: add them to training.models or remove them "
+        "from missing_rate.models."
+    )
 
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
@@ -75,11 +84,14 @@ wildcard_constraints:
 
 
 def get_final_output():
-    """The targets of the default run: the report and the metrics."""
-    return [
+    """The targets of the default run: the report, the metrics and, when asked, the missing-rate table."""
+    targets = [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
     ]
+    if MISSING_RATE_MODELS:
+        targets.append(f"{RESULTS}/metrics/missing_rate.tsv")
+    return targets
 
 
 def get_slide_path(wildcards):
@@ -221,6 +233,19 @@ def get_prediction_files(wildcards):
         model=MODELS,
         fold=FOLDS,
     )
+
+
+def get_missing_rate_files(wildcards):
+    return expand(
+        f"{RESULTS}/missing_rate/{{model}}/fold{{fold}}.tsv",
+        model=MISSING_RATE_MODELS,
+        fold=FOLDS,
+    )
+
+
+MISSING_RATE_ARGS = (
+    f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"
+)
 
 
 def get_tables_dir(wildcards, input):

@@ -58,7 +58,7 @@ from histofuse.training.state import RunState, capture_rng, fingerprint, load_st
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "infer", "load_trained_model", "predict_fold", "train_fold"]
+__all__ = ["CHECKPOINT_FORMAT", "infer", "load_trained_model", "predict_fold", "prediction_table", "task_auc", "train_fold"]
 
 CHECKPOINT_FORMAT = "histofuse-model/1"
 
@@ -189,10 +189,11 @@ def _validation_score(
     target = data.targets[task][index].numpy()[keep].astype(np.int64)
     if len(np.unique(target)) < 2:
         return loss, math.nan
-    return loss, _auc(task, logits[task][torch.from_numpy(keep)], target)
+    return loss, task_auc(task, logits[task][torch.from_numpy(keep)], target)
 
 
-def _auc(task: str, logits: Tensor, target: npt.NDArray[np.int64]) -> float:
+def task_auc(task: str, logits: Tensor, target: npt.NDArray[np.int64]) -> float:
+    """AUC of ``task``'s logits against class indices / 0-1 labels (macro one-vs-rest for classes)."""
     if task == "binary":
         positive = torch.sigmoid(logits.reshape(-1)).numpy().astype(np.float64)
         return metrics.multiclass_auc(target, np.stack([1 - positive, positive], axis=1))
