@@ -272,3 +272,23 @@ def test_package_versions_tolerate_missing_packages() -> None:
     versions = report_html.package_versions(("pandas", "surely-not-an-installed-package"))
     assert versions["pandas"] == pd.__version__
     assert versions["surely-not-an-installed-package"] == "not installed"
+
+
+def test_report_plots_the_missing_rate_curve(tmp_path: Path, report_inputs: dict[str, Any]) -> None:
+    table = pd.DataFrame(
+        [
+            {"model": model, "fold": fold, "rate": rate, "auc": auc - 0.1 * rate * (model != "abmil"), "n": 6, "n_missing": 0}
+            for model, auc in (("bidistill", 0.8), ("abmil", 0.7))
+            for fold in range(2)
+            for rate in (0.0, 0.5, 1.0)
+        ]
+    )
+    path = tmp_path / "missing_rate.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    out = tmp_path / "report.html"
+    build_report(out_html=out, missing_rate_tsv=path, **report_inputs)
+    text = out.read_text(encoding="utf-8")
+    assert "<h3>Missing clinical data</h3>" in text
+    assert len(image_sources(text)) == 5 + 3
+    build_report(out_html=out, **report_inputs)
+    assert "Missing clinical data" not in out.read_text(encoding="utf-8")

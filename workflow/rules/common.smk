@@ -243,6 +243,11 @@ def get_missing_rate_files(wildcards):
     )
 
 
+def get_missing_rate_table(wildcards):
+    """The missing-rate table for the report, when missing_rate.models asks for one."""
+    return [f"{RESULTS}/metrics/missing_rate.tsv"] if MISSING_RATE_MODELS else []
+
+
 MISSING_RATE_ARGS = (
     f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"
 )

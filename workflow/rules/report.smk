@@ -36,6 +36,7 @@ rule report:
         qc=get_qc_files,
         tiles=get_tile_files,
         features=get_feature_files,
+        missing_rate=get_missing_rate_table,
     output:
         html=f"{RESULTS}/report.html",
         km=report(

@@ -30,6 +30,7 @@ try:
         feature_files=[Path(p) for p in sm.input.features],
         config=dict(sm.config),
         title=sm.config["report"]["title"],
+        missing_rate_tsv=Path(sm.input.missing_rate[0]) if sm.input.missing_rate else None,
     )
 except Exception:
     logging.exception("report failed")

@@ -585,15 +585,32 @@ def _roc_block(predictions: pd.DataFrame, class_names: Sequence[str]) -> str:
     )
 
 
-def _plots_section(predictions: pd.DataFrame, class_names: Sequence[str]) -> str:
+def _missing_rate_block(missing_rate_tsv: Path) -> str:
+    table = _read_table(missing_rate_tsv, "missing-rate table")
+    _require(table, ["model", "fold", "rate", "auc"], missing_rate_tsv)
+    if table.empty:
+        return '<p class="note">No missing-rate results.</p>'
     return "\n".join(
         [
-            "<h3>Survival: Kaplan–Meier by predicted risk</h3>",
-            _km_block(predictions),
-            "<h3>Grade: ROC curves</h3>",
-            _roc_block(predictions, class_names),
+            '<p class="note">Test AUC when the clinical data of a share of each fold\'s test patients are '
+            "withheld (the same seeded patients for every model); mean ± sd over folds.</p>",
+            _img(plots.fig_to_png_bytes(plots.missing_rate_figure(table)), "AUC by missing rate", css_class="plot"),
         ]
     )
+
+
+def _plots_section(
+    predictions: pd.DataFrame, class_names: Sequence[str], missing_rate_tsv: Path | None = None
+) -> str:
+    parts = [
+        "<h3>Survival: Kaplan–Meier by predicted risk</h3>",
+        _km_block(predictions),
+        "<h3>Grade: ROC curves</h3>",
+        _roc_block(predictions, class_names),
+    ]
+    if missing_rate_tsv is not None:
+        parts += ["<h3>Missing clinical data</h3>", _missing_rate_block(Path(missing_rate_tsv))]
+    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -690,12 +707,14 @@ def build_report(
     feature_files: Sequence[Path],
     config: Mapping[str, Any],
     title: str = "histofuse report",
+    missing_rate_tsv: Path | None = None,
 ) -> None:
     """Write one self-contained HTML report to ``out_html`` (atomically).
 
     Sections: Cohort, Slides QC, Features, Results, Plots and Provenance. ``summary_tsv`` and
     ``folds_tsv_metrics`` are the outputs of :func:`histofuse.evaluate.run_evaluate`;
-    ``folds_tsv`` is the fold assignment (``patient_id, fold, split``).
+    ``folds_tsv`` is the fold assignment (``patient_id, fold, split``); ``missing_rate_tsv``
+    (optional) the missing-rate table, plotted under Plots.
     """
     tables_dir = Path(tables_dir)
     predictions = read_predictions([Path(path) for path in prediction_files])
@@ -712,7 +731,7 @@ def build_report(
         ("slides-qc", "Slides QC", _qc_section(qc_pngs, tiles)),
         ("features", "Features", _features_section(feature_files, tiles)),
         ("results", "Results", _results_section(Path(summary_tsv), Path(folds_tsv_metrics))),
-        ("plots", "Plots", _plots_section(predictions, class_names)),
+        ("plots", "Plots", _plots_section(predictions, class_names, missing_rate_tsv)),
         ("provenance", "Provenance", _provenance_section(config)),
     ]
     nav = "".join(f'<a href="#{_esc(anchor)}">{_esc(name)}</a>' for anchor, name, _ in sections)

@@ -334,3 +334,21 @@ def write_roc_png(
             n_classes = None
         class_names = read_class_names(labels_json, n_classes)
     save_figure(roc_figure(predictions, class_names), out_png)
+
+
+def missing_rate_figure(table: pd.DataFrame) -> Figure:
+    """Mean test AUC across folds (± sd, shaded) against the share of withheld clinical data, per model."""
+    fig = new_figure(5.5, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    for model, rows in table.groupby("model", sort=True):
+        stats = rows.groupby("rate")["auc"].agg(["mean", "std"]).sort_index()
+        rates = stats.index.to_numpy(dtype=float)
+        ax.plot(rates, stats["mean"], marker="o", label=str(model))
+        spread = stats["std"].fillna(0.0).to_numpy()
+        ax.fill_between(rates, stats["mean"] - spread, stats["mean"] + spread, alpha=0.15)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("share of test patients without clinical data")
+    ax.set_ylabel("test AUC (mean over folds)")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
