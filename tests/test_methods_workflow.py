@@ -18,8 +18,6 @@ import yaml
 from histofuse.demo import DemoSpec
 from workflow_support import REPO, demo_config, jobs_run, make_cohort, snakemake, write_config
 
-pytestmark = pytest.mark.slow
-
 EXAMPLE = yaml.safe_load((REPO / "config" / "examples" / "demo_methods.yaml").read_text())
 
 
@@ -38,6 +36,7 @@ def methods_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return path, Path(config["results"])
 
 
+@pytest.mark.slow
 def test_each_method_learns_the_planted_signal(methods_run: tuple[Path, Path]) -> None:
     _, results = methods_run
     summary = pd.read_csv(results / "metrics" / "summary.tsv", sep="\t")
@@ -47,6 +46,7 @@ def test_each_method_learns_the_planted_signal(methods_run: tuple[Path, Path]) -
         assert value[(model, "survival", "cindex")] > 0.65, (model, value[(model, "survival", "cindex")])
 
 
+@pytest.mark.slow
 def test_missing_rate_table_is_complete(methods_run: tuple[Path, Path]) -> None:
     _, results = methods_run
     table = pd.read_csv(results / "metrics" / "missing_rate.tsv", sep="\t")
@@ -63,6 +63,7 @@ def test_missing_rate_table_is_complete(methods_run: tuple[Path, Path]) -> None:
     assert (table[table["model"] == "abmil"].groupby("fold")["auc"].nunique() == 1).all()
 
 
+@pytest.mark.slow
 def test_states_are_kept_and_a_rerun_has_nothing_to_do(methods_run: tuple[Path, Path]) -> None:
     path, results = methods_run
     assert len(list((results / "models").glob("*/fold*.state.pt"))) == 6 * 3
@@ -70,6 +71,7 @@ def test_states_are_kept_and_a_rerun_has_nothing_to_do(methods_run: tuple[Path, 
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_bcnb_example_trains_the_binary_task(tmp_path: Path) -> None:
     config = yaml.safe_load((REPO / "config" / "examples" / "bcnb_aln.yaml").read_text())
     config["results"] = str(tmp_path / "results")
@@ -83,3 +85,12 @@ def test_bcnb_example_trains_the_binary_task(tmp_path: Path) -> None:
     assert auc > 0.6
     predictions = pd.read_parquet(tmp_path / "results" / "predictions" / "clinical" / "fold0.parquet")
     assert {"binary", "binary_prob"} <= set(predictions.columns) and "risk" not in predictions.columns
+
+
+def test_missing_rate_models_must_be_trained(tmp_path: Path) -> None:
+    cohort = make_cohort(tmp_path, DemoSpec(n_patients=3, n_slides=3, min_side_px=512, max_side_px=512))
+    config = demo_config(tmp_path, cohort, training={"models": ["abmil"]}, missing_rate={"models": ["bidistill"]})
+    path = write_config(tmp_path / "config.yaml", config)
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(path))
+    assert proc.returncode != 0
+    assert "missing_rate.models names ['bidistill']" in proc.stdout + proc.stderr

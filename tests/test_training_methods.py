@@ -271,6 +271,17 @@ def test_withheld_patients_are_nested_and_seeded() -> None:
     assert not (withheld(20, 0.4, seed=2, fold=2) == masks[1]).all()
 
 
+def test_bf16_autocast_path(cohort: dict[str, Path], tmp_path: Path) -> None:
+    assert FAST.autocast_dtype(torch.device("cpu")) is None
+    assert FAST.autocast_dtype(torch.device("cuda")) == torch.bfloat16
+    settings = dataclasses.replace(FAST, precision="bf16", epochs=1)
+    assert settings.autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    paths = _train(cohort, tmp_path, "bidistill", settings)
+    predictions = pd.read_parquet(paths["out_predictions"])
+    assert np.isfinite(predictions[["grade_prob_0", "risk"]].to_numpy()).all()
+    assert predictions["grade_prob_0"].dtype == np.float64
+
+
 def test_learning_rate_schedule() -> None:
     settings = TrainSettings(epochs=10, lr=1.0, lr_schedule="cosine", warmup_epochs=2)
     rates = [_learning_rate(settings, epoch) for epoch in range(1, 11)]
