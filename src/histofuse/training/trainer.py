@@ -479,6 +479,8 @@ def build_fold_model(
             "'coords' dataset.",
             fix="extract or import features with their tile coordinates.",
         )
+    if model_name == "ksf" and settings.batch_size < 2:
+        logger.warning("ksf with batch_size 1: its gene-guided consistency loss compares the patients of a batch and is 0")
     model = build_model(
         model_name,
         n_tiles_dim=data.n_tiles_dim,
