@@ -350,5 +350,4 @@ def missing_rate_figure(table: pd.DataFrame) -> Figure:
     ax.set_xlabel("share of test patients without clinical data")
     ax.set_ylabel("test AUC (mean over folds)")
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
     return fig
