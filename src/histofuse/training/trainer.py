@@ -5,8 +5,9 @@ warm-up). An optimiser step covers ``grad_accum`` labelled training patients in 
 to the model ``batch_size`` bags per forward pass (each bag at most ``max_tiles`` random tiles, with
 their coordinates, read from disk when needed); the step's loss is ``sum_task weight_task ·
 mean_task`` plus the model's weighted auxiliary losses, and accumulation gives exactly the step's
-mean (:mod:`histofuse.training.objective`). For ``ksf`` each branch's own heads are trained too, and
-with ``coordination`` the two branch losses are back-propagated through
+mean (:mod:`histofuse.training.objective`). Each branch's own heads (``branch_logits``) are trained
+too: ``bidistill``, whose outputs are routed from its branches, on its branches' logits alone; for
+``ksf``, beside its fused heads, and with ``coordination`` the two branch losses are back-propagated through
 :func:`histofuse.models.gradient_coordination.coordinated_backward` on the shared layers. On CUDA
 the forward pass runs under bf16 autocast (``precision``).
 
@@ -234,11 +235,16 @@ class _Run:
             batch = chunk[start : start + settings.batch_size]
             bags = [self.data.bags.load(int(i), max_tiles=settings.max_tiles, rng=rng) for i in batch]
             outputs = _forward(self.model, self.data, batch, bags, self.device, settings)
-            loss = self.objective.heads_loss(outputs, batch, denominators)
+            branch_logits = outputs.get("branch_logits") or {}
+            routed = bool(getattr(self.model, "routes_branches", False)) and bool(branch_logits)
+            loss = (
+                torch.zeros((), device=self.device)
+                if routed
+                else self.objective.heads_loss(outputs, batch, denominators)
+            )
             aux = self.objective.aux_loss(outputs, len(batch) / len(chunk))
             if aux is not None:
                 loss = loss + aux
-            branch_logits = outputs.get("branch_logits") or {}
             if self.coordinated and len(branch_logits) == 2:
                 (name_a, logits_a), (name_b, logits_b) = branch_logits.items()
                 loss_a = self.objective.heads_loss(logits_a, batch, denominators)
