@@ -305,3 +305,62 @@ def test_learning_rate_schedule() -> None:
 def test_new_settings_fail_loudly(mapping: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainSettings.from_mapping(mapping)
+
+
+def test_ksf_step_coordinates_the_branch_gradients_on_shared_layers(cohort: dict[str, Path]) -> None:
+    from histofuse.models.gradient_coordination import coordinate
+
+    settings = dataclasses.replace(FAST, dropout=0.0, max_tiles=0, grad_accum=4, batch_size=4)
+    data = load_fold_data(fold=0, **cohort, tasks=settings.tasks)
+    spec = TaskSpec(tasks=settings.tasks, n_classes={"grade": 3}, n_bins=settings.n_bins)
+    objective = Objective.for_fold(data, settings, spec)
+    chunk = data.indices("train")[:4]
+    subspaces = data.subspaces(SUBSPACES)
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model(
+            "ksf", n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, task_spec=spec, hidden_dim=16, dropout=0.0,
+            subspaces=subspaces, n_heads=2, n_points=4,
+        ).train()
+
+    def step(coordination: bool) -> torch.nn.Module:
+        model = fresh()
+        run = _Run(
+            model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data=data, objective=objective,
+            settings=dataclasses.replace(settings, coordination=coordination), device=torch.device("cpu"),
+        )
+        run.step(chunk, np.random.default_rng(0))
+        return model
+
+    plain, coordinated = step(False), step(True)
+    shared = {id(p) for p in coordinated.shared_parameters()}
+    for (name, p_plain), p_coord in zip(plain.named_parameters(), coordinated.parameters(), strict=True):
+        if id(p_coord) not in shared and p_plain.grad is not None:
+            torch.testing.assert_close(p_coord.grad, p_plain.grad, msg=name)
+
+    # on the shared layers: the fused loss's gradient plus the coordinated pair of branch gradients
+    model = fresh()
+    outputs = model(
+        [data.bags.load(int(i)).features for i in chunk], data.genomics[torch.as_tensor(chunk)], None,
+        [data.bags.load(int(i)).coords for i in chunk],
+    )
+    denominators = objective.denominators(chunk)
+    params = list(model.shared_parameters())
+
+    def flat(loss: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)])
+
+    main = objective.heads_loss(outputs, chunk, denominators) + objective.aux_loss(outputs, 1.0)
+    logits_a, logits_b = outputs["branch_logits"].values()
+    g_a = flat(objective.heads_loss(logits_a, chunk, denominators))
+    g_b = flat(objective.heads_loss(logits_b, chunk, denominators))
+    new_a, new_b = coordinate(g_a, g_b, objective.confidence(logits_a, chunk), objective.confidence(logits_b, chunk))
+    expected = flat(main) + new_a + new_b
+    got = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in coordinated.shared_parameters()])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    # this batch's branch gradients conflict, so coordination changes the update
+    assert float(torch.dot(g_a, g_b)) < 0
+    plain_shared = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in plain.shared_parameters()])
+    assert not torch.allclose(got, plain_shared)

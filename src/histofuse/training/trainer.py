@@ -246,7 +246,7 @@ class _Run:
             if aux is not None:
                 loss = loss + aux
             if self.coordinated and len(branch_logits) == 2:
-                (name_a, logits_a), (name_b, logits_b) = branch_logits.items()
+                logits_a, logits_b = branch_logits.values()
                 loss_a = self.objective.heads_loss(logits_a, batch, denominators)
                 loss_b = self.objective.heads_loss(logits_b, batch, denominators)
                 loss.backward(retain_graph=True)
