@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip's notes about this machine's empty local package indexes are noise.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: install demo demo-data test test-slurm lint bench-quick lock clean
+.PHONY: install demo demo-methods demo-data test test-slurm lint bench-quick lock clean
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ $(DEMO_DIR)/slides.tsv: $(STAMP)
 demo: demo-data
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
 	@echo "Report: results/report.html"
+
+# M2F, KSF and bidirectional distillation with their comparators and the missing-rate evaluation.
+demo-methods: demo-data
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) \
+		--configfile config/config.yaml config/examples/demo_methods.yaml
+	@echo "Report: results/demo_methods/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

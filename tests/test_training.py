@@ -145,7 +145,7 @@ def test_predictions_cover_every_patient_of_the_fold(
     assert unlabelled[["grade_prob_0", "risk"]].notna().all().all()
 
     history = pd.read_csv(trained["out_history"], sep="\t")
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_score"]
     assert 1 <= len(history) <= FAST.epochs and np.isfinite(history["train_loss"]).all()
 
 

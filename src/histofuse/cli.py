@@ -284,7 +284,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         out_history=_optional_path(args.history or ""),
         preprocessing=_optional_path(args.preprocessing or ""),
         use_wsi=not args.no_wsi,
+        state=_optional_path(args.state or ""),
     )
+
+
+def cmd_missing_rate(args: argparse.Namespace) -> None:
+    from histofuse.training.missing_rate import missing_rate_fold
+
+    _limit_torch_threads(args.threads)
+    missing_rate_fold(
+        checkpoint=Path(args.checkpoint),
+        fold=args.fold,
+        features_dir=Path(args.features_dir),
+        tables_dir=Path(args.tables_dir),
+        folds_tsv=Path(args.folds),
+        preprocessing=Path(args.preprocessing),
+        rates=args.rates,
+        seed=args.seed,
+        out=Path(args.out),
+        use_wsi=not args.no_wsi,
+    )
+
+
+def cmd_missing_rate_table(args: argparse.Namespace) -> None:
+    from histofuse.training.missing_rate import aggregate_missing_rates
+
+    aggregate_missing_rates([Path(p) for p in args.tables], Path(args.out))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -454,6 +479,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocessing", default=None, help="the fold's fitted preprocessing (JSON)")
     p.add_argument("--no-wsi", action="store_true", help="train without slides (no 'wsi' modality)")
     p.add_argument("--cox-settings", default="{}", help="JSON of the config's training.cox section")
+    p.add_argument("--state", default=None, help="resumable last-epoch state (written each epoch)")
+
+    p = add("missing-rate", cmd_missing_rate, "Test AUC of one trained model with clinical data withheld at each rate.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--features-dir", required=True)
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--folds", required=True)
+    p.add_argument("--preprocessing", required=True, help="the fold's fitted preprocessing (JSON)")
+    p.add_argument("--rates", nargs="+", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--no-wsi", action="store_true", help="no slides in this cohort")
+
+    p = add("missing-rate-table", cmd_missing_rate_table, "Gather the per-fold missing-rate tables into one.")
+    p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--out", required=True)
 
     p = add("evaluate", cmd_evaluate, "Metrics per model, task and fold, and their summary.")
     p.add_argument("--predictions", nargs="+", required=True)

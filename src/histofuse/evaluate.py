@@ -180,10 +180,22 @@ def _read_prediction_file(path: Path) -> pd.DataFrame:
                 column=column,
                 fix=f"prediction files need the columns {', '.join(_REQUIRED_COLUMNS)}",
             )
+    _binary_as_two_classes(frame)
     for task in classification_tasks(frame):
         probability_columns(frame.columns, task, path=path)
     frame["split"] = frame["split"].astype(str)
     return frame
+
+
+def _binary_as_two_classes(frame: pd.DataFrame) -> None:
+    """A binary task's ``binary_prob`` (probability of class 1) as ``binary_prob_0/1`` and ``binary_pred``."""
+    if "binary" not in frame.columns or "binary_prob" not in frame.columns or "binary_prob_0" in frame.columns:
+        return
+    positive = frame["binary_prob"].astype("float64")
+    frame["binary_prob_0"] = 1.0 - positive
+    frame["binary_prob_1"] = positive
+    if "binary_pred" not in frame.columns:
+        frame["binary_pred"] = (positive >= 0.5).astype("float64").where(positive.notna())
 
 
 def read_predictions(prediction_files: Sequence[Path]) -> pd.DataFrame:

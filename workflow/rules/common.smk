@@ -35,6 +35,15 @@ RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
 MODELS = list(config["training"]["models"])
 FOLDS = list(range(config["folds"]["k"]))
+MISSING_RATE = config["missing_rate"]
+MISSING_RATE_MODELS = list(MISSING_RATE["models"])
+_untrained = [m for m in MISSING_RATE_MODELS if m not in MODELS]
+if _untrained:
+    raise ValueError(
+        f"{', '.join(map(str, workflow.configfiles))}: missing_rate.models names {_untrained}, which "
+        f"training.models ({MODELS}) does not train. Fix: add them to training.models or remove them "
+        "from missing_rate.models."
+    )
 
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
@@ -117,12 +126,15 @@ EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
 
 
 def get_final_output():
-    """The targets of the default run: the report, the metrics and the list of excluded slides."""
-    return [
+    """The default targets: the report, the metrics, the excluded slides and, when asked, the missing-rate table."""
+    targets = [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
         EXCLUSIONS,
     ]
+    if MISSING_RATE_MODELS:
+        targets.append(f"{RESULTS}/metrics/missing_rate.tsv")
+    return targets
 
 
 def get_slide_path(wildcards):
@@ -297,11 +309,22 @@ def get_history_files(wildcards):
     )
 
 
+def get_missing_rate_files(wildcards):
+    return expand(
+        f"{RESULTS}/missing_rate/{{model}}/fold{{fold}}.tsv",
+        model=MISSING_RATE_MODELS,
+        fold=FOLDS,
+    )
+
+
 def get_missing_rate_table(wildcards):
-    """The missing-modality robustness table, made when bidistill is trained; none otherwise."""
-    if "bidistill" in MODELS:
-        return f"{RESULTS}/metrics/missing_rate.tsv"
-    return []
+    """The missing-rate table for the report, when missing_rate.models asks for one."""
+    return [f"{RESULTS}/metrics/missing_rate.tsv"] if MISSING_RATE_MODELS else []
+
+
+MISSING_RATE_ARGS = (
+    f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"
+)
 
 
 ATTENTION_SLIDES = (

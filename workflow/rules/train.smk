@@ -1,4 +1,5 @@
-# One model x one fold: checkpoint, training history and per-patient predictions.
+# One model x one fold: checkpoint, training history and per-patient predictions. The run's
+# last-epoch state (fold{fold}.state.pt, not an output) lets a killed job resume where it stopped.
 
 
 rule train:
@@ -33,10 +34,12 @@ rule train:
         settings=get_train_settings,
         cox=COX_SETTINGS,
         wsi="" if USE_WSI else "--no-wsi",
+        state=f"{RESULTS}/models/{{model}}/fold{{fold}}.state.pt",
     shell:
         "histofuse train --model {wildcards.model} --fold {wildcards.fold} "
         "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
         "--folds '{input.folds}' --settings '{params.settings}' "
         "--checkpoint '{output.checkpoint}' --history '{output.history}' "
         "--predictions '{output.predictions}' --preprocessing '{input.preprocessing}' "
-        "--cox-settings '{params.cox}' {params.wsi} --threads {threads} > '{log}' 2>&1"
+        "--cox-settings '{params.cox}' --state '{params.state}' {params.wsi} "
+        "--threads {threads} > '{log}' 2>&1"

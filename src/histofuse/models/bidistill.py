@@ -153,7 +153,13 @@ def _distillation_kind(task_spec: TaskSpec, task: str) -> DistillationKind:
 
 
 class BidirectionalDistillation(nn.Module):
-    """Multi-modal and slides-only branches with distillation both ways; see the module docstring."""
+    """Multi-modal and slides-only branches with distillation both ways; see the module docstring.
+
+    Its task logits are routed from one branch or the other, so it is trained on each branch's
+    own logits (``branch_logits``) rather than on the routed ones (``routes_branches``).
+    """
+
+    routes_branches: bool = True
 
     def __init__(
         self,

@@ -185,3 +185,33 @@ def build_m2f(
         )
 
     return build(task_spec) if options.joint else IndependentTaskModels(task_spec, build)
+
+
+@register_model("m2f_separate")
+def build_m2f_separate(
+    *,
+    n_tiles_dim: int,
+    n_genomic: int,
+    task_spec: TaskSpec,
+    hidden_dim: int = 128,
+    dropout: float = 0.25,
+    n_clinical: int = 0,
+    gene_groups: Sequence[Sequence[int]] | None = None,
+    subspaces: Mapping[str, Sequence[int]] | None = None,
+    n_heads: int = 4,
+    n_layers: int = 1,
+) -> nn.Module:
+    """Builder for ``m2f_separate``: the ``joint: false`` ablation of ``m2f`` (one model per task)."""
+    return build_m2f(
+        n_tiles_dim=n_tiles_dim,
+        n_genomic=n_genomic,
+        task_spec=task_spec,
+        hidden_dim=hidden_dim,
+        dropout=dropout,
+        n_clinical=n_clinical,
+        gene_groups=gene_groups,
+        subspaces=subspaces,
+        joint=False,
+        n_heads=n_heads,
+        n_layers=n_layers,
+    )

@@ -73,7 +73,8 @@ def confusion_figure(
 def read_histories(paths: Sequence[Path]) -> pd.DataFrame:
     """Training histories ``{model}/fold{k}_history.tsv`` as one table with ``model`` and ``fold``.
 
-    Columns ``epoch, train_loss, val_loss`` are required; ``val_metric`` is kept when present.
+    Columns ``epoch, train_loss, val_loss`` are required. The validation score the trainer monitors
+    (``val_score``: the loss, AUC or c-index, per ``training.monitor``) is kept as ``val_metric``.
     """
     frames = []
     for raw in paths:
@@ -92,6 +93,8 @@ def read_histories(paths: Sequence[Path]) -> pd.DataFrame:
         for column in _HISTORY_COLUMNS:
             if column not in frame.columns:
                 raise HistofuseError("required column missing", path=path, column=column)
+        if "val_score" in frame.columns and "val_metric" not in frame.columns:
+            frame = frame.rename(columns={"val_score": "val_metric"})
         frames.append(frame.assign(model=path.parent.name, fold=int(match.group(1))))
     if not frames:
         return pd.DataFrame(columns=["model", "fold", *_HISTORY_COLUMNS])

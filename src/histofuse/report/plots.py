@@ -344,3 +344,4 @@ def write_roc_png(
             n_classes = None
         class_names = read_class_names(labels_json, n_classes)
     save_figure(roc_figure(predictions, class_names), out_png)
+

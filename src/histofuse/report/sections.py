@@ -214,8 +214,9 @@ def robustness_section(missing_rate_tsv: Path | None) -> str:
     """AUC against the rate of missing modalities at test time (``metrics/missing_rate.tsv``)."""
     if missing_rate_tsv is None or not Path(missing_rate_tsv).exists():
         return _note(
-            "The missing-modality curve appears when bidistill is among training.models: its "
-            "training writes metrics/missing_rate.tsv (AUC per model, fold and missing rate)."
+            "The missing-modality curve appears when missing_rate.models names trained models "
+            "(e.g. bidistill, mm_impute, abmil): each is then scored with the clinical data of a "
+            "share of test patients withheld, in metrics/missing_rate.tsv."
         )
     table = figures.read_missing_rate(Path(missing_rate_tsv))
     if table.empty:

@@ -1,7 +1,13 @@
-"""One fold's patients in memory: tile-feature bags, preprocessed genomics and clinical data, labels.
+"""One fold's patients: preprocessed genomics and clinical data, labels, and where their tile bags are.
 
-Everything fitted from data (the table preprocessing of :mod:`histofuse.preprocess`, survival bin
-edges) uses the fold's **train** split only, so validation and test patients never leak into it.
+Tables and labels are held in memory (a few numbers per patient); tile features stay in the HDF5
+files and are read per patient when needed (:mod:`histofuse.training.bags`). Everything fitted from
+data (the table preprocessing of :mod:`histofuse.preprocess`, survival bin edges) uses the fold's
+**train** split only, so validation and test patients never leak into it.
+
+Label columns of ``patients.parquet`` per task: ``grade`` and ``diagnosis`` (class indices, names in
+``labels.json``), ``binary`` (a 0/1 column named by ``binary_label``, e.g. ``aln``), ``survival``
+(``survival_time`` and ``event``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -22,7 +27,9 @@ from torch import Tensor
 
 from histofuse.errors import HistofuseError
 from histofuse.losses import survival_bins, to_bin
+from histofuse.models.registry import CLASSIFICATION_TASKS
 from histofuse.preprocess import FoldPreprocessing, PreprocessSettings, fit_fold_preprocessing
+from histofuse.training.bags import BagStore, empty_bag_store, open_bag_store
 
 logger = logging.getLogger(__name__)
 
@@ -31,39 +38,41 @@ __all__ = [
     "FoldData",
     "load_fold_data",
     "read_fold",
+    "read_class_names",
     "read_grade_classes",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class FoldData:
     """The patients of one fold, in ``patient_ids`` order (sorted).
 
-    ``grade`` and ``survival_bin`` hold -1 where the label is missing; ``censored`` is 1 for
-    censored patients. ``grade_true``, ``survival_time`` and ``event`` keep the raw labels for the
-    predictions table. Bags are stored on the CPU as float16 (float32 when values exceed float16).
+    ``targets`` holds one training target per classification / binary task: class indices
+    (``long``) or 0/1 (``float``), -1 where the label is missing. ``survival_bin`` is -1 where the
+    survival label is missing; ``censored`` is 1 for censored patients. ``labels`` keeps the raw
+    class / binary labels (``Int64``) for the predictions table, with ``survival_time`` and
+    ``event``. ``bags`` finds each patient's tiles on disk.
     """
 
     fold: int
     patient_ids: tuple[str, ...]
     splits: npt.NDArray[np.str_]
-    bags: list[Tensor]
+    bags: BagStore
     genomics: Tensor
     clinical: Tensor
-    grade: Tensor
+    targets: dict[str, Tensor]
+    labels: dict[str, pd.Series]
+    class_names: dict[str, list[str]]
     survival_bin: Tensor
     censored: Tensor
-    grade_true: pd.Series
     survival_time: npt.NDArray[np.float64]
     event: pd.Series
     n_tiles_dim: int
     preprocessing: FoldPreprocessing
     bin_edges: npt.NDArray[np.float64] | None
-    grade_classes: list[str]
-    encoder: str | None = None
+    binary_label: str = "aln"
     tasks: tuple[str, ...] = field(default=("grade", "survival"))
 
     @property
@@ -79,9 +88,38 @@ class FoldData:
         return int(self.clinical.shape[1])
 
     @property
+    def encoder(self) -> str | None:
+        return self.bags.encoder
+
+    @property
+    def grade_classes(self) -> list[str]:
+        return list(self.class_names.get("grade", []))
+
+    @property
     def gene_groups(self) -> list[list[int]]:
         """Genomic column indices per gene group (after preprocessing)."""
         return [list(indices) for indices in self.preprocessing.genomic_groups.values()]
+
+    def subspaces(self, mapping: dict[str, list[str]] | None) -> dict[str, list[int]]:
+        """Genomic subspace → column indices: the union of the named gene groups of each subspace.
+
+        ``mapping`` None: the gene groups named ``tumour`` and ``microenvironment``, where present.
+        """
+        groups = self.preprocessing.genomic_groups
+        if mapping is None:
+            mapping = {name: [name] for name in ("tumour", "microenvironment") if name in groups}
+        resolved: dict[str, list[int]] = {}
+        for subspace, names in mapping.items():
+            unknown = [name for name in names if name not in groups]
+            if unknown:
+                raise HistofuseError(
+                    f"subspace '{subspace}' names gene group(s) {unknown} that the genomic table of "
+                    f"fold {self.fold} does not have (groups: {sorted(groups)}).",
+                    column="training.subspaces",
+                    fix="name groups of the gene,group list in training.subspaces.",
+                )
+            resolved[subspace] = sorted({index for name in names for index in groups[name]})
+        return resolved
 
     def indices(self, split: str) -> npt.NDArray[np.int64]:
         """Row indices of the patients in ``split``."""
@@ -89,10 +127,10 @@ class FoldData:
 
     def mask(self, task: str) -> Tensor:
         """Boolean ``(P,)`` mask of patients whose label for ``task`` is known."""
-        if task == "grade":
-            return self.grade >= 0
         if task == "survival":
             return self.survival_bin >= 0
+        if task in self.targets:
+            return self.targets[task] >= 0
         raise KeyError(task)
 
     def has_label(self, index: int) -> bool:
@@ -101,9 +139,15 @@ class FoldData:
 
 
 def read_grade_classes(tables_dir: Path) -> list[str] | None:
-    """Grade class names from ``{tables_dir}/labels.json`` (``{"grade": {"classes": [...]}}``).
+    """Grade class names from ``{tables_dir}/labels.json``; see :func:`read_class_names`."""
+    return read_class_names(tables_dir, "grade")
 
-    A top-level ``"grade_classes"`` list is accepted too. Returns None when the file is absent.
+
+def read_class_names(tables_dir: Path, label: str) -> list[str] | None:
+    """Class names of ``label`` from ``{tables_dir}/labels.json`` (``{label: {"classes": [...]}}``).
+
+    For grade a top-level ``"grade_classes"`` list is accepted too. Returns None when the file is
+    absent, or when it does not describe ``label`` (other than grade, which must be described).
     """
     path = Path(tables_dir) / "labels.json"
     if not path.exists():
@@ -114,16 +158,18 @@ def read_grade_classes(tables_dir: Path) -> list[str] | None:
         raise HistofuseError(f"cannot read the label description ({exc}).", path=path) from None
     classes: object = None
     if isinstance(content, dict):
-        grade = content.get("grade")
-        if isinstance(grade, dict):
-            classes = grade.get("classes")
-        if classes is None:
+        entry = content.get(label)
+        if isinstance(entry, dict):
+            classes = entry.get("classes")
+        if classes is None and label == "grade":
             classes = content.get("grade_classes")
+        if classes is None and label != "grade":
+            return None
     if not isinstance(classes, list) or not classes:
         raise HistofuseError(
-            "no grade class list found.",
+            f"no {label} class list found.",
             path=path,
-            fix='write {"grade": {"classes": ["2", "3", "4"]}} (one name per class index).',
+            fix=f'write {{"{label}": {{"classes": ["name of class 0", "name of class 1", ...]}}}}.',
         )
     return [str(name) for name in classes]
 
@@ -179,18 +225,29 @@ def _read_parquet(path: Path, required: Sequence[str]) -> pd.DataFrame:
     return table
 
 
-def _read_patients(tables_dir: Path, tasks: Sequence[str]) -> pd.DataFrame:
+def _read_patients(tables_dir: Path, tasks: Sequence[str], binary_label: str) -> pd.DataFrame:
     path = tables_dir / "patients.parquet"
     required = ["patient_id"]
-    if "grade" in tasks:
-        required.append("grade")
+    for task in CLASSIFICATION_TASKS:
+        if task in tasks:
+            required.append(task)
+    if "binary" in tasks:
+        required.append(binary_label)
     if "survival" in tasks:
         required += ["survival_time", "event"]
-    table = _read_parquet(path, required)
+    table = _read_parquet(path, ["patient_id"])
+    absent = [column for column in required if column not in table.columns]
+    if absent:
+        raise HistofuseError(
+            f"the tasks {list(tasks)} need the label column(s) {absent}, which the patients table lacks.",
+            path=path,
+            fix="train only tasks whose labels the cohort has (training.tasks, training.binary_label).",
+        )
     if table["patient_id"].duplicated().any():
         duplicate = table.loc[table["patient_id"].duplicated(), "patient_id"].iloc[0]
         raise HistofuseError(f"patient {duplicate!r} is listed twice.", path=path, column="patient_id")
-    for column, dtype in (("grade", "Int64"), ("event", "Int64"), ("survival_time", "float64")):
+    label_columns = [(name, "Int64") for name in (*CLASSIFICATION_TASKS, binary_label, "event")]
+    for column, dtype in (*label_columns, ("survival_time", "float64")):
         if column not in table.columns:
             table[column] = pd.Series(pd.NA if dtype == "Int64" else np.nan, index=table.index, dtype=dtype)
         try:
@@ -200,6 +257,9 @@ def _read_patients(tables_dir: Path, tasks: Sequence[str]) -> pd.DataFrame:
     events = table["event"].dropna()
     if not events.isin([0, 1]).all():
         raise HistofuseError("event must be 0 (censored), 1 (death) or missing.", path=path, column="event")
+    values = table[binary_label].dropna()
+    if "binary" in tasks and not values.isin([0, 1]).all():
+        raise HistofuseError("the binary label must be 0, 1 or missing.", path=path, column=binary_label)
     if (table["survival_time"] < 0).any():
         raise HistofuseError("survival_time must not be negative.", path=path, column="survival_time")
     return table.set_index("patient_id")
@@ -242,87 +302,18 @@ def _slides_by_patient(tables_dir: Path) -> dict[str, list[str]]:
     return {patient: sorted(set(slides)) for patient, slides in grouped.items()}
 
 
-def _read_features(path: Path) -> tuple[npt.NDArray[np.float32], str | None] | None:
-    """A slide's tile features and their encoder; ``None`` for a slide excluded under ``on_error: skip``."""
-    if not path.exists():
+def _class_target(
+    labels: pd.DataFrame, task: str, classes: list[str], tables_dir: Path
+) -> Tensor:
+    values = labels[task].reset_index(drop=True)
+    known = values.dropna()
+    if len(known) and (known.min() < 0 or known.max() >= len(classes)):
         raise HistofuseError(
-            "tile-feature file is missing for a slide listed in slides.parquet.",
-            path=path,
-            fix="run feature extraction for this slide, or remove the slide from the sample sheet.",
+            f"{task} must be a class index in [0, {len(classes)}) (classes {classes}).",
+            path=tables_dir / "patients.parquet",
+            column=task,
         )
-    try:
-        with h5py.File(path, "r") as handle:
-            if bool(handle.attrs.get("excluded", False)):
-                return None
-            if "features" not in handle:
-                raise HistofuseError("no 'features' dataset.", path=path)
-            features = np.asarray(handle["features"][()], dtype=np.float32)
-            encoder = handle.attrs.get("encoder")
-    except OSError as exc:
-        raise HistofuseError(f"cannot read the tile features ({exc}).", path=path) from None
-    if features.ndim != 2:
-        raise HistofuseError(f"'features' must be 2-D (tiles × dims), got shape {features.shape}.", path=path)
-    if isinstance(encoder, bytes):
-        encoder = encoder.decode()
-    return features, None if encoder is None else str(encoder)
-
-
-def _compact(features: npt.NDArray[np.float32]) -> Tensor:
-    """Store a bag as float16 when its values fit, else float32."""
-    if features.size == 0 or float(np.abs(features).max()) < _FLOAT16_MAX:
-        return torch.from_numpy(features.astype(np.float16))
-    return torch.from_numpy(np.ascontiguousarray(features))
-
-
-def _load_bags(
-    patient_ids: Sequence[str], features_dir: Path, tables_dir: Path
-) -> tuple[list[Tensor], int, str | None]:
-    slides = _slides_by_patient(tables_dir)
-    per_patient: list[list[npt.NDArray[np.float32]]] = []
-    dims: dict[int, Path] = {}
-    encoders: dict[str, Path] = {}
-    excluded: list[str] = []
-    for patient_id in patient_ids:
-        arrays = []
-        for slide_id in slides.get(patient_id, []):
-            path = features_dir / f"{slide_id}.h5"
-            found = _read_features(path)
-            if found is None:
-                excluded.append(slide_id)
-                continue
-            features, encoder = found
-            dims.setdefault(features.shape[1], path)
-            if encoder is not None:
-                encoders.setdefault(encoder, path)
-            arrays.append(features)
-        per_patient.append(arrays)
-    if excluded:
-        logger.warning(
-            "%d slide(s) excluded by an earlier stage are left out (see exclusions.tsv): %s",
-            len(excluded),
-            ", ".join(excluded),
-        )
-    if not dims:
-        raise HistofuseError(
-            "no tile-feature file found for any patient of this fold.",
-            path=features_dir,
-            fix="check that slides.parquet lists the fold's patients and that features were extracted.",
-        )
-    if len(dims) > 1:
-        examples = ", ".join(f"{dim} ({path.name})" for dim, path in dims.items())
-        raise HistofuseError(f"tile features have different dimensions: {examples}.", path=features_dir)
-    if len(encoders) > 1:
-        examples = ", ".join(f"{name} ({path.name})" for name, path in encoders.items())
-        raise HistofuseError(f"tile features come from different encoders: {examples}.", path=features_dir)
-    n_dim = next(iter(dims))
-    bags = [
-        _compact(np.concatenate(arrays, axis=0) if arrays else np.zeros((0, n_dim), dtype=np.float32))
-        for arrays in per_patient
-    ]
-    n_empty = sum(1 for bag in bags if bag.shape[0] == 0)
-    if n_empty:
-        logger.info("%d of %d patients have no tile features (empty bags)", n_empty, len(bags))
-    return bags, n_dim, next(iter(encoders), None)
+    return torch.tensor(values.fillna(-1).to_numpy(dtype=np.int64), dtype=torch.long)
 
 
 def load_fold_data(
@@ -335,12 +326,13 @@ def load_fold_data(
     n_bins: int = 4,
     preprocessing: FoldPreprocessing | None = None,
     use_wsi: bool = True,
+    binary_label: str = "aln",
 ) -> FoldData:
-    """Load the patients of ``fold``; preprocess the tables with ``preprocessing``.
+    """Load the tables of ``fold`` and index its bags; preprocess the tables with ``preprocessing``.
 
     ``preprocessing`` is the fold's fitted transform (from the preprocessing stage); when None it
     is fitted here, with default settings, on the fold's train split. ``use_wsi=False`` trains
-    without slides (every bag empty).
+    without slides (every bag empty). ``binary_label``: the patients-table column of the binary task.
     """
     features_dir, tables_dir = Path(features_dir), Path(tables_dir)
     rows = read_fold(folds_tsv, fold).sort_values("patient_id", kind="stable").reset_index(drop=True)
@@ -348,7 +340,7 @@ def load_fold_data(
     splits = rows["split"].to_numpy(dtype=str)
     train_rows = splits == "train"
 
-    patients = _read_patients(tables_dir, tasks)
+    patients = _read_patients(tables_dir, tasks, binary_label)
     unknown = [patient for patient in patient_ids if patient not in patients.index]
     if unknown:
         raise HistofuseError(
@@ -359,26 +351,31 @@ def load_fold_data(
         )
     labels = patients.loc[list(patient_ids)]
 
-    grade_true = labels["grade"].reset_index(drop=True)
-    grade_classes = read_grade_classes(tables_dir)
-    if grade_classes is None:
-        observed = patients["grade"].dropna()
-        n_classes = int(observed.max()) + 1 if len(observed) else 0
-        grade_classes = [str(index) for index in range(n_classes)]
-        if "grade" in tasks:
-            logger.warning("no labels.json in %s; assuming %d grade classes", tables_dir, n_classes)
-    known_grades = grade_true.dropna()
-    if len(known_grades) and (known_grades.min() < 0 or known_grades.max() >= len(grade_classes)):
-        raise HistofuseError(
-            f"grade must be a class index in [0, {len(grade_classes)}) (classes {grade_classes}).",
-            path=tables_dir / "patients.parquet",
-            column="grade",
-        )
-    grade = torch.tensor(grade_true.fillna(-1).to_numpy(dtype=np.int64), dtype=torch.long)
-    if "grade" in tasks and not bool((grade[torch.from_numpy(train_rows)] >= 0).any()):
-        raise HistofuseError(
-            f"no training patient of fold {fold} has a grade.", path=tables_dir / "patients.parquet"
-        )
+    class_names: dict[str, list[str]] = {}
+    targets: dict[str, Tensor] = {}
+    raw: dict[str, pd.Series] = {}
+    for task in CLASSIFICATION_TASKS:
+        classes = read_class_names(tables_dir, task)
+        if classes is None:
+            observed = patients[task].dropna()
+            n_classes = int(observed.max()) + 1 if len(observed) else 0
+            classes = [str(index) for index in range(n_classes)]
+            if task in tasks:
+                logger.warning("labels.json in %s does not describe %s; assuming %d classes", tables_dir, task, n_classes)
+        raw[task] = labels[task].reset_index(drop=True)
+        class_names[task] = classes
+        if task in tasks:
+            targets[task] = _class_target(labels, task, classes, tables_dir)
+    if "binary" in tasks:
+        raw["binary"] = labels[binary_label].reset_index(drop=True)
+        targets["binary"] = torch.tensor(raw["binary"].fillna(-1).to_numpy(dtype=np.float32))
+        class_names["binary"] = read_class_names(tables_dir, binary_label) or ["0", "1"]
+    for task, target in targets.items():
+        if not bool((target[torch.from_numpy(train_rows)] >= 0).any()):
+            raise HistofuseError(
+                f"no training patient of fold {fold} has a label for the {task} task.",
+                path=tables_dir / "patients.parquet",
+            )
 
     survival_time = labels["survival_time"].to_numpy(dtype=np.float64, na_value=np.nan)
     event = labels["event"].reset_index(drop=True)
@@ -419,14 +416,14 @@ def load_fold_data(
     clinical = transformed(clinical_table, preprocessing.clinical)
 
     if use_wsi:
-        bags, n_tiles_dim, encoder = _load_bags(patient_ids, features_dir, tables_dir)
+        bags = open_bag_store(patient_ids, _slides_by_patient(tables_dir), features_dir)
     else:
-        bags, n_tiles_dim, encoder = [torch.zeros((0, 1), dtype=torch.float16) for _ in patient_ids], 1, None
+        bags = empty_bag_store(len(patient_ids))
     logger.info(
         "fold %d: %s patients, %s, %d genomic and %d clinical features",
         fold,
         ", ".join(f"{int((splits == split).sum())} {split}" for split in SPLITS),
-        f"{n_tiles_dim} tile-feature dims" if use_wsi else "no slides",
+        f"{bags.n_dim} tile-feature dims" if use_wsi else "no slides",
         genomics.shape[1],
         clinical.shape[1],
     )
@@ -437,16 +434,27 @@ def load_fold_data(
         bags=bags,
         genomics=genomics,
         clinical=clinical,
-        grade=grade,
+        targets=targets,
+        labels=raw,
+        class_names=class_names,
         survival_bin=torch.from_numpy(survival_bin),
         censored=torch.from_numpy(censored.astype(np.float32)),
-        grade_true=grade_true,
         survival_time=survival_time,
         event=event,
-        n_tiles_dim=n_tiles_dim,
+        n_tiles_dim=bags.n_dim,
         preprocessing=preprocessing,
         bin_edges=bin_edges,
-        grade_classes=grade_classes,
-        encoder=encoder,
+        binary_label=binary_label,
         tasks=tuple(tasks),
     )
+
+
+def imputed_clinical_row(preprocessing: FoldPreprocessing) -> Tensor:
+    """The clinical input of a patient whose clinical data are all missing: ``(C,)``.
+
+    The fold's clinical transform imputes it with the training part's statistics (medians, modes)
+    and sets its missing indicators, as for any patient without clinical data.
+    """
+    transform = preprocessing.clinical
+    empty = pd.DataFrame({name: [np.nan] for name in transform.input_columns}, index=["missing"])
+    return torch.from_numpy(transform.transform(empty))[0]

@@ -11,11 +11,16 @@ from typing import Any
 import torch
 
 from histofuse.errors import ConfigError
-from histofuse.models.registry import KNOWN_TASKS
+from histofuse.models.registry import CLASSIFICATION_TASKS, KNOWN_TASKS, SURVIVAL_LOSSES
 
-__all__ = ["TrainSettings"]
+__all__ = ["LR_SCHEDULES", "MONITORS", "PRECISIONS", "TrainSettings"]
 
 _SECTION = "training"
+
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+MONITORS: tuple[str, ...] = ("loss", "auc", "cindex")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 
 
 def _is_int(value: object) -> bool:
@@ -31,20 +36,41 @@ class TrainSettings:
     """How one model is trained on one fold.
 
     Attributes:
-        tasks: prediction tasks, a subset of ``("grade", "survival")``.
+        tasks: prediction tasks, a subset of ``("grade", "diagnosis", "survival", "binary")``.
         epochs: maximum number of passes over the training patients.
         lr, weight_decay: AdamW parameters.
-        patience: early stopping: stop after this many epochs without a lower validation loss
-            (0 = never stop early; the best epoch is kept either way).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (cosine decay to 0 over the epochs after the
+            warm-up); the learning rate is set once per epoch.
+        warmup_epochs: epochs of linear warm-up from ``lr / (warmup_epochs + 1)`` to ``lr``.
+        patience: early stopping: stop after this many epochs without a better validation
+            ``monitor`` value (0 = never stop early; the best epoch is kept either way).
+        monitor: validation quantity that picks the best epoch: ``"loss"`` (lower is better),
+            ``"auc"`` (of the first classification or binary task) or ``"cindex"`` (survival).
         hidden_dim, dropout: model width and dropout rate.
         n_bins: discrete-time survival bins (quantiles of uncensored training times).
         alpha_surv: weight of the uncensored-only term of the survival loss (see ``losses``).
+        survival_loss: ``"nll"`` (discrete-time hazards over ``n_bins``) or ``"cox"`` (partial
+            likelihood over each forward batch; needs ``batch_size >= 2``).
+        class_weights: ``"none"`` or ``"balanced"`` (cross-entropy of grade / diagnosis weighted by
+            the inverse class frequency of the fold's training part).
+        binary_label: column of the patients table that the ``binary`` task predicts (0/1).
         max_tiles: tiles randomly kept per bag during training (0 = all); inference uses full bags.
-        grad_accum: bags per optimiser step (each forward pass sees one bag).
+        grad_accum: bags per optimiser step; the step's loss is the exact mean over its bags
+            whatever ``batch_size`` is.
+        batch_size: bags per forward pass (the batch that Cox, KSF's consistency loss and the
+            distillation losses are computed on); at most ``grad_accum``.
         seed: seed of every random generator used in training.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
+        resume: continue from the fold's last-epoch state when one matches these settings.
         task_weights: ``(task, weight)`` pairs multiplying each task's loss; a task not listed has
             weight 1. A mapping is accepted and stored as sorted pairs.
+        aux_weights: weights of the models' auxiliary losses by name (``consistency``,
+            ``distill_single_from_multi``, ``distill_multi_from_single``); 1 when not listed.
+        coordination: ``ksf`` only: coordinate its two branches' gradients on the shared layers.
+        subspaces: genomic subspace → gene-group names (``ksf``); None uses groups named
+            ``tumour`` and ``microenvironment``.
+        model_options: model name → options of its builder (e.g. ``{"m2f": {"n_heads": 4}}``).
     """
 
     tasks: tuple[str, ...] = ("grade", "survival")
@@ -56,11 +82,24 @@ class TrainSettings:
     dropout: float = 0.25
     n_bins: int = 4
     alpha_surv: float = 0.4
+    survival_loss: str = "nll"
+    class_weights: str = "none"
+    binary_label: str = "aln"
     max_tiles: int = 512
     grad_accum: int = 8
+    batch_size: int = 1
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    monitor: str = "loss"
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
+    resume: bool = True
     task_weights: tuple[tuple[str, float], ...] = field(default=())
+    aux_weights: dict[str, float] = field(default_factory=dict)
+    coordination: bool = True
+    subspaces: dict[str, list[str]] | None = None
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         tasks = self.tasks
@@ -85,6 +124,8 @@ class TrainSettings:
             ("n_bins", 1),
             ("max_tiles", 0),
             ("grad_accum", 1),
+            ("batch_size", 1),
+            ("warmup_epochs", 0),
             ("seed", 0),
         ):
             value = getattr(self, name)
@@ -110,6 +151,77 @@ class TrainSettings:
                 raise self._error("device", f"is not a valid torch device ({exc})") from None
 
         object.__setattr__(self, "task_weights", self._normalise_weights(self.task_weights, tasks))
+        self._check_choices(tasks)
+        self._check_mappings()
+
+    def _check_choices(self, tasks: tuple[str, ...]) -> None:
+        for name, choices in (
+            ("survival_loss", SURVIVAL_LOSSES),
+            ("class_weights", CLASS_WEIGHTS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("monitor", MONITORS),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise self._error(name, f"must be one of {list(choices)}, got {getattr(self, name)!r}")
+        for name in ("resume", "coordination"):
+            if not isinstance(getattr(self, name), bool):
+                raise self._error(name, f"must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.binary_label, str) or not self.binary_label:
+            raise self._error("binary_label", f"must name a column of the patients table, got {self.binary_label!r}")
+        if self.batch_size > self.grad_accum:
+            raise self._error("batch_size", f"({self.batch_size}) must not exceed grad_accum ({self.grad_accum})")
+        if "survival" in tasks and self.survival_loss == "cox" and self.batch_size < 2:
+            raise self._error("batch_size", "must be >= 2 with survival_loss cox (the partial likelihood compares patients)")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            raise self._error("warmup_epochs", f"({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        if self.monitor == "cindex" and "survival" not in tasks:
+            raise self._error("monitor", "is cindex, but survival is not among the tasks")
+        if self.monitor == "auc" and self.auc_task is None:
+            raise self._error("monitor", f"is auc, but no classification or binary task is among {list(tasks)}")
+
+    def _check_mappings(self) -> None:
+        if not isinstance(self.aux_weights, Mapping):
+            raise self._error("aux_weights", f"must map auxiliary-loss names to weights, got {self.aux_weights!r}")
+        for name, weight in self.aux_weights.items():
+            if not _is_number(weight) or weight < 0:
+                raise self._error("aux_weights", f"weight of {name!r} must be a number >= 0, got {weight!r}")
+        object.__setattr__(self, "aux_weights", {str(k): float(v) for k, v in sorted(self.aux_weights.items())})
+        if self.subspaces is not None:
+            if not isinstance(self.subspaces, Mapping) or not all(
+                isinstance(groups, (list, tuple)) and groups and all(isinstance(g, str) for g in groups)
+                for groups in self.subspaces.values()
+            ):
+                raise self._error("subspaces", f"must map a subspace name to a list of gene-group names, got {self.subspaces!r}")
+            object.__setattr__(self, "subspaces", {str(k): list(v) for k, v in self.subspaces.items()})
+        if not isinstance(self.model_options, Mapping) or not all(
+            isinstance(options, Mapping) for options in self.model_options.values()
+        ):
+            raise self._error("model_options", f"must map a model name to its options, got {self.model_options!r}")
+        object.__setattr__(
+            self, "model_options", {str(k): dict(v) for k, v in sorted(self.model_options.items())}
+        )
+
+    @property
+    def auc_task(self) -> str | None:
+        """The task whose AUC is monitored and reported for missing rates: binary, else the first class task."""
+        if "binary" in self.tasks:
+            return "binary"
+        return next((task for task in self.tasks if task in CLASSIFICATION_TASKS), None)
+
+    def options_for(self, model_name: str) -> dict[str, Any]:
+        """Builder options of ``model_name`` from ``model_options`` (empty when not given)."""
+        return dict(self.model_options.get(model_name, {}))
+
+    def aux_weight(self, name: str) -> float:
+        """Weight of the auxiliary loss ``name`` (1 unless set in ``aux_weights``)."""
+        return self.aux_weights.get(name, 1.0)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """bf16 for autocast (``precision`` bf16, or auto on CUDA), None for plain fp32."""
+        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
+            return torch.bfloat16
+        return None
 
     @staticmethod
     def _error(key: str, problem: str) -> ConfigError:

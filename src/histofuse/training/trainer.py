@@ -1,15 +1,24 @@
 """Train one registered model on one fold and predict every patient of the fold.
 
-Training: AdamW; each forward pass sees one patient's bag (at most ``max_tiles`` random tiles) and
-gradients are accumulated over ``grad_accum`` bags per optimiser step. Each step's loss is
-``sum_task weight_task * mean_task``, where the mean runs over the step's bags labelled for that
-task, so accumulation gives exactly the mini-batch mean.
+Training: AdamW with a per-epoch learning-rate schedule (constant or cosine, optional linear
+warm-up). An optimiser step covers ``grad_accum`` labelled training patients in random order, fed
+to the model ``batch_size`` bags per forward pass (each bag at most ``max_tiles`` random tiles, with
+their coordinates, read from disk when needed); the step's loss is ``sum_task weight_task ·
+mean_task`` plus the model's weighted auxiliary losses, and accumulation gives exactly the step's
+mean (:mod:`histofuse.training.objective`). Each branch's own heads (``branch_logits``) are trained
+too: ``bidistill``, whose outputs are routed from its branches, on its branches' logits alone; for
+``ksf``, beside its fused heads, and with ``coordination`` the two branch losses are back-propagated through
+:func:`histofuse.models.gradient_coordination.coordinated_backward` on the shared layers. On CUDA
+the forward pass runs under bf16 autocast (``precision``).
 
-Model selection: after each epoch the same loss is computed on the validation patients with full
-bags (eval mode); the epoch with the lowest validation loss is kept, and training stops early after
-``patience`` epochs without improvement. The loss is used (rather than c-index / AUC) because it
-covers every task, reacts smoothly on small validation sets and is defined for any label mix. When
-no validation patient has a label, all epochs run and the last one is kept.
+Model selection: after each epoch the validation patients are predicted with full bags (eval
+mode) and scored by ``monitor``: the loss (lower is better), the AUC of the first classification or
+binary task, or the survival c-index. The best epoch is kept; training stops after ``patience``
+epochs without improvement. When no validation patient has a label, all epochs run and the last
+one is kept.
+
+Resuming: with a ``state`` path the run's last-epoch state is written after every epoch
+(:mod:`histofuse.training.state`); a later run with matching settings and inputs continues from it.
 
 Outputs (each written atomically): a checkpoint loadable with ``torch.load(weights_only=True)``
 (see :func:`load_trained_model`), a predictions parquet for the fold's train, val and test patients,
@@ -24,6 +33,7 @@ import math
 import os
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +44,22 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from histofuse.errors import HistofuseError, WeightsError
+from histofuse import metrics
+from histofuse.errors import ConfigError, HistofuseError, WeightsError
 from histofuse.io import atomic_path
-from histofuse.losses import Reduction, masked_cross_entropy, risk_from_logits, survival_nll
-from histofuse.models.registry import TaskSpec, build_model
+from histofuse.losses import risk_from_logits
+from histofuse.models.gradient_coordination import coordinated_backward
+from histofuse.models.registry import CLASSIFICATION_TASKS, TaskSpec, build_model
 from histofuse.preprocess import FoldPreprocessing
+from histofuse.training.bags import Bag
 from histofuse.training.data import FoldData, load_fold_data
+from histofuse.training.objective import Objective
 from histofuse.training.settings import TrainSettings
+from histofuse.training.state import RunState, capture_rng, fingerprint, load_state, restore_rng, save_state
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "load_trained_model", "predict_fold", "train_fold"]
+__all__ = ["CHECKPOINT_FORMAT", "infer", "load_trained_model", "predict_fold", "prediction_table", "task_auc", "train_fold"]
 
 CHECKPOINT_FORMAT = "histofuse-model/1"
 
@@ -67,182 +82,321 @@ def _reproducible(seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def _task_losses(
-    outputs: dict[str, Any],
-    data: FoldData,
-    indices: Sequence[int] | npt.NDArray[np.int64],
-    settings: TrainSettings,
-    reduction: Reduction,
-) -> dict[str, Tensor]:
-    """Per-task losses of ``outputs`` (rows aligned with ``indices``) with the given reduction."""
-    index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    losses: dict[str, Tensor] = {}
-    for task in settings.tasks:
-        logits = outputs[task]
-        if task == "grade":
-            losses[task] = masked_cross_entropy(logits, data.grade[index], reduction=reduction)
-        else:
-            losses[task] = survival_nll(
-                logits,
-                data.survival_bin[index],
-                data.censored[index],
-                alpha=settings.alpha_surv,
-                reduction=reduction,
-            )
-    return losses
+def _autocast(settings: TrainSettings, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    dtype = settings.autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _subsample(bag: Tensor, max_tiles: int, rng: np.random.Generator) -> Tensor:
-    if max_tiles <= 0 or bag.shape[0] <= max_tiles:
-        return bag
-    keep = np.sort(rng.choice(bag.shape[0], size=max_tiles, replace=False))
-    return bag[torch.from_numpy(keep)]
+def _task_spec(data: FoldData, settings: TrainSettings) -> TaskSpec:
+    n_classes = {task: len(data.class_names[task]) for task in settings.tasks if task in CLASSIFICATION_TASKS}
+    return TaskSpec(
+        tasks=settings.tasks, n_classes=n_classes, n_bins=settings.n_bins, survival_loss=settings.survival_loss
+    )
 
 
 def _forward(
-    model: nn.Module, data: FoldData, index: int, bag: Tensor, device: torch.device
+    model: nn.Module,
+    data: FoldData,
+    indices: npt.NDArray[np.int64],
+    bags: Sequence[Bag],
+    device: torch.device,
+    settings: TrainSettings,
+    *,
+    clinical: Tensor | None = None,
+    clinical_present: Tensor | None = None,
 ) -> dict[str, Any]:
-    genomics = data.genomics[index : index + 1].to(device)
-    clinical = data.clinical[index : index + 1].to(device)
-    return model([bag.to(device=device, dtype=torch.float32)], genomics, clinical)
+    """One forward pass over the patients ``indices`` with their ``bags``."""
+    index = torch.as_tensor(indices, dtype=torch.long)
+    features = [bag.features.to(device=device, dtype=torch.float32) for bag in bags]
+    coords = [bag.coords for bag in bags] if all(bag.coords is not None for bag in bags) else None
+    table = data.clinical[index] if clinical is None else clinical
+    with _autocast(settings, device):
+        return model(
+            features,
+            data.genomics[index].to(device),
+            table.to(device),
+            coords,
+            clinical_present=None if clinical_present is None else clinical_present.to(device),
+        )
 
 
 @torch.no_grad()
-def _infer(
-    model: nn.Module, data: FoldData, indices: Sequence[int] | npt.NDArray[np.int64], device: torch.device
+def infer(
+    model: nn.Module,
+    data: FoldData,
+    indices: Sequence[int] | npt.NDArray[np.int64],
+    device: torch.device,
+    settings: TrainSettings,
+    *,
+    clinical: Tensor | None = None,
+    clinical_present: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Logits per task for ``indices`` with full bags, on the CPU."""
+    """Logits per task for ``indices`` with full bags (eval mode, ``batch_size`` at a time), on the CPU.
+
+    ``clinical`` / ``clinical_present``: replacement clinical rows and presence mask, one per index.
+    """
     model.eval()
+    indices = np.asarray(indices, dtype=np.int64)
     collected: dict[str, list[Tensor]] = {task: [] for task in data.tasks}
-    for index in indices:
-        outputs = _forward(model, data, int(index), data.bags[int(index)], device)
+    for start in range(0, len(indices), settings.batch_size):
+        chunk = indices[start : start + settings.batch_size]
+        part = slice(start, start + len(chunk))
+        outputs = _forward(
+            model,
+            data,
+            chunk,
+            [data.bags.load(int(i)) for i in chunk],
+            device,
+            settings,
+            clinical=None if clinical is None else clinical[part],
+            clinical_present=None if clinical_present is None else clinical_present[part],
+        )
         for task in data.tasks:
             collected[task].append(outputs[task].float().cpu())
     return {task: torch.cat(parts) if parts else torch.empty(0) for task, parts in collected.items()}
 
 
-def _validation_loss(
+def _risk(logits: Tensor, spec: TaskSpec) -> Tensor:
+    return logits.reshape(-1) if spec.loss_kind("survival") == "cox" else risk_from_logits(logits)
+
+
+def _validation_score(
     model: nn.Module,
     data: FoldData,
     indices: npt.NDArray[np.int64],
-    settings: TrainSettings,
+    objective: Objective,
     device: torch.device,
-) -> float:
-    outputs = _infer(model, data, indices, device)
+) -> tuple[float, float]:
+    """``(loss, score)`` on the validation patients; ``score`` is higher-is-better for ``monitor``."""
+    settings, spec = objective.settings, objective.task_spec
+    logits = infer(model, data, indices, device, settings)
+    denominators = objective.denominators(indices)
+    loss = float(objective.heads_loss(logits, indices, denominators))
+    if settings.monitor == "loss":
+        return loss, -loss
     index = torch.as_tensor(indices)
-    total = 0.0
-    for task, loss in _task_losses(outputs, data, indices, settings, "mean").items():
-        if bool(data.mask(task)[index].any()):
-            total += settings.task_weight(task) * float(loss)
-    return total
+    if settings.monitor == "cindex":
+        keep = data.mask("survival")[index].numpy()
+        risk = _risk(logits["survival"], spec).numpy()[keep]
+        event = data.event.to_numpy(dtype=np.float64, na_value=np.nan)[indices][keep]
+        if keep.sum() < 2 or np.nansum(event) < 1:
+            return loss, math.nan
+        return loss, metrics.cindex(data.survival_time[indices][keep], risk, event)
+    task = settings.auc_task
+    assert task is not None
+    keep = data.mask(task)[index].numpy()
+    target = data.targets[task][index].numpy()[keep].astype(np.int64)
+    if len(np.unique(target)) < 2:
+        return loss, math.nan
+    return loss, task_auc(task, logits[task][torch.from_numpy(keep)], target)
 
 
-def _train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: FoldData,
-    train_indices: npt.NDArray[np.int64],
-    settings: TrainSettings,
-    rng: np.random.Generator,
-    device: torch.device,
-) -> float:
-    """One pass over the labelled training patients; returns the mean step loss."""
-    model.train()
-    order = rng.permutation(train_indices)
-    step_losses: list[float] = []
-    for start in range(0, len(order), settings.grad_accum):
-        chunk = order[start : start + settings.grad_accum]
-        chunk_index = torch.as_tensor(chunk)
-        counts = {task: int(data.mask(task)[chunk_index].sum()) for task in settings.tasks}
-        optimizer.zero_grad(set_to_none=True)
+def task_auc(task: str, logits: Tensor, target: npt.NDArray[np.int64]) -> float:
+    """AUC of ``task``'s logits against class indices / 0-1 labels (macro one-vs-rest for classes)."""
+    if task == "binary":
+        positive = torch.sigmoid(logits.reshape(-1)).numpy().astype(np.float64)
+        return metrics.multiclass_auc(target, np.stack([1 - positive, positive], axis=1))
+    return metrics.multiclass_auc(target, torch.softmax(logits, dim=1).numpy().astype(np.float64))
+
+
+def _learning_rate(settings: TrainSettings, epoch: int) -> float:
+    """Learning rate of epoch ``epoch`` (1-based): linear warm-up, then constant or cosine decay."""
+    if epoch <= settings.warmup_epochs:
+        return settings.lr * epoch / (settings.warmup_epochs + 1)
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    span = max(1, settings.epochs - settings.warmup_epochs)
+    progress = (epoch - settings.warmup_epochs - 1) / span
+    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Run:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: FoldData
+    objective: Objective
+    settings: TrainSettings
+    device: torch.device
+
+    @property
+    def coordinated(self) -> bool:
+        return self.settings.coordination and hasattr(self.model, "shared_parameters")
+
+    def step(self, chunk: npt.NDArray[np.int64], rng: np.random.Generator) -> float:
+        """One optimiser step over the patients ``chunk``; returns the step's loss."""
+        settings = self.settings
+        denominators = self.objective.denominators(chunk)
+        self.optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for index in chunk:
-            bag = _subsample(data.bags[int(index)], settings.max_tiles, rng)
-            outputs = _forward(model, data, int(index), bag, device)
-            losses = _task_losses(outputs, data, [int(index)], settings, "sum")
-            loss = sum(
-                (
-                    settings.task_weight(task) * losses[task] / counts[task]
-                    for task in settings.tasks
-                    if counts[task]
-                ),
-                start=torch.zeros((), device=device),
+        for start in range(0, len(chunk), settings.batch_size):
+            batch = chunk[start : start + settings.batch_size]
+            bags = [self.data.bags.load(int(i), max_tiles=settings.max_tiles, rng=rng) for i in batch]
+            outputs = _forward(self.model, self.data, batch, bags, self.device, settings)
+            branch_logits = outputs.get("branch_logits") or {}
+            routed = bool(getattr(self.model, "routes_branches", False)) and bool(branch_logits)
+            loss = (
+                torch.zeros((), device=self.device)
+                if routed
+                else self.objective.heads_loss(outputs, batch, denominators)
             )
+            aux = self.objective.aux_loss(outputs, len(batch) / len(chunk))
+            if aux is not None:
+                loss = loss + aux
+            if self.coordinated and len(branch_logits) == 2:
+                logits_a, logits_b = branch_logits.values()
+                loss_a = self.objective.heads_loss(logits_a, batch, denominators)
+                loss_b = self.objective.heads_loss(logits_b, batch, denominators)
+                loss.backward(retain_graph=True)
+                coordinated_backward(
+                    loss_a,
+                    loss_b,
+                    parameters=[p for p in self.model.parameters() if p.requires_grad],
+                    shared=list(self.model.shared_parameters()),
+                    conf_a=self.objective.confidence(logits_a, batch),
+                    conf_b=self.objective.confidence(logits_b, batch),
+                )
+                step_loss += float(loss.detach()) + float(loss_a.detach()) + float(loss_b.detach())
+                continue
+            for logits in branch_logits.values():
+                loss = loss + self.objective.heads_loss(logits, batch, denominators)
             loss.backward()
             step_loss += float(loss.detach())
-        optimizer.step()
-        step_losses.append(step_loss)
-    return float(np.mean(step_losses)) if step_losses else math.nan
+        self.optimizer.step()
+        return step_loss
+
+    def epoch(self, train_indices: npt.NDArray[np.int64], rng: np.random.Generator) -> float:
+        """One pass over the labelled training patients; returns the mean step loss."""
+        self.model.train()
+        order = rng.permutation(train_indices)
+        losses = [
+            self.step(order[start : start + self.settings.grad_accum], rng)
+            for start in range(0, len(order), self.settings.grad_accum)
+        ]
+        return float(np.mean(losses)) if losses else math.nan
+
+
+def _labelled(data: FoldData, split: str) -> npt.NDArray[np.int64]:
+    return np.array([i for i in data.indices(split) if data.has_label(int(i))], dtype=np.int64)
 
 
 def _fit(
-    model: nn.Module, data: FoldData, settings: TrainSettings, device: torch.device, description: str
+    run: _Run, description: str, state_path: Path | None, run_fingerprint: str
 ) -> tuple[dict[str, Tensor], list[dict[str, float]], int, float | None]:
     """Train with early stopping; returns the best state, the history, best epoch and its val loss."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    data, settings, model = run.data, run.settings, run.model
     rng = np.random.default_rng(settings.seed)
-    train_indices = np.array([i for i in data.indices("train") if data.has_label(int(i))], dtype=np.int64)
+    train_indices = _labelled(data, "train")
     if train_indices.size == 0:
-        raise HistofuseError(
-            f"no training patient of fold {data.fold} has a label for tasks {list(settings.tasks)}."
-        )
-    val_indices = np.array([i for i in data.indices("val") if data.has_label(int(i))], dtype=np.int64)
+        raise HistofuseError(f"no training patient of fold {data.fold} has a label for tasks {list(settings.tasks)}.")
+    val_indices = _labelled(data, "val")
     if val_indices.size == 0:
         logger.warning("fold %d: no labelled validation patient; keeping the last epoch", data.fold)
 
-    history: list[dict[str, float]] = []
-    best_state: dict[str, Tensor] | None = None
-    best_epoch, best_loss, stale = 0, math.inf, 0
-    progress = tqdm(range(1, settings.epochs + 1), desc=description, unit="epoch", disable=None, leave=False)
+    state = RunState(fingerprint=run_fingerprint)
+    if state_path is not None and settings.resume:
+        loaded = load_state(state_path, run_fingerprint)
+        if loaded is not None:
+            state = loaded
+            model.load_state_dict(state.model)
+            run.optimizer.load_state_dict(state.optimizer)
+            restore_rng(state.rng, rng)
+            logger.info("%s: resuming after epoch %d", description, state.epoch)
+    progress = tqdm(
+        range(state.epoch + 1, settings.epochs + 1), desc=description, unit="epoch", disable=None, leave=False
+    )
     for epoch in progress:
-        train_loss = _train_epoch(model, optimizer, data, train_indices, settings, rng, device)
-        val_loss = (
-            _validation_loss(model, data, val_indices, settings, device) if val_indices.size else math.nan
+        if state.stopped:
+            break
+        for group in run.optimizer.param_groups:
+            group["lr"] = _learning_rate(settings, epoch)
+        train_loss = run.epoch(train_indices, rng)
+        val_loss, score = (
+            _validation_score(model, data, val_indices, run.objective, run.device)
+            if val_indices.size
+            else (math.nan, math.nan)
         )
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": score})
         progress.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        logger.debug("%s epoch %d: train %.4f, val %.4f", description, epoch, train_loss, val_loss)
-        improved = val_indices.size == 0 or val_loss < best_loss
+        logger.info("%s epoch %d: train %.4f, val loss %.4f, val %s %.4f", description, epoch, train_loss, val_loss, settings.monitor, score)
+        improved = val_indices.size == 0 or (math.isfinite(score) and score > state.best_score)
         if improved:
-            best_state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-            best_epoch, stale = epoch, 0
+            state.best_model = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+            state.best_epoch, state.stale = epoch, 0
             if val_indices.size:
-                best_loss = val_loss
+                state.best_score = score
         else:
-            stale += 1
-            if settings.patience and stale >= settings.patience:
-                logger.info("%s: early stop at epoch %d (best epoch %d)", description, epoch, best_epoch)
-                break
-    if best_state is None:  # every validation loss was NaN: the model diverged
-        raise HistofuseError(
-            f"{description}: the validation loss was never finite; training diverged.",
-            fix="lower training.lr or check the inputs for extreme values.",
-        )
-    return best_state, history, best_epoch, (best_loss if val_indices.size else None)
+            state.stale += 1
+            if settings.patience and state.stale >= settings.patience:
+                logger.info("%s: early stop at epoch %d (best epoch %d)", description, epoch, state.best_epoch)
+                state.stopped = True
+        state.epoch = epoch
+        if state_path is not None:
+            state.model = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+            state.optimizer = run.optimizer.state_dict()
+            state.rng = capture_rng(rng)
+            save_state(state_path, state)
+    if state.best_model is None:
+        if settings.monitor == "loss" or not state.history:
+            raise HistofuseError(
+                f"{description}: the validation loss was never finite; training diverged.",
+                fix="lower training.lr or check the inputs for extreme values.",
+            )
+        logger.warning("%s: validation %s never defined; keeping the last epoch", description, settings.monitor)
+        state.best_model = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+        state.best_epoch = state.epoch
+    best_loss = next((row["val_loss"] for row in state.history if row["epoch"] == state.best_epoch), None)
+    return state.best_model, state.history, state.best_epoch, (best_loss if val_indices.size else None)
 
 
-def predict_fold(model: nn.Module, data: FoldData, *, model_name: str, device: torch.device) -> pd.DataFrame:
+def predict_fold(
+    model: nn.Module,
+    data: FoldData,
+    *,
+    model_name: str,
+    device: torch.device,
+    settings: TrainSettings | None = None,
+    task_spec: TaskSpec | None = None,
+) -> pd.DataFrame:
     """Predictions for every patient of the fold with full bags (one row per patient)."""
+    settings = settings or TrainSettings(tasks=data.tasks, device=str(device))
+    spec = task_spec or _task_spec(data, settings)
     indices = np.arange(data.n_patients, dtype=np.int64)
-    logits = _infer(model, data, indices, device)
+    logits = infer(model, data, indices, device, settings)
+    return prediction_table(logits, data, model_name=model_name, spec=spec)
+
+
+def prediction_table(
+    logits: dict[str, Tensor], data: FoldData, *, model_name: str, spec: TaskSpec
+) -> pd.DataFrame:
+    """The predictions table of every patient of the fold from their logits (rows in fold order)."""
     table = pd.DataFrame(
         {
             "patient_id": pd.Series(data.patient_ids, dtype=str),
             "fold": np.full(data.n_patients, data.fold, dtype=np.int64),
             "split": pd.Series(data.splits, dtype=str),
             "model": pd.Series([model_name] * data.n_patients, dtype=str),
-            "grade": pd.array(data.grade_true.to_numpy(), dtype="Int64"),
+            "grade": pd.array(data.labels["grade"].to_numpy(), dtype="Int64"),
         }
     )
-    if "grade" in data.tasks:
-        probabilities = torch.softmax(logits["grade"], dim=1).numpy().astype(np.float64)
-        table["grade_pred"] = probabilities.argmax(axis=1).astype(np.int64)
+    for task in CLASSIFICATION_TASKS:
+        if task not in spec.tasks:
+            continue
+        if task != "grade":
+            table[task] = pd.array(data.labels[task].to_numpy(), dtype="Int64")
+        probabilities = torch.softmax(logits[task], dim=1).numpy().astype(np.float64)
+        table[f"{task}_pred"] = probabilities.argmax(axis=1).astype(np.int64)
         for k in range(probabilities.shape[1]):
-            table[f"grade_prob_{k}"] = probabilities[:, k]
+            table[f"{task}_prob_{k}"] = probabilities[:, k]
+    if "binary" in spec.tasks:
+        table["binary"] = pd.array(data.labels["binary"].to_numpy(), dtype="Int64")
+        table["binary_prob"] = torch.sigmoid(logits["binary"].reshape(-1)).numpy().astype(np.float64)
     table["survival_time"] = data.survival_time.astype(np.float64)
     table["event"] = pd.array(data.event.to_numpy(), dtype="Int64")
-    if "survival" in data.tasks:
-        table["risk"] = risk_from_logits(logits["survival"]).numpy().astype(np.float64)
+    if "survival" in spec.tasks:
+        table["risk"] = _risk(logits["survival"], spec).numpy().astype(np.float64)
     return table
 
 
@@ -253,6 +407,8 @@ def _checkpoint(
     data: FoldData,
     settings: TrainSettings,
     task_spec: TaskSpec,
+    subspaces: dict[str, list[int]],
+    options: dict[str, Any],
     best_epoch: int,
     best_val_loss: float | None,
     epochs_run: int,
@@ -263,16 +419,16 @@ def _checkpoint(
         "fold": data.fold,
         "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
         "settings": settings.to_dict(),
-        "task_spec": {
-            "tasks": list(task_spec.tasks),
-            "n_classes": task_spec.n_classes,
-            "n_bins": task_spec.n_bins,
-        },
+        "task_spec": task_spec.to_dict(),
+        "model_options": options,
+        "subspaces": subspaces,
         "n_tiles_dim": data.n_tiles_dim,
         "n_genomic": data.n_genomic,
         "n_clinical": data.n_clinical,
         "gene_groups": data.gene_groups,
         "grade_classes": list(data.grade_classes),
+        "class_names": {task: list(names) for task, names in data.class_names.items()},
+        "binary_label": data.binary_label,
         "genomics": data.preprocessing.genomics.to_dict(),
         "clinical": data.preprocessing.clinical.to_dict(),
         "bin_edges": None if data.bin_edges is None else [float(edge) for edge in data.bin_edges],
@@ -296,7 +452,6 @@ def load_trained_model(
         raise WeightsError(
             "not a histofuse model checkpoint.", path=checkpoint, fix="re-run training to recreate it."
         )
-    spec = content["task_spec"]
     settings = content["settings"]
     model = build_model(
         content["model_name"],
@@ -304,11 +459,11 @@ def load_trained_model(
         n_genomic=int(content["n_genomic"]),
         n_clinical=int(content.get("n_clinical", 0)),
         gene_groups=content.get("gene_groups") or None,
-        task_spec=TaskSpec(
-            tasks=tuple(spec["tasks"]), n_classes=int(spec["n_classes"]), n_bins=int(spec["n_bins"])
-        ),
+        subspaces=content.get("subspaces") or None,
+        task_spec=TaskSpec.from_dict(content["task_spec"]),
         hidden_dim=int(settings["hidden_dim"]),
         dropout=float(settings["dropout"]),
+        **content.get("model_options", {}),
     )
     try:
         model.load_state_dict(content["state_dict"])
@@ -316,6 +471,35 @@ def load_trained_model(
         raise WeightsError(f"weights do not match the architecture ({exc}).", path=checkpoint) from None
     model.to(device).eval()
     return model, content
+
+
+def build_fold_model(
+    model_name: str, data: FoldData, settings: TrainSettings, task_spec: TaskSpec
+) -> tuple[nn.Module, dict[str, list[int]], dict[str, Any]]:
+    """The untrained model for ``data``, its genomic subspaces and its builder options."""
+    options = settings.options_for(model_name)
+    subspaces = data.subspaces(settings.subspaces) if data.n_genomic else {}
+    if model_name == "ksf" and not data.bags.has_coords:
+        raise ConfigError(
+            f"model '{model_name}' reads the slides on their tile grid, but some feature files have no "
+            "'coords' dataset.",
+            fix="extract or import features with their tile coordinates.",
+        )
+    if model_name == "ksf" and settings.batch_size < 2:
+        logger.warning("ksf with batch_size 1: its gene-guided consistency loss compares the patients of a batch and is 0")
+    model = build_model(
+        model_name,
+        n_tiles_dim=data.n_tiles_dim,
+        n_genomic=data.n_genomic,
+        n_clinical=data.n_clinical,
+        gene_groups=data.gene_groups or None,
+        subspaces=subspaces or None,
+        task_spec=task_spec,
+        hidden_dim=settings.hidden_dim,
+        dropout=settings.dropout,
+        **options,
+    )
+    return model, subspaces, options
 
 
 def train_fold(
@@ -331,11 +515,13 @@ def train_fold(
     out_history: Path | None = None,
     preprocessing: Path | None = None,
     use_wsi: bool = True,
+    state: Path | None = None,
 ) -> None:
     """Train ``model_name`` on ``fold``, keep the best epoch, and predict all of the fold's patients.
 
     ``preprocessing``: the fold's fitted table preprocessing (JSON from ``histofuse preprocess``);
     fitted here on the fold's train split when None. ``use_wsi=False``: no slides in this cohort.
+    ``state``: where the resumable last-epoch state is kept (None: no resuming).
     """
     device = settings.resolve_device()
     description = f"{model_name} fold {fold}"
@@ -349,27 +535,29 @@ def train_fold(
             n_bins=settings.n_bins,
             preprocessing=None if preprocessing is None else FoldPreprocessing.read(preprocessing),
             use_wsi=use_wsi,
+            binary_label=settings.binary_label,
         )
-        task_spec = TaskSpec(
-            tasks=settings.tasks,
-            n_classes=len(data.grade_classes) if "grade" in settings.tasks else 0,
-            n_bins=settings.n_bins,
-        )
+        task_spec = _task_spec(data, settings)
         torch.manual_seed(settings.seed)
-        model = build_model(
-            model_name,
-            n_tiles_dim=data.n_tiles_dim,
-            n_genomic=data.n_genomic,
-            n_clinical=data.n_clinical,
-            gene_groups=data.gene_groups or None,
-            task_spec=task_spec,
-            hidden_dim=settings.hidden_dim,
-            dropout=settings.dropout,
-        ).to(device)
-        logger.info("%s: training on %s", description, device)
-        best_state, history, best_epoch, best_val_loss = _fit(model, data, settings, device, description)
+        model, subspaces, options = build_fold_model(model_name, data, settings, task_spec)
+        model.to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        run = _Run(
+            model=model,
+            optimizer=optimizer,
+            data=data,
+            objective=Objective.for_fold(data, settings, task_spec),
+            settings=settings,
+            device=device,
+        )
+        logger.info("%s: training on %s (%s autocast)", description, device, settings.autocast_dtype(device) or "no")
+        best_state, history, best_epoch, best_val_loss = _fit(
+            run, description, None if state is None else Path(state), fingerprint(model_name, data, settings)
+        )
         model.load_state_dict(best_state)
-        predictions = predict_fold(model, data, model_name=model_name, device=device)
+        predictions = predict_fold(
+            model, data, model_name=model_name, device=device, settings=settings, task_spec=task_spec
+        )
 
     logger.info("%s: best epoch %d of %d", description, best_epoch, len(history))
     checkpoint = _checkpoint(
@@ -378,6 +566,8 @@ def train_fold(
         data=data,
         settings=settings,
         task_spec=task_spec,
+        subspaces=subspaces,
+        options=options,
         best_epoch=best_epoch,
         best_val_loss=best_val_loss,
         epochs_run=len(history),
@@ -388,6 +578,6 @@ def train_fold(
         predictions.to_parquet(tmp, index=False)
     if out_history is not None:
         with atomic_path(out_history) as tmp:
-            pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss"]).to_csv(
+            pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "val_score"]).to_csv(
                 tmp, sep="\t", index=False
             )

@@ -1,0 +1,53 @@
+# Test AUC with the clinical data of a growing share of test patients withheld (missing_rate:).
+
+
+rule missing_rate:
+    input:
+        checkpoint=f"{RESULTS}/models/{{model}}/fold{{fold}}.pt",
+        features=get_train_features,
+        patients=f"{RESULTS}/tables/patients.parquet",
+        slides=f"{RESULTS}/tables/slides.parquet",
+        clinical=f"{RESULTS}/tables/clinical.parquet",
+        folds=f"{RESULTS}/folds/folds.tsv",
+        preprocessing=f"{RESULTS}/preprocessing/fold{{fold}}.json",
+    output:
+        table=f"{RESULTS}/missing_rate/{{model}}/fold{{fold}}.tsv",
+    log:
+        f"{RESULTS}/logs/missing_rate/{{model}}/fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/missing_rate/{{model}}/fold{{fold}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        features_dir=f"{RESULTS}/features/{ENCODER}",
+        tables_dir=get_tables_dir,
+        rates=MISSING_RATE_ARGS,
+        wsi="" if USE_WSI else "--no-wsi",
+    shell:
+        "histofuse missing-rate --checkpoint '{input.checkpoint}' --fold {wildcards.fold} "
+        "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
+        "--folds '{input.folds}' --preprocessing '{input.preprocessing}' {params.rates} "
+        "{params.wsi} --threads {threads} --out '{output.table}' > '{log}' 2>&1"
+
+
+rule missing_rate_table:
+    input:
+        tables=get_missing_rate_files,
+    output:
+        table=f"{RESULTS}/metrics/missing_rate.tsv",
+    log:
+        f"{RESULTS}/logs/missing_rate_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/missing_rate_table.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "histofuse missing-rate-table --tables {input.tables:q} --out '{output.table}' > '{log}' 2>&1"
