@@ -44,11 +44,18 @@ demo-methods: demo-data
 		--configfile config/config.yaml config/examples/demo_methods.yaml
 	@echo "Report: results/demo_methods/report.html"
 
+# The default run leaves out the tests marked slow (whole-pipeline reruns, published-cohort and
+# bad-slide end-to-end runs); `make test-all` runs every test.
+PYTEST_ARGS ?= -m "not slow"
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-all: $(STAMP)
+	$(BIN)/python -m pytest
+
 test-slurm: $(STAMP)
-	$(BIN)/python -m pytest -m slurm $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slurm
 
 lint: $(STAMP)
 	$(BIN)/snakefmt --check workflow/

@@ -46,8 +46,8 @@ def test_extract_throughput_quick_cpu_prints_json_figures() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     figures = {line["figure"]: line for line in lines}
-    assert len(lines) == len(figures) == 5
-    rates = {"encoder_only", "naive_loader", "histofuse"}
+    assert len(lines) == len(figures) == 6
+    rates = {"encoder_only", "naive_loader", "histofuse", "histofuse_no_encoder"}
     ratios = {"histofuse_over_encoder_only", "histofuse_over_naive_loader"}
     assert set(figures) == rates | ratios
     for line in lines:

@@ -10,11 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import shared_file
 from histofuse.preprocess import FoldPreprocessing
 from workflow_support import REPO, jobs_run, snakemake, write_config
+
+# Full pipeline runs (minutes each): `make test-all` runs them.
+pytestmark = pytest.mark.slow
 
 
 def test_gbmlgg_example_runs_genomic_and_clinical_baselines(tmp_path: Path) -> None:

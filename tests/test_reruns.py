@@ -18,6 +18,9 @@ import yaml
 
 from workflow_support import REPO, TINY, demo_config, jobs_run, make_cohort, slides_run, snakemake, write_config
 
+# Full pipeline runs (minutes each): `make test-all` runs them.
+pytestmark = pytest.mark.slow
+
 COHORT_LEVEL = {"prepare_tables", "make_folds", "preprocess", "train", "evaluate", "report", "all"}
 SLIDE_LEVEL = {"tile", "extract_features"}
 FAST_TRAINING = {"epochs": 2, "patience": 2, "hidden_dim": 32, "grad_accum": 2}
