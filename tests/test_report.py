@@ -409,3 +409,28 @@ def test_report_loads_in_headless_chromium(
     state = browser.load_state(bad, tmp_path)
     assert state.images[0]["width"] == 0
     assert any("boom" in error for error in state.errors)
+
+
+def test_roc_of_a_binary_task_from_binary_prob(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    label = np.array([0, 1] * 10, dtype=float)
+    frame = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(20)],
+            "fold": 0,
+            "split": "test",
+            "model": "clinical",
+            "binary": label,
+            "binary_prob": np.clip(0.3 + 0.4 * label + rng.normal(0, 0.2, 20), 0, 1),
+        }
+    )
+    path = tmp_path / "predictions" / "clinical" / "fold0.parquet"
+    path.parent.mkdir(parents=True)
+    frame.to_parquet(path, index=False)
+    predictions = report_html.read_predictions([path])
+    pooled = plots.pooled_test_rows(predictions, "binary")
+    assert list(pooled) == ["clinical"] and pooled["clinical"][1].shape == (20, 2)
+    figure = plots.roc_figure(predictions, ["negative", "positive"], "binary")
+    (ax,) = [ax for ax in figure.axes if ax.lines]
+    curves = [line for line in ax.lines if line.get_label().startswith("binary positive")]
+    assert len(curves) == 1 and "AUC" in curves[0].get_label()  # the positive class only

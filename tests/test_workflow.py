@@ -110,6 +110,10 @@ def test_full_run_artifacts_describe_themselves(finished_run: Path) -> None:
     assert list(folds.columns) == ["patient_id", "fold", "split"]
     html = (finished_run / "report.html").read_text()
     assert "data:image/png;base64," in html and "mm_baseline" in html
+    # abmil is trained, so the first slides get attention heatmaps, drawn into the report
+    heatmaps = sorted((finished_run / "plots" / "attention").glob("*.png"))
+    assert len(heatmaps) == 4 and all(path.stat().st_size > 1000 for path in heatmaps)
+    assert html.count('class="plot attention"') == 4
     assert not list(finished_run.rglob(".*.tmp"))
 
 

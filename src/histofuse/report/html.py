@@ -431,8 +431,8 @@ def _classification_blocks(
     predictions: pd.DataFrame, confusion: pd.DataFrame | None, task: str, class_names: Sequence[str]
 ) -> list[str]:
     blocks = []
-    if task == "grade" and plots.pooled_grade_test_rows(predictions):
-        figure = plots.roc_figure(predictions, class_names)
+    if plots.pooled_test_rows(predictions, task):
+        figure = plots.roc_figure(predictions, class_names, task)
         blocks += [
             "<h3>ROC curves</h3>",
             '<p class="note">One-vs-rest ROC curves per class on pooled test predictions of all '

@@ -28,6 +28,7 @@ from histofuse.errors import HistofuseError
 from histofuse.evaluate import (
     grade_probability_columns,
     has_grade_task,
+    probability_columns,
     has_survival_task,
     read_predictions,
 )
@@ -41,7 +42,7 @@ __all__ = [
     "logrank_pvalue",
     "message_figure",
     "new_figure",
-    "pooled_grade_test_rows",
+    "pooled_test_rows",
     "read_class_names",
     "read_class_names_for",
     "roc_figure",
@@ -258,46 +259,50 @@ def km_figure(groups: pd.DataFrame) -> Figure:
 # --------------------------------------------------------------------------- grade
 
 
-def pooled_grade_test_rows(predictions: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per model: labelled test rows pooled over folds as ``(y_true, probs)``."""
+def pooled_test_rows(
+    predictions: pd.DataFrame, task: str = "grade"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per model: the labelled test rows of classification ``task`` pooled over folds, ``(y_true, probs)``."""
     pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if predictions.empty or not has_grade_task(predictions):
+    if predictions.empty or task not in predictions.columns or f"{task}_prob_0" not in predictions.columns:
         return pooled
     for model, rows in predictions.groupby("model", sort=True):
         # Files of models with different class counts share one frame: keep this model's columns.
         prob_columns = [
             column
-            for column in grade_probability_columns(rows.columns)
+            for column in probability_columns(rows.columns, task)
             if rows[column].notna().any()
         ]
         if len(prob_columns) < 2:
             continue
-        test = rows[(rows["split"] == "test") & rows["grade"].notna()]
+        test = rows[(rows["split"] == "test") & rows[task].notna()]
         test = test[test[prob_columns].notna().all(axis=1)]
         if test.empty:
             continue
-        y_true = test["grade"].to_numpy(dtype=np.float64).astype(np.int64)
+        y_true = test[task].to_numpy(dtype=np.float64).astype(np.int64)
         pooled[str(model)] = (y_true, test[prob_columns].to_numpy(dtype=np.float64))
     return pooled
 
 
-def roc_figure(predictions: pd.DataFrame, class_names: Sequence[str] | None = None) -> Figure:
-    """One-vs-rest ROC curve per grade class on pooled test predictions, one panel per model.
+def roc_figure(
+    predictions: pd.DataFrame, class_names: Sequence[str] | None = None, task: str = "grade"
+) -> Figure:
+    """One-vs-rest ROC curve per class of ``task`` on pooled test predictions, one panel per model.
 
-    Classes that are absent (or the only class) among a model's test labels are left out. The
-    legend gives each class's pooled AUC.
+    Classes that are absent (or the only class) among a model's test labels are left out; a
+    two-class task shows the positive class only. The legend gives each class's pooled AUC.
     """
-    pooled = pooled_grade_test_rows(predictions)
+    pooled = pooled_test_rows(predictions, task)
     if not pooled:
-        return message_figure("No grade predictions to plot.")
+        return message_figure(f"No {task} predictions to plot.")
     fig, axes = _grid(len(pooled), panel_width=4.2, panel_height=3.8)
     for ax, (model, (y_true, probs)) in zip(axes, pooled.items(), strict=True):
         n_classes = probs.shape[1]
         if class_names and len(class_names) == n_classes:
-            names = [f"grade {name}" for name in class_names]
+            names = [f"{task} {name}" for name in class_names]
         else:
             names = [f"class {index}" for index in range(n_classes)]
-        for index in range(n_classes):
+        for index in range(1 if n_classes == 2 else 0, n_classes):
             positive = y_true == index
             if positive.all() or not positive.any():
                 continue
