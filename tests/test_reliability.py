@@ -207,20 +207,19 @@ def test_features_of_another_encoder_stop_before_training(tmp_path: Path) -> Non
 
 def test_training_leaves_excluded_slides_out(tmp_path: Path) -> None:
     from histofuse.exclusions import Exclusion, write_excluded_features
-    from histofuse.training.data import _load_bags
+    from histofuse.training.bags import open_bag_store
 
-    tables, features = tmp_path / "tables", tmp_path / "features"
-    tables.mkdir()
-    pd.DataFrame({"slide_id": ["A1", "A2", "B1"], "patient_id": ["A", "A", "B"]}).to_parquet(tables / "slides.parquet")
+    features = tmp_path / "features"
+    features.mkdir()
     for slide, n in (("A1", 4), ("B1", 2)):
-        features.mkdir(exist_ok=True)
         with h5py.File(features / f"{slide}.h5", "w") as h5:
             h5["features"] = np.ones((n, 8), dtype=np.float32)
             h5.attrs["encoder"] = "efficientnet_lite0"
     record = Exclusion(slide="A2", stage="tile", file="a2.svs", reason="unreadable.", fix="re-export it.")
     write_excluded_features(features / "A2.h5", record, encoder="efficientnet_lite0")
-    bags, dim, encoder = _load_bags(["A", "B"], features, tables)
-    assert [bag.shape for bag in bags] == [(4, 8), (2, 8)] and dim == 8 and encoder == "efficientnet_lite0"
+    store = open_bag_store(["A", "B"], {"A": ["A1", "A2"], "B": ["B1"]}, features)
+    assert store.files[0] == (features / "A1.h5",) and store.n_dim == 8 and store.encoder == "efficientnet_lite0"
+    assert [tuple(store.load(i).features.shape) for i in range(2)] == [(4, 8), (2, 8)]
 
 
 # ------------------------------------------------------------------------------- sheets and tables

@@ -219,7 +219,7 @@ def test_report_is_self_contained_and_complete(
         assert f"<h2>{heading}</h2>" in text, heading
     # Absent optional inputs: each section says what would fill it.
     assert "appear when abmil is among training.models" in text
-    assert "appears when bidistill is among training.models" in text
+    assert "appears when missing_rate.models names trained models" in text
     assert "No slide was excluded" in text
     assert "Paired comparison across folds" in text  # two models on grade
     assert "appears when two or more models are trained" in text  # one survival model
