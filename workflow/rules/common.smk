@@ -322,9 +322,7 @@ def get_missing_rate_table(wildcards):
     return [f"{RESULTS}/metrics/missing_rate.tsv"] if MISSING_RATE_MODELS else []
 
 
-MISSING_RATE_ARGS = (
-    f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"
-)
+MISSING_RATE_ARGS = f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"
 
 
 ATTENTION_SLIDES = (
