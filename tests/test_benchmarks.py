@@ -62,3 +62,28 @@ def test_extract_throughput_quick_cpu_prints_json_figures() -> None:
     assert all(figures[name]["unit"] == "tiles/s" for name in rates)
     assert all(figures[name]["unit"] == "ratio" for name in ratios)
     assert len(figures["histofuse"]["features_sha256"]) == 64
+
+
+def test_tile_transport_quick_prints_json_figures() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "tile_transport.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    figures = {line["figure"]: line for line in lines}
+    assert len(lines) == len(figures) == 6
+    for transport in ("dataloader", "slots"):
+        assert figures[f"{transport}_tiles_per_s"]["unit"] == "tiles/s"
+        assert figures[f"{transport}_main_cpu_us_per_tile"]["unit"] == "µs/tile"
+    ratios = ("slots_over_dataloader_tiles_per_s", "dataloader_over_slots_main_cpu")
+    assert all(figures[name]["unit"] == "ratio" for name in ratios)
+    for line in lines:
+        assert line["benchmark"] == "tile_transport" and line["quick"] is True
+        assert line["workers"] == 1 and line["tiles"] > 0
+        assert isinstance(line["value"], float | int) and line["value"] > 0
+    rate = figures["slots_tiles_per_s"]["value"] / figures["dataloader_tiles_per_s"]["value"]
+    assert abs(figures["slots_over_dataloader_tiles_per_s"]["value"] - rate) < 1e-2

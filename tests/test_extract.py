@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -277,9 +278,12 @@ def test_bf16_on_cpu_is_close_to_fp32(tmp_path: Path, slide: Path, lite0: Encode
 # ------------------------------------------------------------------------------ region reads
 
 
-from histofuse.features.extract import RegionTileDataset, _rebatch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from histofuse.features.extract import RegionTileDataset, _as_is, _rebatch  # noqa: E402
 from histofuse.features.regions import plan_reads  # noqa: E402
 from histofuse.features.stain import MacenkoNormaliser, fit_stains, load_normaliser  # noqa: E402
+from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for  # noqa: E402
 from histofuse.slides.pyramid import write_pyramidal_tiff  # noqa: E402
 
 GRID = np.array([[x, y] for y in range(0, SIDE - TILE + 1, 128) for x in range(0, SIDE - TILE + 1, 128)])
@@ -381,6 +385,98 @@ def test_rebatch_makes_exact_batches_in_order() -> None:
     np.testing.assert_array_equal(indices, np.arange(11))
     values = torch.cat([tiles for _, tiles in batches])[:, 0, 0, 0].numpy()
     np.testing.assert_array_equal(values, np.arange(11))
+
+
+def test_rebatch_reuses_one_buffer_only_when_asked() -> None:
+    chunks = [(np.arange(k, k + 2), torch.full((2, 2, 2, 3), k, dtype=torch.uint8)) for k in range(0, 8, 2)]
+    fresh = [batch for _, batch in _rebatch(chunks, 4, pin=False)]
+    assert fresh[0].data_ptr() != fresh[1].data_ptr()
+    assert fresh[0][:, 0, 0, 0].tolist() == [0, 0, 2, 2]  # kept batches keep their tiles
+    seen = []
+    for indices, batch in _rebatch(chunks, 4, pin=False, reuse=True):
+        assert batch[:, 0, 0, 0].tolist() == [int(i) - int(i) % 2 for i in indices]  # right while in use
+        seen.append(batch.data_ptr())
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def _slot_dataset(path: Path, slots: TileSlots | None, *, region_px: int = 0) -> RegionTileDataset:
+    jobs = plan_reads(GRID, downsample=1.0, read_tile_px=TILE, region_px=region_px)
+    return RegionTileDataset(
+        slide_path=path, jobs=jobs, read_level=0, read_tile_px=TILE, tile_px=TILE, reader="openslide", mpp=None, slots=slots
+    )
+
+
+def test_workers_hand_tiles_over_in_shared_slots(jpeg_slide: Path) -> None:
+    """49 single-tile reads through 2 workers and 6 slots: slots are reused many times, tiles stay right."""
+    reference = _tiles_by_index(_slot_dataset(jpeg_slide, None))
+    slots = TileSlots(slots=slots_for(2, 2), capacity=1, tile_px=TILE)
+    dataset = _slot_dataset(jpeg_slide, slots)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, prefetch_factor=2, collate_fn=_as_is)
+    carried: list[object] = []
+
+    def items() -> Any:
+        for indices, slot in loader:
+            carried.append(slot)
+            yield indices, slot
+
+    got: dict[int, np.ndarray] = {}
+    for indices, tiles in received_chunks(items(), slots):
+        got.update({int(k): tile.numpy().copy() for k, tile in zip(indices, tiles, strict=True)})
+    del loader
+    assert len(carried) == len(GRID)
+    assert all(isinstance(slot, int) and 0 <= slot < slots.slots for slot in carried)  # no pixels in the queue
+    assert sorted(got) == list(range(len(GRID)))
+    for index, tile in got.items():
+        np.testing.assert_array_equal(tile, reference[index])
+    assert sorted(slots.acquire() for _ in range(slots.slots)) == list(range(slots.slots))  # every slot came back
+    slots.close()
+
+
+def test_a_failed_read_gives_its_slot_back(jpeg_slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import histofuse.features.extract as extract
+
+    slots = TileSlots(slots=1, capacity=1, tile_px=TILE, wait_s=0.2)
+    dataset = _slot_dataset(jpeg_slide, slots)
+    monkeypatch.setattr(extract, "get_worker_info", lambda: object())  # as inside a DataLoader worker
+
+    def broken(*_: Any) -> None:
+        raise SlideError("corrupt tile", path=jpeg_slide)
+
+    monkeypatch.setattr(dataset, "_cut", broken)
+    with pytest.raises(SlideError, match="corrupt tile"):
+        dataset[0]
+    monkeypatch.undo()
+    monkeypatch.setattr(extract, "get_worker_info", lambda: object())
+    indices, slot = dataset[1]  # the only slot is free again
+    assert slot == 0 and indices.tolist() == [1]
+    with pytest.raises(RuntimeError, match="no tile slot came free"):
+        dataset[2]  # nobody gave slot 0 back
+    dataset.close()
+    slots.close()
+
+
+def test_too_little_shared_memory_is_a_config_error(tmp_path: Path) -> None:
+    from histofuse.features.tile_slots import _check_shared_memory
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    _check_shared_memory(1024, tmp_path)
+    with pytest.raises(ConfigError, match="features.num_workers") as err:
+        _check_shared_memory(free + 2**30, tmp_path)
+    assert str(tmp_path) in str(err.value) and "shm-size" in str(err.value)
+
+
+def test_received_chunks_gives_the_slot_back_when_the_consumer_stops() -> None:
+    slots = TileSlots(slots=2, capacity=3, tile_px=2, wait_s=0.2)
+    first, second = slots.acquire(), slots.acquire()
+    slots.view(first, 2).fill_(7)
+    chunks = received_chunks([(np.array([0, 1]), first), (np.array([2]), second)], slots)
+    indices, tiles = next(chunks)
+    assert indices.tolist() == [0, 1] and tiles.shape == (2, 2, 2, 3) and int(tiles.max()) == 7
+    chunks.close()  # e.g. the encoder failed: the slot in use goes back
+    assert slots.acquire() == first
+    with pytest.raises(ValueError, match="do not fit"):
+        slots.view(first, 4)
+    slots.close()
 
 
 def test_progress_bar_on_stderr(tmp_path: Path, slide: Path, lite0: Encoder, capsys: pytest.CaptureFixture[str]) -> None:

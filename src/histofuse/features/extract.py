@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from histofuse import __version__
@@ -40,6 +40,7 @@ from histofuse.errors import ConfigError, HistofuseError, SlideError
 from histofuse.features.encoders import Encoder
 from histofuse.features.regions import ReadJob, plan_reads
 from histofuse.features.stain import STAIN_NORMS, MacenkoNormaliser, load_normaliser
+from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for
 from histofuse.io import atomic_path
 from histofuse.slides.reader import SlideInfo, SlideReader, open_slide
 from histofuse.slides.tiff_regions import REGION_DECODERS, TiffRegionDecoder
@@ -51,6 +52,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _REQUIRED_TILE_ATTRS = ("read_level", "read_tile_px", "tile_px")
 _COPIED_DATASETS = ("tissue_fraction",)
+_PREFETCH = 2
+"""Reads each DataLoader worker keeps queued."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +201,9 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------ reads
 
 
-class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """One item per :class:`ReadJob`: its tile indices (k,) and uint8 tiles (k, tile_px, tile_px, 3).
+class RegionTileDataset(Dataset[tuple[np.ndarray, torch.Tensor | int]]):
+    """One item per :class:`ReadJob`: its tile indices (k,) and uint8 tiles (k, tile_px, tile_px, 3)
+    (in a worker with ``slots``: the number of the slot holding the tiles).
 
     The slide reader opens lazily in each process (DataLoader workers open their own).
     """
@@ -216,8 +220,13 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         mpp: float | None,
         normaliser: MacenkoNormaliser | None = None,
         tiff_info: SlideInfo | None = None,
+        slots: TileSlots | None = None,
     ) -> None:
-        """``tiff_info``: the slide's pyramid, given to decode qualifying reads with tifffile."""
+        """``tiff_info``: the slide's pyramid, given to decode qualifying reads with tifffile.
+
+        ``slots``: shared-memory tile slots; in a DataLoader worker an item then carries the number
+        of the slot its tiles were cut into instead of the tiles (see :mod:`histofuse.features.tile_slots`).
+        """
         self.slide_path = slide_path
         self.jobs = jobs
         self.read_level = read_level
@@ -227,6 +236,7 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.mpp = mpp
         self.normaliser = normaliser
         self.tiff_info = tiff_info
+        self.slots = slots
         self._reader: SlideReader | None = None
         self._tiff: TiffRegionDecoder | None = None
 
@@ -252,19 +262,32 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 return self._tiff.read_region(job.location, self.read_level, job.size)
         return self._open().read_region(job.location, self.read_level, job.size)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, torch.Tensor | int]:
         job = self.jobs[index]
         region = self._read(job)
+        count = len(job.indices)
+        if self.slots is None or get_worker_info() is None:
+            tiles = np.empty((count, self.tile_px, self.tile_px, 3), dtype=np.uint8)
+            self._cut(job, region, tiles)
+            return job.indices, torch.from_numpy(tiles)
+        slot = self.slots.acquire()
+        try:
+            self._cut(job, region, self.slots.view(slot, count).numpy())
+        except BaseException:
+            self.slots.release(slot)
+            raise
+        return job.indices, slot
+
+    def _cut(self, job: ReadJob, region: np.ndarray, out: np.ndarray) -> None:
+        """Write the job's tiles, cut out of its region (resized and normalised as set), into ``out``."""
         size = self.read_tile_px
-        tiles = np.empty((len(job.indices), self.tile_px, self.tile_px, 3), dtype=np.uint8)
         for k, (ox, oy) in enumerate(job.offsets):
             tile = region[oy : oy + size, ox : ox + size]
             if size != self.tile_px:
                 tile = _resize(np.ascontiguousarray(tile), self.tile_px)
             if self.normaliser is not None:
                 tile = self.normaliser(np.ascontiguousarray(tile))
-            tiles[k] = tile
-        return torch.from_numpy(job.indices), torch.from_numpy(tiles)
+            out[k] = tile
 
     def close(self) -> None:
         if self._reader is not None:
@@ -276,32 +299,52 @@ class RegionTileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 def _rebatch(
-    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], batch_size: int, *, pin: bool
+    chunks: Iterable[tuple[np.ndarray, torch.Tensor]], batch_size: int, *, pin: bool, reuse: bool = False
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Regroup (indices, tiles) chunks of any size into batches of exactly ``batch_size`` (the last may be smaller).
 
     Each tile is copied once, from its chunk straight into the batch; with ``pin`` the batch lives
-    in page-locked memory, ready for an asynchronous copy to the device.
+    in page-locked memory, ready for an asynchronous copy to the device. The copy is numpy's, on
+    the calling thread: torch's would wake its intra-op thread pool, whose spinning threads take
+    cores from the loader workers. With ``reuse`` every batch is the same buffer (no page faults
+    on fresh memory for each batch): the consumer must be done with a batch before it asks for
+    the next. Pinned batches come from torch's caching host allocator, which reuses them safely.
     """
     batch: torch.Tensor | None = None
+    batch_np: np.ndarray | None = None
+    kept: torch.Tensor | None = None
     batch_idx = np.empty(batch_size, dtype=np.int64)
     filled = 0
     for indices, tiles in chunks:
         start = 0
         count = len(indices)
+        tiles_np = tiles.numpy()
+        indices_np = np.asarray(indices)
         while start < count:
-            if batch is None:
-                batch = torch.empty((batch_size, *tiles.shape[1:]), dtype=tiles.dtype, pin_memory=pin)
+            if batch is None or batch_np is None:
+                shape = (batch_size, *tiles.shape[1:])
+                if kept is not None and kept.shape == shape and kept.dtype == tiles.dtype:
+                    batch = kept
+                else:
+                    batch = torch.empty(shape, dtype=tiles.dtype, pin_memory=pin)
+                    kept = batch if reuse else None
+                batch_np = batch.numpy()
             take = min(batch_size - filled, count - start)
-            batch[filled : filled + take].copy_(tiles[start : start + take])
-            batch_idx[filled : filled + take] = indices[start : start + take].numpy()
+            np.copyto(batch_np[filled : filled + take], tiles_np[start : start + take])
+            batch_idx[filled : filled + take] = indices_np[start : start + take]
             filled += take
             start += take
             if filled == batch_size:
                 yield batch_idx.copy(), batch
-                batch, filled = None, 0
+                batch, batch_np, filled = None, None, 0
     if filled and batch is not None:
         yield batch_idx[:filled].copy(), batch[:filled]
+
+
+def _as_is(item: Any) -> Any:
+    """The loader's collate function: items pass unchanged (tile indices stay a small numpy array,
+    pickled with the item, instead of a tensor in a shared-memory segment of its own)."""
+    return item
 
 
 def _resize(tile: np.ndarray, side: int) -> np.ndarray:
@@ -552,6 +595,16 @@ def extract_slide_features(
         len(jobs) - tiff_reads,
         settings.reader,
     )
+    workers = settings.num_workers
+    slots = (
+        TileSlots(
+            slots=slots_for(workers, _PREFETCH),
+            capacity=max(len(job.indices) for job in jobs),
+            tile_px=spec.tile_px,
+        )
+        if workers > 0 and jobs
+        else None
+    )
     dataset = RegionTileDataset(
         slide_path=slide_path,
         jobs=jobs,
@@ -562,17 +615,21 @@ def extract_slide_features(
         mpp=mpp,
         normaliser=normaliser,
         tiff_info=info if tiff_reads else None,
+        slots=slots,
     )
-    workers = settings.num_workers
     loader = DataLoader(
         dataset,
         batch_size=None,
         shuffle=False,
         num_workers=workers,
         persistent_workers=workers > 0,
+        prefetch_factor=_PREFETCH if workers > 0 else None,
+        collate_fn=_as_is,
     )
     model = _prepare_model(encoder, device, compile_model=settings.compile)
-    batches = _rebatch(loader, settings.batch_size, pin=device.type == "cuda")
+    on_cuda = device.type == "cuda"
+    # on the CPU a batch is converted to a new tensor before the next is asked for: one buffer serves
+    batches = _rebatch(received_chunks(loader, slots), settings.batch_size, pin=on_cuda, reuse=not on_cuda)
     encoded = _encode_batches(
         batches,
         encoder=encoder,
@@ -607,6 +664,8 @@ def extract_slide_features(
         batches.close()
         del loader  # the last reference: its persistent workers shut down
         dataset.close()
+        if slots is not None:
+            slots.close()
     elapsed = time.perf_counter() - start
     log.info(
         "%s: %d tiles encoded with %s on %s (%s) in %.1f s, %.1f tiles/s",

@@ -121,9 +121,11 @@ class TiffRegionDecoder:
         x0 = round(location[0] / entry.downsample)
         y0 = round(location[1] / entry.downsample)
         w, h = int(size[0]), int(size[1])
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
         xa, xb = max(x0, 0), min(x0 + w, entry.width)
         ya, yb = max(y0, 0), min(y0 + h, entry.height)
+        inside = (xa, ya, xb, yb) == (x0, y0, x0 + w, y0 + h)
+        # the tiles cover every pixel of a read inside the image: only reads past its edges need white
+        out = np.empty((h, w, 3), dtype=np.uint8) if inside else np.full((h, w, 3), 255, dtype=np.uint8)
         if xa >= xb or ya >= yb:
             return out
         page = entry.page
