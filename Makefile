@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip's notes about this machine's empty local package indexes are noise.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: install demo demo-methods demo-data test test-slurm lint bench-quick lock clean
+.PHONY: install demo demo-methods demo-data test test-slurm lint bench-quick bench-gpu lock clean
 
 install: $(STAMP)
 
@@ -63,6 +63,11 @@ lint: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/tiling_coords.py --quick
+
+# On a GPU node (one GPU, 16 cores): extraction throughput and the tile handoff, JSON lines on stdout.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/tile_transport.py --workers 15 --side 49152 --repeats 3
+	$(BIN)/python benchmarks/extract_throughput.py --device cuda --workers 15 --batch-size 128 --repeats 2 --side 49152
 
 # Re-resolve the pinned environment (needs the package registry).
 lock:

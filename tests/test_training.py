@@ -298,3 +298,43 @@ def test_baselines_train_through_the_same_engine(model_name: str, cohort: dict[s
     content = torch.load(paths["out_checkpoint"], weights_only=True)
     model, _ = load_trained_model(paths["out_checkpoint"])
     assert content["n_clinical"] == 3 and sum(p.numel() for p in model.parameters()) > 0
+
+
+# -------------------------------------------------------------------------------- per-model settings
+
+
+def _section(**extra: object) -> dict[str, object]:
+    return {"models": ["snn", "abmil"], "tasks": ["grade", "survival"], "lr": 2e-4, "epochs": 20, "cox": {}, **extra}
+
+
+def test_overrides_apply_to_their_model_only() -> None:
+    from histofuse.training.settings import model_training_section
+
+    section = _section(overrides={"snn": {"lr": 1e-3, "epochs": 60}})
+    snn = model_training_section(section, "snn")
+    abmil = model_training_section(section, "abmil")
+    assert (snn["lr"], snn["epochs"]) == (1e-3, 60)
+    assert (abmil["lr"], abmil["epochs"]) == (2e-4, 20)
+    for merged in (snn, abmil):
+        assert not {"models", "cox", "overrides"} & set(merged)
+        assert merged["tasks"] == ["grade", "survival"]
+        TrainSettings.from_mapping(merged)
+    assert model_training_section(_section(), "snn") == abmil  # no overrides: the section itself
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"ksf": {"lr": 1e-3}}, "names ksf, which training.models"),
+        ({"snn": {"tasks": ["grade"]}}, "sets tasks, which cannot differ between models"),
+        ({"snn": {"lr": -1}}, "training.overrides.snn"),
+        ({"snn": {"learning_rate": 1e-3}}, "training.overrides.snn"),
+        ({"snn": 0.001}, "overrides.snn' must be a mapping"),
+    ],
+)
+def test_bad_overrides_are_config_errors(overrides: dict[str, object], message: str) -> None:
+    from histofuse.training.settings import model_training_section
+
+    with pytest.raises(ConfigError, match=message) as err:
+        model_training_section(_section(overrides=overrides), "snn")
+    assert "Fix:" in str(err.value)

@@ -28,7 +28,14 @@ def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root,
         cohort,
         folds={"k": 3, "seed": 0, "val_fraction": 0.2},
-        training={"models": MODELS, "epochs": 25, "patience": 6, "hidden_dim": 64, "grad_accum": 4},
+        training={
+            "models": MODELS,
+            "epochs": 25,
+            "patience": 6,
+            "hidden_dim": 64,
+            "grad_accum": 4,
+            "overrides": {"abmil": {"weight_decay": 1e-4}},
+        },
     )
     return write_config(root / "config.yaml", config)
 
@@ -84,6 +91,27 @@ def test_full_run_artifacts_describe_themselves(finished_run: Path) -> None:
     assert len(heatmaps) == 4 and all(path.stat().st_size > 1000 for path in heatmaps)
     assert html.count('class="plot attention"') == 4
     assert not list(finished_run.rglob(".*.tmp"))
+
+
+def test_overrides_reach_their_model_only(finished_run: Path) -> None:
+    import torch
+
+    decay = {}
+    for model in MODELS:
+        content = torch.load(finished_run / "models" / model / "fold0.pt", map_location="cpu", weights_only=True)
+        decay[model] = content["settings"]["weight_decay"]
+        assert content["settings"]["epochs"] == 25
+    assert decay == {"mm_baseline": 1e-5, "abmil": 1e-4}
+
+
+def test_bad_override_stops_the_run_before_any_job(demo_config: Path, tmp_path: Path) -> None:
+    config = yaml.safe_load(demo_config.read_text())
+    config["training"]["overrides"] = {"abmil": {"lr": -1.0}}
+    proc = snakemake("-n", "--cores", "2", "--configfile", str(write_config(tmp_path / "bad.yaml", config)))
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "training.overrides.abmil" in text and "lr" in text and "Fix:" in text
+    assert "rule tile" not in text
 
 
 def test_rerun_has_nothing_to_do(finished_run: Path, demo_config: Path) -> None:

@@ -21,6 +21,7 @@ from histofuse.samples import (
     missing_slide_files,
 )
 from histofuse.tables import resolve_slide_paths
+from histofuse.training.settings import model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
@@ -34,6 +35,10 @@ ON_ERROR = config["on_error"]
 RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
 MODELS = list(config["training"]["models"])
+# Every model's settings are checked here, so a bad override stops the run before any job.
+TRAIN_SETTINGS = {
+    model: model_training_section(config["training"], model) for model in MODELS
+}
 FOLDS = list(range(config["folds"]["k"]))
 MISSING_RATE = config["missing_rate"]
 MISSING_RATE_MODELS = list(MISSING_RATE["models"])
@@ -256,11 +261,8 @@ def get_grade_classes(wildcards):
 
 
 def get_train_settings(wildcards):
-    """The training section as JSON for `histofuse train --settings`."""
-    settings = {
-        k: v for k, v in config["training"].items() if k not in ("models", "cox")
-    }
-    return json.dumps(settings, sort_keys=True)
+    """The model's training settings (with its overrides) as JSON for `histofuse train --settings`."""
+    return json.dumps(TRAIN_SETTINGS[wildcards.model], sort_keys=True)
 
 
 COX_SETTINGS = json.dumps(config["training"].get("cox", {}), sort_keys=True)

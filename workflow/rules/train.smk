@@ -27,7 +27,7 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=gpu_request(config["training"]["device"]),
+        gpu=lambda wildcards: gpu_request(TRAIN_SETTINGS[wildcards.model]["device"]),
     params:
         features_dir=f"{RESULTS}/features/{ENCODER}",
         tables_dir=get_tables_dir,

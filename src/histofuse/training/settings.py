@@ -13,7 +13,7 @@ import torch
 from histofuse.errors import ConfigError
 from histofuse.models.registry import CLASSIFICATION_TASKS, KNOWN_TASKS, SURVIVAL_LOSSES
 
-__all__ = ["LR_SCHEDULES", "MONITORS", "PRECISIONS", "TrainSettings"]
+__all__ = ["LR_SCHEDULES", "MONITORS", "NOT_PER_MODEL", "PRECISIONS", "TrainSettings", "model_training_section"]
 
 _SECTION = "training"
 
@@ -21,6 +21,10 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 MONITORS: tuple[str, ...] = ("loss", "auc", "cindex")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+NOT_PER_MODEL: tuple[str, ...] = ("models", "cox", "overrides", "tasks")
+"""Keys of the ``training:`` section that ``training.overrides`` cannot set for one model (the
+models trained, the Cox model's own settings, overrides themselves and the tasks, which every model
+of a run shares so that the report compares them)."""
 
 
 def _is_int(value: object) -> bool:
@@ -292,3 +296,41 @@ class TrainSettings:
         if isinstance(values.get("tasks"), list):
             values["tasks"] = tuple(values["tasks"])
         return cls(**values)
+
+
+def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """The ``training:`` settings of ``model``: the section's, with ``overrides[model]`` on top.
+
+    The keys of :data:`NOT_PER_MODEL` are left out of the result. An override naming a model that
+    is not trained, an unknown key, a key of :data:`NOT_PER_MODEL` or an invalid value is a
+    :class:`ConfigError` naming ``training.overrides.<model>``.
+    """
+    overrides = section.get("overrides") or {}
+    if not isinstance(overrides, Mapping):
+        raise TrainSettings._error("overrides", f"must map a model name to its settings, got {overrides!r}")
+    models = list(section.get("models") or [])
+    stray = sorted(str(name) for name in overrides if name not in models)
+    if stray:
+        raise ConfigError(
+            f"setting '{_SECTION}.overrides' names {', '.join(stray)}, which {_SECTION}.models ({models}) does not train.",
+            fix=f"add them to {_SECTION}.models or remove their overrides.",
+        )
+    override = overrides.get(model) or {}
+    if not isinstance(override, Mapping):
+        raise TrainSettings._error(f"overrides.{model}", f"must be a mapping of settings, got {override!r}")
+    fixed = sorted(str(key) for key in override if key in NOT_PER_MODEL)
+    if fixed:
+        raise ConfigError(
+            f"setting '{_SECTION}.overrides.{model}' sets {', '.join(fixed)}, which cannot differ between models.",
+            fix=f"set {', '.join(fixed)} in the '{_SECTION}:' section itself.",
+        )
+    merged = {key: value for key, value in section.items() if key not in NOT_PER_MODEL or key == "tasks"}
+    merged.update(override)
+    try:
+        TrainSettings.from_mapping(merged)
+    except ConfigError as err:
+        raise ConfigError(
+            f"setting '{_SECTION}.overrides.{model}': {err.problem}",
+            fix=f"correct the settings under '{_SECTION}.overrides.{model}'.",
+        ) from err
+    return merged
