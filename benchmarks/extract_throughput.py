@@ -147,6 +147,19 @@ def tile_slide(slide: Path, tiles_h5: Path, *, max_tiles: int | None) -> int:
     return int(len(grid.coords))
 
 
+def prepare_slide(workdir: Path, side: int, *, max_tiles: int | None) -> tuple[Path, Path, int]:
+    """The synthetic slide of ``side`` px in ``workdir`` (reused when there) and its tiles file; the tile count."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    slide = workdir / f"synthetic_{side}.tiff"
+    if not slide.exists():
+        write_synthetic_slide(slide, side)
+    tiles_h5 = workdir / f"tiles_{side}_{max_tiles or 'all'}.h5"
+    n_tiles = tile_slide(slide, tiles_h5, max_tiles=max_tiles)
+    if n_tiles == 0:
+        raise SystemExit(f"no tissue tiles found on {slide}: the synthetic slide or the mask is broken")
+    return slide, tiles_h5, n_tiles
+
+
 # --------------------------------------------------------------------------------- the encoders
 
 
@@ -344,14 +357,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="histofuse-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        slide = workdir / f"synthetic_{side}.tiff"
-        if not slide.exists():
-            write_synthetic_slide(slide, side)
-        tiles_h5 = workdir / "tiles.h5"
-        n_tiles = tile_slide(slide, tiles_h5, max_tiles=max_tiles)
-        if n_tiles == 0:
-            raise SystemExit(f"no tissue tiles found on {slide}: the synthetic slide or the mask is broken")
+        slide, tiles_h5, n_tiles = prepare_slide(workdir, side, max_tiles=max_tiles)
         with h5py.File(tiles_h5, "r") as h5:
             coords = h5["coords"][()]
         common = {

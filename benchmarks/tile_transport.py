@@ -34,22 +34,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from extract_throughput import git_revision, tile_slide, versions, write_synthetic_slide  # noqa: E402
+from extract_throughput import git_revision, prepare_slide, versions  # noqa: E402
 
-from histofuse.features.extract import RegionTileDataset, _as_is, _rebatch, read_tile_spec  # noqa: E402
+from histofuse.features.extract import RegionTileDataset, TileLoader, _rebatch, read_tile_spec  # noqa: E402
 from histofuse.features.regions import plan_reads  # noqa: E402
-from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for  # noqa: E402
 from histofuse.slides.reader import open_slide  # noqa: E402
 
 log = logging.getLogger("tile_transport")
 
 BENCHMARK = "tile_transport"
 TRANSPORTS = ("dataloader", "slots")
-PREFETCH = 2
 
 
 def _main_cpu_s() -> float:
@@ -70,35 +67,25 @@ def run_transport(
         read_tile_px=spec.read_tile_px,
         region_px=region_px,
     )
-    slots = (
-        TileSlots(slots=slots_for(workers, PREFETCH), capacity=max(len(j.indices) for j in jobs), tile_px=spec.tile_px)
-        if transport == "slots"
-        else None
-    )
-    dataset = RegionTileDataset(
-        slide_path=slide,
-        jobs=jobs,
-        read_level=spec.read_level,
-        read_tile_px=spec.read_tile_px,
-        tile_px=spec.tile_px,
-        reader="openslide",
-        mpp=None,
-        tiff_info=info,
-        slots=slots,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
+    loader = TileLoader(
+        RegionTileDataset(
+            slide_path=slide,
+            jobs=jobs,
+            read_level=spec.read_level,
+            read_tile_px=spec.read_tile_px,
+            tile_px=spec.tile_px,
+            reader="openslide",
+            mpp=None,
+            tiff_info=info,
+        ),
         num_workers=workers,
-        persistent_workers=True,
-        prefetch_factor=PREFETCH,
-        collate_fn=_as_is if transport == "slots" else None,
+        shared_slots=transport == "slots",
     )
 
     def one_pass() -> int:
         total = 0
         checksum = 0
-        for indices, batch in _rebatch(received_chunks(loader, slots), batch_size, pin=False, reuse=True):
+        for indices, batch in _rebatch(iter(loader), batch_size, pin=False, reuse=True):
             total += len(indices)
             checksum += int(batch[: len(indices), 0, 0, 0].sum())  # touch every batch, as a consumer would
         return total
@@ -111,10 +98,7 @@ def run_transport(
         done = one_pass()
         elapsed, cpu = time.perf_counter() - start, _main_cpu_s() - cpu0
     finally:
-        del loader
-        dataset.close()
-        if slots is not None:
-            slots.close()
+        loader.close()
     if done != expected:
         raise SystemExit(f"{transport}: a pass delivered {done} of {expected} tiles")
     return done / elapsed, cpu / done * 1e6
@@ -139,15 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 1 if args.quick else args.repeats
 
     with tempfile.TemporaryDirectory(prefix="histofuse-bench-") as scratch:
-        workdir = args.workdir or Path(scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        slide = workdir / f"synthetic_{side}.tiff"
-        if not slide.exists():
-            write_synthetic_slide(slide, side)
-        tiles_h5 = workdir / f"tiles_{side}.h5"
-        n_tiles = tile_slide(slide, tiles_h5, max_tiles=None)
-        if n_tiles == 0:
-            raise SystemExit(f"no tissue tiles found on {slide}: the synthetic slide or the mask is broken")
+        slide, tiles_h5, n_tiles = prepare_slide(args.workdir or Path(scratch), side, max_tiles=None)
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in TRANSPORTS}
         for _ in range(repeats):  # alternate, so that drifts in machine load hit both alike
             for name in TRANSPORTS:

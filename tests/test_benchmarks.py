@@ -10,17 +10,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_tiling_benchmark_quick_prints_json_figures() -> None:
+def _figures(script: str, *args: str, timeout: int = 300) -> tuple[list[dict], dict[str, dict]]:
+    """Run ``benchmarks/<script>`` with ``args``; its JSON lines and the lines by figure."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "tiling_coords.py"), "--quick", "--repeats", "1"],
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
+        timeout=timeout,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    figures = {line["figure"]: line for line in lines}
+    return lines, {line["figure"]: line for line in lines}
+
+
+def test_tiling_benchmark_quick_prints_json_figures() -> None:
+    lines, figures = _figures("tiling_coords.py", "--quick", "--repeats", "1")
     assert set(figures) == {"vectorised_s", "naive_loop_s", "speedup_naive_over_vectorised"}
     assert all(line["benchmark"] == "tiling_coords" for line in lines)
     assert figures["vectorised_s"]["tissue_tiles"] >= 4000
@@ -28,24 +33,9 @@ def test_tiling_benchmark_quick_prints_json_figures() -> None:
 
 
 def test_extract_throughput_quick_cpu_prints_json_figures() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "extract_throughput.py"),
-            "--quick",
-            "--device",
-            "cpu",
-            "--encoders",
-            "resnet50_trunc",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
+    lines, figures = _figures(
+        "extract_throughput.py", "--quick", "--device", "cpu", "--encoders", "resnet50_trunc", timeout=600
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    figures = {line["figure"]: line for line in lines}
     assert len(lines) == len(figures) == 6
     rates = {"encoder_only", "naive_loader", "histofuse", "histofuse_no_encoder"}
     ratios = {"histofuse_over_encoder_only", "histofuse_over_naive_loader"}
@@ -65,16 +55,7 @@ def test_extract_throughput_quick_cpu_prints_json_figures() -> None:
 
 
 def test_tile_transport_quick_prints_json_figures() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "tile_transport.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    figures = {line["figure"]: line for line in lines}
+    lines, figures = _figures("tile_transport.py", "--quick")
     assert len(lines) == len(figures) == 6
     for transport in ("dataloader", "slots"):
         assert figures[f"{transport}_tiles_per_s"]["unit"] == "tiles/s"

@@ -338,3 +338,14 @@ def test_bad_overrides_are_config_errors(overrides: dict[str, object], message: 
     with pytest.raises(ConfigError, match=message) as err:
         model_training_section(_section(overrides=overrides), "snn")
     assert "Fix:" in str(err.value)
+
+
+def test_a_model_listed_twice_is_a_config_error() -> None:
+    from histofuse.training.settings import check_model_list
+
+    check_model_list(["mm_baseline", "abmil", "snn"])
+    check_model_list(["concat", "kronecker"])
+    with pytest.raises(ConfigError, match="both mm_baseline and concat"):
+        check_model_list(["mm_baseline", "concat"])
+    with pytest.raises(ConfigError, match="abmil more than once"):
+        check_model_list(["abmil", "snn", "abmil"])

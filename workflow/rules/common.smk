@@ -21,7 +21,7 @@ from histofuse.samples import (
     missing_slide_files,
 )
 from histofuse.tables import resolve_slide_paths
-from histofuse.training.settings import model_training_section
+from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
@@ -35,6 +35,7 @@ ON_ERROR = config["on_error"]
 RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
 MODELS = list(config["training"]["models"])
+check_model_list(MODELS)
 # Every model's settings are checked here, so a bad override stops the run before any job.
 TRAIN_SETTINGS = {
     model: model_training_section(config["training"], model) for model in MODELS

@@ -298,6 +298,59 @@ class RegionTileDataset(Dataset[tuple[np.ndarray, torch.Tensor | int]]):
             self._tiff = None
 
 
+class TileLoader:
+    """The chunks of a :class:`RegionTileDataset`, read by ``num_workers`` persistent processes.
+
+    Iterating gives one pass over the reads, as (tile indices, uint8 tiles) chunks in read order.
+    With workers and ``shared_slots`` (the default) the workers hand tiles over in
+    :class:`~histofuse.features.tile_slots.TileSlots`; without, through the ``DataLoader``'s own
+    queue (one shared-memory segment per read). A chunk's tiles are valid until the next chunk is
+    asked for. Close it (or use it as a context manager) to stop the workers.
+    """
+
+    def __init__(self, dataset: RegionTileDataset, *, num_workers: int, shared_slots: bool = True) -> None:
+        self.dataset = dataset
+        self.slots = (
+            TileSlots(
+                slots=slots_for(num_workers, _PREFETCH),
+                capacity=max(len(job.indices) for job in dataset.jobs),
+                tile_px=dataset.tile_px,
+            )
+            if shared_slots and num_workers > 0 and dataset.jobs
+            else None
+        )
+        dataset.slots = self.slots
+        self._loader: DataLoader[Any] | None = DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=_PREFETCH if num_workers > 0 else None,
+            # PyTorch's default collation (tile indices as tensors, each in a segment of its own)
+            # is kept only to measure against
+            collate_fn=_as_is if shared_slots else None,
+        )
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        if self._loader is None:
+            raise RuntimeError("the tile loader is closed")
+        return received_chunks(self._loader, self.slots)
+
+    def close(self) -> None:
+        self._loader = None  # the last reference: its persistent workers shut down
+        self.dataset.close()
+        if self.slots is not None:
+            self.slots.close()
+            self.slots = None
+
+    def __enter__(self) -> TileLoader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def _rebatch(
     chunks: Iterable[tuple[np.ndarray, torch.Tensor]], batch_size: int, *, pin: bool, reuse: bool = False
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
@@ -595,41 +648,24 @@ def extract_slide_features(
         len(jobs) - tiff_reads,
         settings.reader,
     )
-    workers = settings.num_workers
-    slots = (
-        TileSlots(
-            slots=slots_for(workers, _PREFETCH),
-            capacity=max(len(job.indices) for job in jobs),
+    loader = TileLoader(
+        RegionTileDataset(
+            slide_path=slide_path,
+            jobs=jobs,
+            read_level=spec.read_level,
+            read_tile_px=spec.read_tile_px,
             tile_px=spec.tile_px,
-        )
-        if workers > 0 and jobs
-        else None
-    )
-    dataset = RegionTileDataset(
-        slide_path=slide_path,
-        jobs=jobs,
-        read_level=spec.read_level,
-        read_tile_px=spec.read_tile_px,
-        tile_px=spec.tile_px,
-        reader=settings.reader,
-        mpp=mpp,
-        normaliser=normaliser,
-        tiff_info=info if tiff_reads else None,
-        slots=slots,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=_PREFETCH if workers > 0 else None,
-        collate_fn=_as_is,
+            reader=settings.reader,
+            mpp=mpp,
+            normaliser=normaliser,
+            tiff_info=info if tiff_reads else None,
+        ),
+        num_workers=settings.num_workers,
     )
     model = _prepare_model(encoder, device, compile_model=settings.compile)
     on_cuda = device.type == "cuda"
     # on the CPU a batch is converted to a new tensor before the next is asked for: one buffer serves
-    batches = _rebatch(received_chunks(loader, slots), settings.batch_size, pin=on_cuda, reuse=not on_cuda)
+    batches = _rebatch(iter(loader), settings.batch_size, pin=on_cuda, reuse=not on_cuda)
     encoded = _encode_batches(
         batches,
         encoder=encoder,
@@ -662,10 +698,7 @@ def extract_slide_features(
     finally:
         encoded.close()
         batches.close()
-        del loader  # the last reference: its persistent workers shut down
-        dataset.close()
-        if slots is not None:
-            slots.close()
+        loader.close()
     elapsed = time.perf_counter() - start
     log.info(
         "%s: %d tiles encoded with %s on %s (%s) in %.1f s, %.1f tiles/s",

@@ -13,7 +13,16 @@ import torch
 from histofuse.errors import ConfigError
 from histofuse.models.registry import CLASSIFICATION_TASKS, KNOWN_TASKS, SURVIVAL_LOSSES
 
-__all__ = ["LR_SCHEDULES", "MONITORS", "NOT_PER_MODEL", "PRECISIONS", "TrainSettings", "model_training_section"]
+__all__ = [
+    "LR_SCHEDULES",
+    "MONITORS",
+    "NOT_PER_MODEL",
+    "PRECISIONS",
+    "SAME_MODEL",
+    "TrainSettings",
+    "check_model_list",
+    "model_training_section",
+]
 
 _SECTION = "training"
 
@@ -21,6 +30,9 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 MONITORS: tuple[str, ...] = ("loss", "auc", "cindex")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+SAME_MODEL: tuple[tuple[str, str], ...] = (("mm_baseline", "concat"),)
+"""Registry names that build the same model (``concat`` only adds a check that genomics exist):
+training both would show the same numbers twice."""
 NOT_PER_MODEL: tuple[str, ...] = ("models", "cox", "overrides", "tasks")
 """Keys of the ``training:`` section that ``training.overrides`` cannot set for one model (the
 models trained, the Cox model's own settings, overrides themselves and the tasks, which every model
@@ -334,3 +346,20 @@ def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, 
             fix=f"correct the settings under '{_SECTION}.overrides.{model}'.",
         ) from err
     return merged
+
+
+def check_model_list(models: list[str] | tuple[str, ...]) -> None:
+    """A :class:`ConfigError` when ``training.models`` lists a model twice, under one name or two."""
+    repeated = sorted({name for name in models if list(models).count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"setting '{_SECTION}.models' lists {', '.join(repeated)} more than once.",
+            fix=f"list each model once in '{_SECTION}.models'.",
+        )
+    for first, second in SAME_MODEL:
+        if first in models and second in models:
+            raise ConfigError(
+                f"setting '{_SECTION}.models' lists both {first} and {second}, which are the same model "
+                f"({second} only checks that genomic features exist).",
+                fix=f"keep one of {first} and {second} in '{_SECTION}.models'.",
+            )
