@@ -280,7 +280,7 @@ def test_bf16_on_cpu_is_close_to_fp32(tmp_path: Path, slide: Path, lite0: Encode
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from histofuse.features.extract import RegionTileDataset, _as_is, _rebatch  # noqa: E402
+from histofuse.features.extract import RegionTileDataset, TileLoader, _as_is, _rebatch  # noqa: E402
 from histofuse.features.regions import plan_reads  # noqa: E402
 from histofuse.features.stain import MacenkoNormaliser, fit_stains, load_normaliser  # noqa: E402
 from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for  # noqa: E402
@@ -406,12 +406,18 @@ def _slot_dataset(path: Path, slots: TileSlots | None, *, region_px: int = 0) ->
     )
 
 
-def test_workers_hand_tiles_over_in_shared_slots(jpeg_slide: Path) -> None:
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])  # forkserver: Python 3.14's default
+def test_workers_hand_tiles_over_in_shared_slots(jpeg_slide: Path, start_method: str) -> None:
     """49 single-tile reads through 2 workers and 6 slots: slots are reused many times, tiles stay right."""
+    import multiprocessing
+
+    context = multiprocessing.get_context(start_method)
     reference = _tiles_by_index(_slot_dataset(jpeg_slide, None))
-    slots = TileSlots(slots=slots_for(2, 2), capacity=1, tile_px=TILE)
+    slots = TileSlots(slots=slots_for(2, 2), capacity=1, tile_px=TILE, context=context)
     dataset = _slot_dataset(jpeg_slide, slots)
-    loader = DataLoader(dataset, batch_size=None, num_workers=2, prefetch_factor=2, collate_fn=_as_is)
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=2, prefetch_factor=2, collate_fn=_as_is, multiprocessing_context=context
+    )
     carried: list[object] = []
 
     def items() -> Any:
@@ -430,6 +436,23 @@ def test_workers_hand_tiles_over_in_shared_slots(jpeg_slide: Path) -> None:
         np.testing.assert_array_equal(tile, reference[index])
     assert sorted(slots.acquire() for _ in range(slots.slots)) == list(range(slots.slots))  # every slot came back
     slots.close()
+
+
+def test_tile_loader_passes_repeat_and_it_closes(jpeg_slide: Path) -> None:
+    reference = _tiles_by_index(_slot_dataset(jpeg_slide, None, region_px=512))
+    with TileLoader(_slot_dataset(jpeg_slide, None, region_px=512), num_workers=2) as loader:
+        assert loader.slots is not None and loader.slots.capacity > 1  # region reads share a slot
+        for _ in range(2):  # persistent workers serve a second pass
+            seen = 0
+            for indices, tiles in loader:
+                for k, tile in zip(indices, tiles, strict=True):
+                    np.testing.assert_array_equal(tile.numpy(), reference[int(k)])
+                    seen += 1
+            assert seen == len(GRID)
+    with pytest.raises(RuntimeError, match="closed"):
+        iter(loader)
+    with TileLoader(_slot_dataset(jpeg_slide, None), num_workers=0) as in_process:
+        assert in_process.slots is None and sum(len(i) for i, _ in in_process) == len(GRID)
 
 
 def test_a_failed_read_gives_its_slot_back(jpeg_slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import queue
 from collections.abc import Iterable, Iterator
@@ -64,8 +65,20 @@ class TileSlots:
     Create it in the main process before the ``DataLoader`` starts its workers; workers inherit it.
     """
 
-    def __init__(self, *, slots: int, capacity: int, tile_px: int, wait_s: float | None = None) -> None:
-        """``wait_s``: longest wait for a free slot (``None``: as long as the creating process runs)."""
+    def __init__(
+        self,
+        *,
+        slots: int,
+        capacity: int,
+        tile_px: int,
+        wait_s: float | None = None,
+        context: multiprocessing.context.BaseContext | None = None,
+    ) -> None:
+        """``wait_s``: longest wait for a free slot (``None``: as long as the creating process runs).
+
+        ``context``: the multiprocessing context the workers start in (the default one, as a
+        ``DataLoader`` without ``multiprocessing_context`` uses).
+        """
         if slots < 1 or capacity < 1:
             raise ValueError(f"need at least one slot of one tile (got {slots} × {capacity})")
         self.slots = slots
@@ -74,7 +87,7 @@ class TileSlots:
         self._owner = os.getpid()
         _check_shared_memory(slots * capacity * tile_px * tile_px * 3)
         self.tiles = torch.empty((slots, capacity, tile_px, tile_px, 3), dtype=torch.uint8).share_memory_()
-        self._free: multiprocessing.Queue[int] = multiprocessing.get_context().Queue()
+        self._free: multiprocessing.Queue[int] = (context or multiprocessing.get_context()).Queue()
         for slot in range(slots):
             self._free.put(slot)
         log.debug(
