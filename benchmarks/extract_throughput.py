@@ -1,8 +1,8 @@
 """Feature-extraction throughput: the encoder alone, a naive per-tile loader, and histofuse end to end.
 
 A synthetic H&E-like slide is written as a JPEG-compressed pyramidal BigTIFF (24,576 px a side at
-0.5 µm/px by default; ``--quick``: 2,048 px), masked and tiled by histofuse (256-px tiles at
-0.5 µm/px). Then, for each encoder (random weights, nothing downloaded) and in the same run:
+0.5 µm/px by default; ``--quick``: 2,048 px; ``--slide-mpp 0.25``: a 40× slide, whose tiles are
+read at 512 px from level 0 and resized, as on Aperio 40× scans with levels 4× apart), masked and tiled by histofuse (256-px tiles at 0.5 µm/px). Then, for each encoder (random weights, nothing downloaded) and in the same run:
 
 (a) ``encoder_only``: the encoder on synthetic normalised tensors already on the device;
 (b) ``naive_loader``: a per-tile OpenSlide ``DataLoader`` (read, resize and normalise each tile on
@@ -57,6 +57,7 @@ log = logging.getLogger("extract_throughput")
 BENCHMARK = "extract_throughput"
 ENCODER_NAMES = ("resnet50_trunc", "vit_large_patch16_224")
 MPP = 0.5
+"""Resolution the tiles are cut at (µm/px); the slide's own is ``--slide-mpp`` (default the same)."""
 STORED_TILE = 256
 INPUT_PX = 224
 BANK = 32
@@ -87,15 +88,18 @@ def _texture_bank(rng: np.random.Generator) -> list[np.ndarray]:
     return bank
 
 
-def write_synthetic_slide(path: Path, side: int, *, seed: int = 0) -> None:
-    """A ``side`` × ``side`` px JPEG pyramidal BigTIFF at 0.5 µm/px: tissue in an ellipse, glass around it."""
+def write_synthetic_slide(path: Path, side: int, *, seed: int = 0, mpp: float = MPP, step: int = 2) -> None:
+    """A ``side`` × ``side`` px JPEG pyramidal BigTIFF at ``mpp`` µm/px: tissue in an ellipse, glass around it.
+
+    Each level is ``step`` times smaller than the one above (4 as in Aperio's 40× scans).
+    """
     import tifffile
 
     rng = np.random.default_rng(seed)
     bank = _texture_bank(rng)
     glass = np.full((STORED_TILE, STORED_TILE, 3), 244, dtype=np.uint8)
     levels = 1
-    while levels < 3 or (side >> levels) >= 1024:
+    while levels < 3 or side // step**levels >= 1024:
         levels += 1
 
     offsets = np.arange(STORED_TILE, dtype=np.float64) + 0.5
@@ -118,8 +122,8 @@ def write_synthetic_slide(path: Path, side: int, *, seed: int = 0) -> None:
 
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level in range(levels):
-            size = side >> level
-            per_cm = 1e4 / (MPP * 2**level)
+            size = side // step**level
+            per_cm = 1e4 / (mpp * step**level)
             tif.write(
                 tiles(level, size),
                 shape=(size, size, 3),
@@ -147,13 +151,18 @@ def tile_slide(slide: Path, tiles_h5: Path, *, max_tiles: int | None) -> int:
     return int(len(grid.coords))
 
 
-def prepare_slide(workdir: Path, side: int, *, max_tiles: int | None) -> tuple[Path, Path, int]:
-    """The synthetic slide of ``side`` px in ``workdir`` (reused when there) and its tiles file; the tile count."""
+def prepare_slide(
+    workdir: Path, side: int, *, max_tiles: int | None, slide_mpp: float = MPP
+) -> tuple[Path, Path, int]:
+    """The synthetic slide of ``side`` px at ``slide_mpp`` µm/px in ``workdir`` (reused when there)
+    and its tiles file (tiles at :data:`MPP`); the tile count."""
     workdir.mkdir(parents=True, exist_ok=True)
-    slide = workdir / f"synthetic_{side}.tiff"
+    suffix = "" if slide_mpp == MPP else f"_{slide_mpp:g}mpp"
+    slide = workdir / f"synthetic_{side}{suffix}.tiff"
     if not slide.exists():
-        write_synthetic_slide(slide, side)
-    tiles_h5 = workdir / f"tiles_{side}_{max_tiles or 'all'}.h5"
+        # a slide finer than the tiles is a 40×-style scan: levels 4× apart, tiles read at level 0 and resized
+        write_synthetic_slide(slide, side, mpp=slide_mpp, step=2 if slide_mpp == MPP else 4)
+    tiles_h5 = workdir / f"tiles_{side}{suffix}_{max_tiles or 'all'}.h5"
     n_tiles = tile_slide(slide, tiles_h5, max_tiles=max_tiles)
     if n_tiles == 0:
         raise SystemExit(f"no tissue tiles found on {slide}: the synthetic slide or the mask is broken")
@@ -231,9 +240,10 @@ def encoder_only(encoder: Encoder, *, device: torch.device, precision: str, batc
 class NaiveTiles(Dataset[torch.Tensor]):
     """The baseline loader: one OpenSlide read per tile, resized and normalised on the CPU."""
 
-    def __init__(self, slide: Path, coords: np.ndarray) -> None:
+    def __init__(self, slide: Path, coords: np.ndarray, read_px: int = STORED_TILE) -> None:
         self.slide = slide
         self.coords = coords
+        self.read_px = read_px
         self.mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         self.std = np.asarray(IMAGENET_STD, dtype=np.float32)
         self._handle: Any = None
@@ -248,19 +258,27 @@ class NaiveTiles(Dataset[torch.Tensor]):
         if self._handle is None:
             self._handle = openslide.OpenSlide(str(self.slide))
         x, y = (int(v) for v in self.coords[index])
-        tile = self._handle.read_region((x, y), 0, (STORED_TILE, STORED_TILE)).convert("RGB")
+        tile = self._handle.read_region((x, y), 0, (self.read_px, self.read_px)).convert("RGB")
         tile = tile.resize((INPUT_PX, INPUT_PX), Image.Resampling.BILINEAR)
         array = (np.asarray(tile, dtype=np.float32) / 255.0 - self.mean) / self.std
         return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
 def naive_loader(
-    encoder: Encoder, slide: Path, coords: np.ndarray, *, device: torch.device, precision: str, batch_size: int, workers: int
+    encoder: Encoder,
+    slide: Path,
+    coords: np.ndarray,
+    *,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    workers: int,
+    read_px: int = STORED_TILE,
 ) -> float:
     """(b) tiles/s of the naive per-tile DataLoader feeding the encoder, features back on the host."""
     model = encoder.model.to(device=device, memory_format=torch.channels_last)
     loader = DataLoader(
-        NaiveTiles(slide, coords), batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+        NaiveTiles(slide, coords, read_px), batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
     )
     start = time.perf_counter()
     done = 0
@@ -338,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoders", nargs="+", default=list(ENCODER_NAMES), choices=ENCODER_NAMES)
     parser.add_argument("--side", type=int, default=None, help="slide side in px (default 24576; quick 2048)")
     parser.add_argument("--max-tiles", type=int, default=None, help="cap on tiles (default all; quick 32)")
+    parser.add_argument(
+        "--slide-mpp", type=float, default=MPP, help="the slide's resolution (0.25: a 40× slide, tiles read at 512 px)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default 128 (quick 16)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default cores - 1; quick 0)")
     parser.add_argument("--region-px", type=int, default=2048, help="histofuse's shared region reads")
@@ -357,9 +378,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="histofuse-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
-        slide, tiles_h5, n_tiles = prepare_slide(workdir, side, max_tiles=max_tiles)
+        slide, tiles_h5, n_tiles = prepare_slide(workdir, side, max_tiles=max_tiles, slide_mpp=args.slide_mpp)
         with h5py.File(tiles_h5, "r") as h5:
             coords = h5["coords"][()]
+            read_px = int(h5.attrs["read_tile_px"])
         common = {
             "benchmark": BENCHMARK,
             "device": str(device),
@@ -371,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
             "tile_px": STORED_TILE,
             "input_px": INPUT_PX,
             "slide_px": side,
+            "slide_mpp": args.slide_mpp,
             "region_px": args.region_px,
             "region_decoder": args.region_decoder,
             "repeats": args.repeats,
@@ -397,7 +420,14 @@ def main(argv: list[str] | None = None) -> None:
             figures["naive_loader"], runs["naive_loader"] = repeat(
                 args.repeats,
                 lambda: naive_loader(
-                    encoder, slide, coords, device=device, precision=precision, batch_size=batch_size, workers=workers
+                    encoder,
+                    slide,
+                    coords,
+                    device=device,
+                    precision=precision,
+                    batch_size=batch_size,
+                    workers=workers,
+                    read_px=read_px,
                 ),
             )
             digests: list[str] = []

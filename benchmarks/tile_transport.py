@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a 4,096-px slide and 1 worker: a smoke run")
     parser.add_argument("--side", type=int, default=None, help="slide side in px (default 24576; quick 4096)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default cores - 1; quick 1)")
+    parser.add_argument("--slide-mpp", type=float, default=0.5, help="the slide's resolution (0.25: a 40× slide)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--region-px", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3, help="passes of each transport, alternating (median reported)")
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 1 if args.quick else args.repeats
 
     with tempfile.TemporaryDirectory(prefix="histofuse-bench-") as scratch:
-        slide, tiles_h5, n_tiles = prepare_slide(args.workdir or Path(scratch), side, max_tiles=None)
+        slide, tiles_h5, n_tiles = prepare_slide(
+            args.workdir or Path(scratch), side, max_tiles=None, slide_mpp=args.slide_mpp
+        )
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in TRANSPORTS}
         for _ in range(repeats):  # alternate, so that drifts in machine load hit both alike
             for name in TRANSPORTS:
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         "region_px": args.region_px,
         "tiles": n_tiles,
         "slide_px": side,
+        "slide_mpp": args.slide_mpp,
         "cpu_count": os.cpu_count(),
         "repeats": repeats,
         "quick": bool(args.quick),

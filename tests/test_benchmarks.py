@@ -68,3 +68,25 @@ def test_tile_transport_quick_prints_json_figures() -> None:
         assert isinstance(line["value"], float | int) and line["value"] > 0
     rate = figures["slots_tiles_per_s"]["value"] / figures["dataloader_tiles_per_s"]["value"]
     assert abs(figures["slots_over_dataloader_tiles_per_s"]["value"] - rate) < 1e-2
+
+
+def test_tile_resize_quick_prints_json_figures() -> None:
+    lines, figures = _figures("tile_resize.py", "--quick")
+    per_size = [line for line in lines if "read_px" in line]
+    assert {line["read_px"] for line in per_size} == {512, 507, 1024, 257}
+    assert len(per_size) == 4 * 5
+    for line in per_size:
+        assert line["benchmark"] == "tile_resize" and line["threads"] == 1 and line["quick"] is True
+        if line["figure"] == "max_grey_level_difference":
+            assert line["value"] <= 1  # Pillow's pixels, give or take one grey level when shrinking
+        elif line["unit"] in ("tiles/s", "ratio"):
+            assert line["value"] > 0
+    path = {line["figure"]: line for line in lines if line["figure"].startswith("read_path")}
+    assert set(path) == {
+        "read_path_pillow_tiles_per_s",
+        "read_path_histofuse_tiles_per_s",
+        "read_path_histofuse_over_pillow",
+    }
+    ratio = path["read_path_histofuse_tiles_per_s"]["value"] / path["read_path_pillow_tiles_per_s"]["value"]
+    assert abs(path["read_path_histofuse_over_pillow"]["value"] - ratio) < 1e-2
+    assert figures["read_path_histofuse_over_pillow"]["slide_mpp"] == 0.25

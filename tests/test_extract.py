@@ -147,6 +147,7 @@ def test_features_file_is_self_describing(extracted: Path, lite0: Encoder) -> No
     for key in ("slide_id", "target_mpp", "level0_mpp", "read_level", "tile_px", "read_tile_px", "patch_size"):
         assert key in attrs
     assert attrs["slide_id"] == "slide-1"
+    assert attrs["tile_resize"] == "none"  # tiles read at their own size
 
 
 def test_identical_tiles_give_identical_features(extracted: Path) -> None:
@@ -178,6 +179,26 @@ def test_reads_a_lower_level_with_workers(tmp_path: Path, slide: Path, lite0: En
     assert n == 3
     assert features.shape == (3, 1280)
     assert (attrs["read_level"], attrs["tile_px"]) == (1, 224)
+    assert attrs["tile_resize"] == "bilinear-antialias"  # 128-px reads resized to 224 px
+
+
+@pytest.mark.parametrize(
+    ("read_px", "side", "most", "share"),
+    [(512, 256, 0, 0.0), (254, 256, 0, 0.0), (507, 256, 1, 0.01), (257, 256, 1, 0.01), (128, 224, 2, 0.1)],
+)
+def test_tile_resize_gives_pillows_pixels(read_px: int, side: int, most: int, share: float) -> None:
+    """Grey levels apart from Pillow's BILINEAR: none at 2× and near 1×, at most 1 when shrinking, 2 when enlarging."""
+    from PIL import Image
+
+    from histofuse.features.extract import _resize
+
+    rng = np.random.default_rng(read_px)
+    tile = (rng.random((read_px, read_px, 3)) * 255).astype(np.uint8)
+    pillow = np.asarray(Image.fromarray(tile).resize((side, side), Image.Resampling.BILINEAR)).astype(int)
+    ours = _resize(tile, side)
+    assert ours.shape == (side, side, 3) and ours.dtype == np.uint8
+    difference = np.abs(ours.astype(int) - pillow)
+    assert difference.max() <= most and (difference > 0).mean() <= share
 
 
 def test_no_tiles_gives_an_empty_features_file(tmp_path: Path, slide: Path, lite0: Encoder) -> None:

@@ -284,10 +284,11 @@ class RegionTileDataset(Dataset[tuple[np.ndarray, torch.Tensor | int]]):
         for k, (ox, oy) in enumerate(job.offsets):
             tile = region[oy : oy + size, ox : ox + size]
             if size != self.tile_px:
-                tile = _resize(np.ascontiguousarray(tile), self.tile_px)
+                tile = _resize(tile, self.tile_px, out[k])
             if self.normaliser is not None:
-                tile = self.normaliser(np.ascontiguousarray(tile))
-            out[k] = tile
+                out[k] = self.normaliser(np.ascontiguousarray(tile))
+            elif size == self.tile_px:
+                out[k] = tile
 
     def close(self) -> None:
         if self._reader is not None:
@@ -400,10 +401,28 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def _resize(tile: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
+TILE_RESIZE = "bilinear-antialias"
+"""How tiles read at another size are resized to ``tile_px`` (recorded in the features file):
+Pillow's antialiased bilinear filter, computed by torch's uint8 kernel."""
 
-    return np.asarray(Image.fromarray(tile).resize((side, side), Image.Resampling.BILINEAR))
+
+def _resize(tile: np.ndarray, side: int, out: np.ndarray | None = None) -> np.ndarray:
+    """An (h, w, 3) uint8 tile resized to (side, side, 3) with :data:`TILE_RESIZE`, into ``out`` when given.
+
+    torch's antialiased bilinear kernel for uint8 images gives Pillow's pixels (identical at 2×;
+    when shrinking otherwise at most one grey level apart on under 1 % of values, when enlarging
+    at most two) 2.5–5× faster. That matters on 40× slides, where every tile is read at about
+    twice its size and resizing took more of a loader worker's time than decoding. The kernel
+    returns channel planes; they are written into ``out`` one channel at a time, which costs a
+    tenth of a strided (h, w, 3) copy.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1).unsqueeze(0)  # channels-last
+    planes = F.interpolate(image, size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0].numpy()
+    if out is None:
+        out = np.empty((side, side, 3), dtype=np.uint8)
+    for channel in range(3):
+        out[..., channel] = planes[channel]
+    return out
 
 
 # ---------------------------------------------------------------------------------------- encoding
@@ -579,6 +598,7 @@ def _write_attrs(
     h5.attrs["n_tiles"] = int(spec.coords.shape[0])
     h5.attrs["source"] = "extracted"
     h5.attrs["stain_norm"] = settings.stain_norm or "none"
+    h5.attrs["tile_resize"] = TILE_RESIZE if spec.read_tile_px != spec.tile_px else "none"
     if settings.stain_target:
         h5.attrs["stain_target"] = str(settings.stain_target)
 
