@@ -332,6 +332,16 @@ def test_every_label_missing_for_a_task_in_a_fold(task: str) -> None:
     assert "patients.parquet" in message and f"fold 1, task '{task}'" in message and "training.tasks" in message
 
 
+def test_binary_task_labels_come_from_the_binary_label_column() -> None:
+    patients = pd.DataFrame({"patient_id": list("ABCD"), "ln_status": pd.array([0, 1, None, None], dtype="Int64")})
+    folds = pd.DataFrame({"patient_id": list("ABCD"), "fold": [0, 0, 1, 1], "split": ["train"] * 4})
+    check_fold_labels(folds.assign(fold=0), patients, ("binary",), binary_label="ln_status")
+    with pytest.raises(ConfigError, match="fold 1, task 'binary'"):
+        check_fold_labels(folds, patients, ("binary",), binary_label="ln_status")
+    with pytest.raises(ConfigError, match="no column aln"):
+        check_fold_labels(folds, patients, ("binary",))  # the default column, absent here
+
+
 # ----------------------------------------------------------------------------------------- config
 
 

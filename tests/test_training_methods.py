@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -212,6 +213,24 @@ def test_resume_continues_a_run_exactly(cohort: dict[str, Path], tmp_path: Path)
     # other settings: the state does not match and training starts afresh
     other = _train(cohort, tmp_path / "other", "bidistill", dataclasses.replace(FAST, lr=1e-3, epochs=1), state=state)
     assert len(pd.read_csv(other["out_history"], sep="\t")) == 1
+
+
+def test_rewritten_features_do_not_resume_an_old_state(cohort: dict[str, Path], tmp_path: Path) -> None:
+    """Features of another encoder under the same names and tile counts give another fingerprint."""
+    import shutil
+
+    from histofuse.training.state import fingerprint
+
+    features = tmp_path / "features"
+    shutil.copytree(cohort["features_dir"], features)
+    moved = {**cohort, "features_dir": features}
+    before = fingerprint("abmil", load_fold_data(fold=0, **moved, tasks=FAST.tasks), FAST)
+    assert fingerprint("abmil", load_fold_data(fold=0, **moved, tasks=FAST.tasks), FAST) == before
+    path = sorted(features.glob("*.h5"))[0]
+    with h5py.File(path, "r+") as handle:
+        handle["features"][...] = handle["features"][()] * 0.5  # same shape, other values
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert fingerprint("abmil", load_fold_data(fold=0, **moved, tasks=FAST.tasks), FAST) != before
 
 
 def test_bags_are_read_lazily_and_subsampled(cohort: dict[str, Path]) -> None:

@@ -249,7 +249,7 @@ def cmd_make_folds(args: argparse.Namespace) -> None:
         folds = folds_from_cohort_splits(splits, patients, settings, path=args.cohort_splits)
     else:
         folds = make_folds(patients, settings)
-    check_fold_labels(folds, patients, tuple(args.tasks), path=args.patients)
+    check_fold_labels(folds, patients, tuple(args.tasks), path=args.patients, binary_label=args.binary_label)
     write_folds(folds, Path(args.out))
 
 
@@ -456,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stratify", default="grade", help="label column stratified on, with the event")
     p.add_argument("--cohort-splits", type=Path, default=None, help="cohort_splits.tsv (source cohort)")
     p.add_argument("--tasks", nargs="*", default=[], help="training.tasks: each needs labels in every fold")
+    p.add_argument("--binary-label", default="aln", help="training.binary_label: the binary task's column")
     p.add_argument("--out", required=True, type=Path)
 
     p = add("preprocess", cmd_preprocess, "Fit one fold's table preprocessing on its training part.")

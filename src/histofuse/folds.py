@@ -161,19 +161,25 @@ TASK_LABELS: dict[str, tuple[str, ...]] = {"grade": ("grade",), "survival": ("su
 
 
 def check_fold_labels(
-    folds: pd.DataFrame, patients: pd.DataFrame, tasks: tuple[str, ...], *, path: Path | None = None
+    folds: pd.DataFrame,
+    patients: pd.DataFrame,
+    tasks: tuple[str, ...],
+    *,
+    path: Path | None = None,
+    binary_label: str = "aln",
 ) -> None:
     """Every fold's training part needs labelled patients for every task (survival: an observed death).
 
     A task whose labels are all missing in a fold's training part cannot be learnt there; this
-    stops the run before any model is trained.
+    stops the run before any model is trained. The ``binary`` task's labels are the column
+    ``binary_label`` (``training.binary_label``).
     """
     known = patients.assign(patient_id=patients["patient_id"].astype(str)).set_index("patient_id")
     problems = []
     for fold, part in folds[folds["split"] == "train"].groupby("fold", sort=True):
         rows = known.reindex(part["patient_id"].astype(str))
         for task in tasks:
-            columns = TASK_LABELS.get(task, (task,))
+            columns = (binary_label,) if task == "binary" else TASK_LABELS.get(task, (task,))
             missing = [c for c in columns if c not in rows.columns]
             if missing:
                 problems.append(f"task '{task}': the patients table has no column {', '.join(missing)}")

@@ -261,6 +261,19 @@ def get_grade_classes(wildcards):
     return " ".join(str(c) for c in config["labels"]["grade_classes"])
 
 
+def fold_task_args():
+    """The tasks whose labels every fold must have, and the binary task's label column.
+
+    `--binary-label` follows the task names only when `binary` is trained, so the folds of
+    existing runs without that task are not rebuilt (which would retrain every model).
+    """
+    tasks = list(config["training"]["tasks"])
+    args = " ".join(tasks)
+    if "binary" in tasks:
+        args += f" --binary-label '{config['training']['binary_label']}'"
+    return args
+
+
 def get_train_settings(wildcards):
     """The model's training settings (with its overrides) as JSON for `histofuse train --settings`."""
     return json.dumps(TRAIN_SETTINGS[wildcards.model], sort_keys=True)

@@ -53,7 +53,7 @@ rule make_folds:
         source=config["folds"]["source"],
         stratify=config["folds"]["stratify"],
         splits=get_cohort_splits_arg,
-        tasks=" ".join(config["training"]["tasks"]),
+        tasks=fold_task_args(),
     shell:
         "histofuse make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
         "--val-fraction {params.val_fraction} --source {params.source} --stratify {params.stratify} "

@@ -90,9 +90,7 @@ class TileSlots:
         self._free: multiprocessing.Queue[int] = (context or multiprocessing.get_context()).Queue()
         for slot in range(slots):
             self._free.put(slot)
-        log.debug(
-            "%d tile slots of %d tiles (%.0f MB of shared memory)", slots, capacity, self.tiles.nbytes / 1e6
-        )
+        log.info("%d tile slots of %d tiles: %.0f MB of shared memory", slots, capacity, self.tiles.nbytes / 1e6)
 
     def acquire(self) -> int:
         """A free slot's number; waits while every slot is in use.

@@ -46,9 +46,18 @@ def fingerprint(model_name: str, data: FoldData, settings: TrainSettings) -> str
     for task, target in sorted(data.targets.items()):
         digest.update(task.encode() + target.numpy().tobytes())
     digest.update(data.survival_bin.numpy().tobytes() + data.censored.numpy().tobytes())
+    digest.update(json.dumps([data.n_tiles_dim, data.n_genomic, data.n_clinical]).encode())
     for files, sizes in zip(data.bags.files, data.bags.sizes, strict=True):
-        digest.update(json.dumps([[str(path.name) for path in files], list(sizes)]).encode())
+        # a file rewritten since (e.g. features of another encoder, same names and tile counts)
+        # has another size or modification time
+        stats = [(path.name, *_size_and_mtime(path)) for path in files]
+        digest.update(json.dumps([stats, list(sizes)]).encode())
     return digest.hexdigest()
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 @dataclass(kw_only=True)
