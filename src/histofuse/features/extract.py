@@ -411,7 +411,7 @@ def _resize(tile: np.ndarray, side: int, out: np.ndarray | None = None) -> np.nd
 
     torch's antialiased bilinear kernel for uint8 images gives Pillow's pixels (identical at 2×;
     when shrinking otherwise at most one grey level apart on under 1 % of values, when enlarging
-    at most two) 2.5–5× faster. That matters on 40× slides, where every tile is read at about
+    at most two) 2–5× faster. That matters on 40× slides, where every tile is read at about
     twice its size and resizing took more of a loader worker's time than decoding. The kernel
     returns channel planes; they are written into ``out`` one channel at a time, which costs a
     tenth of a strided (h, w, 3) copy.
