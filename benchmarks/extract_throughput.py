@@ -47,7 +47,15 @@ from torch.utils.data import DataLoader, Dataset
 
 import histofuse
 from histofuse.features.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, ResNet50Trunk
-from histofuse.features.extract import ExtractSettings, extract_slide_features, resolve_device, resolve_precision
+from histofuse.features.extract import (
+    ExtractSettings,
+    RegionTileDataset,
+    extract_slide_features,
+    read_tile_spec,
+    resolve_device,
+    resolve_precision,
+)
+from histofuse.features.regions import plan_reads
 from histofuse.slides.mask import MaskSettings, compute_tissue_mask
 from histofuse.slides.reader import open_slide
 from histofuse.slides.tiling import TilingSettings, compute_tile_grid, write_tiles_h5
@@ -167,6 +175,29 @@ def prepare_slide(
     if n_tiles == 0:
         raise SystemExit(f"no tissue tiles found on {slide}: the synthetic slide or the mask is broken")
     return slide, tiles_h5, n_tiles
+
+
+def slide_dataset(slide: Path, tiles_h5: Path, *, region_px: int = 2048) -> RegionTileDataset:
+    """histofuse's reads of the slide's tiles (shared regions, tifffile decoding where it applies)."""
+    spec = read_tile_spec(tiles_h5)
+    with open_slide(slide) as reader:
+        info = reader.info
+    jobs = plan_reads(
+        spec.coords,
+        downsample=float(info.level_downsamples[spec.read_level]),
+        read_tile_px=spec.read_tile_px,
+        region_px=region_px,
+    )
+    return RegionTileDataset(
+        slide_path=slide,
+        jobs=jobs,
+        read_level=spec.read_level,
+        read_tile_px=spec.read_tile_px,
+        tile_px=spec.tile_px,
+        reader="openslide",
+        mpp=None,
+        tiff_info=info,
+    )
 
 
 # --------------------------------------------------------------------------------- the encoders

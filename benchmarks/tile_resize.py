@@ -32,12 +32,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from extract_throughput import git_revision, prepare_slide, versions  # noqa: E402
+from extract_throughput import git_revision, prepare_slide, slide_dataset, versions  # noqa: E402
 
 import histofuse.features.extract as extract  # noqa: E402
-from histofuse.features.extract import TILE_RESIZE, RegionTileDataset, _resize, read_tile_spec  # noqa: E402
-from histofuse.features.regions import plan_reads  # noqa: E402
-from histofuse.slides.reader import open_slide  # noqa: E402
+from histofuse.features.extract import TILE_RESIZE, _resize  # noqa: E402
 
 log = logging.getLogger("tile_resize")
 
@@ -57,27 +55,9 @@ def _pillow(tile: np.ndarray, side: int, out: np.ndarray | None = None) -> np.nd
 def read_path_rates(workdir: Path, side: int, passes: int) -> dict[str, list[float]]:
     """Tiles/s of single-process passes over a 40× slide's reads, with each resize (alternating)."""
     slide, tiles_h5, _ = prepare_slide(workdir, side, max_tiles=None, slide_mpp=0.25)
-    spec = read_tile_spec(tiles_h5)
-    if spec.read_tile_px == spec.tile_px:
+    dataset = slide_dataset(slide, tiles_h5)
+    if dataset.read_tile_px == dataset.tile_px:
         raise SystemExit("the 40× slide's tiles are not resized: the synthetic pyramid is wrong")
-    with open_slide(slide) as reader:
-        info = reader.info
-    jobs = plan_reads(
-        spec.coords,
-        downsample=float(info.level_downsamples[spec.read_level]),
-        read_tile_px=spec.read_tile_px,
-        region_px=2048,
-    )
-    dataset = RegionTileDataset(
-        slide_path=slide,
-        jobs=jobs,
-        read_level=spec.read_level,
-        read_tile_px=spec.read_tile_px,
-        tile_px=spec.tile_px,
-        reader="openslide",
-        mpp=None,
-        tiff_info=info,
-    )
     rates: dict[str, list[float]] = {"pillow": [], "histofuse": []}
     try:
         for index in range(len(dataset)):  # warm-up: files opened, pages cached

@@ -37,11 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from extract_throughput import git_revision, prepare_slide, versions  # noqa: E402
+from extract_throughput import git_revision, prepare_slide, slide_dataset, versions  # noqa: E402
 
-from histofuse.features.extract import RegionTileDataset, TileLoader, _rebatch, read_tile_spec  # noqa: E402
-from histofuse.features.regions import plan_reads  # noqa: E402
-from histofuse.slides.reader import open_slide  # noqa: E402
+from histofuse.features.extract import TileLoader, _rebatch  # noqa: E402
 
 log = logging.getLogger("tile_transport")
 
@@ -58,29 +56,10 @@ def run_transport(
     transport: str, slide: Path, tiles_h5: Path, *, workers: int, batch_size: int, region_px: int
 ) -> tuple[float, float]:
     """(tiles/s, main-process CPU µs per tile) of one pass over the slide's tiles (after a warm-up pass)."""
-    spec = read_tile_spec(tiles_h5)
-    with open_slide(slide) as reader:
-        info = reader.info
-    jobs = plan_reads(
-        spec.coords,
-        downsample=float(info.level_downsamples[spec.read_level]),
-        read_tile_px=spec.read_tile_px,
-        region_px=region_px,
-    )
     loader = TileLoader(
-        RegionTileDataset(
-            slide_path=slide,
-            jobs=jobs,
-            read_level=spec.read_level,
-            read_tile_px=spec.read_tile_px,
-            tile_px=spec.tile_px,
-            reader="openslide",
-            mpp=None,
-            tiff_info=info,
-        ),
-        num_workers=workers,
-        shared_slots=transport == "slots",
+        slide_dataset(slide, tiles_h5, region_px=region_px), num_workers=workers, shared_slots=transport == "slots"
     )
+    expected = sum(len(job.indices) for job in loader.dataset.jobs)
 
     def one_pass() -> int:
         total = 0
@@ -91,7 +70,6 @@ def run_transport(
         return total
 
     try:
-        expected = len(spec.coords)
         if one_pass() != expected:  # warm-up: workers started, files opened, pages mapped
             raise SystemExit(f"{transport}: a pass did not deliver all {expected} tiles")
         cpu0, start = _main_cpu_s(), time.perf_counter()
