@@ -2,8 +2,9 @@
 
 A ``DataLoader`` hands each worker's result to the main process through a fresh shared-memory
 segment: the worker copies its tiles into it, the main process maps it, faults every page in as it
-reads them, and unmaps it again. At thousands of tiles a second that traffic, not the decoding,
-limits extraction. :class:`TileSlots` allocates the shared memory once per slide: a worker takes a
+reads them, and unmaps it again: over 100 µs of the main process's time per tile
+(``benchmarks/tile_transport.py``), which caps what that process, which also drives the GPU, can
+feed an encoder at well under 10,000 tiles/s. :class:`TileSlots` allocates the shared memory once per slide: a worker takes a
 free slot, cuts its tiles straight into it and returns only the slot's number; the main process
 copies the tiles into the next batch and gives the slot back.
 
