@@ -375,7 +375,7 @@ def _rebatch(
         tiles_np = tiles.numpy()
         indices_np = np.asarray(indices)
         while start < count:
-            if batch is None or batch_np is None:
+            if batch_np is None:
                 shape = (batch_size, *tiles.shape[1:])
                 if kept is not None and kept.shape == shape and kept.dtype == tiles.dtype:
                     batch = kept
