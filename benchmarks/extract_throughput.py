@@ -2,7 +2,9 @@
 
 A synthetic H&E-like slide is written as a JPEG-compressed pyramidal BigTIFF (24,576 px a side at
 0.5 µm/px by default; ``--quick``: 2,048 px; ``--slide-mpp 0.25``: a 40× slide, whose tiles are
-read at 512 px from level 0 and resized, as on Aperio 40× scans with levels 4× apart), masked and tiled by histofuse (256-px tiles at 0.5 µm/px). Then, for each encoder (random weights, nothing downloaded) and in the same run:
+read at 512 px from level 0 and resized, as on Aperio 40× scans with levels 4× apart), masked and
+tiled by histofuse (256-px tiles at 0.5 µm/px). Then, for each encoder (random weights, nothing
+downloaded) and in the same run:
 
 (a) ``encoder_only``: the encoder on synthetic normalised tensors already on the device;
 (b) ``naive_loader``: a per-tile OpenSlide ``DataLoader`` (read, resize and normalise each tile on
@@ -54,8 +56,8 @@ from histofuse.features.extract import (
     read_tile_spec,
     resolve_device,
     resolve_precision,
+    slide_tile_dataset,
 )
-from histofuse.features.regions import plan_reads
 from histofuse.slides.mask import MaskSettings, compute_tissue_mask
 from histofuse.slides.reader import open_slide
 from histofuse.slides.tiling import TilingSettings, compute_tile_grid, write_tiles_h5
@@ -178,26 +180,13 @@ def prepare_slide(
 
 
 def slide_dataset(slide: Path, tiles_h5: Path, *, region_px: int = 2048) -> RegionTileDataset:
-    """histofuse's reads of the slide's tiles (shared regions, tifffile decoding where it applies)."""
-    spec = read_tile_spec(tiles_h5)
+    """histofuse's reads of the slide's tiles, as extraction plans them (shared regions, tifffile
+    decoding where it applies)."""
     with open_slide(slide) as reader:
         info = reader.info
-    jobs = plan_reads(
-        spec.coords,
-        downsample=float(info.level_downsamples[spec.read_level]),
-        read_tile_px=spec.read_tile_px,
-        region_px=region_px,
-    )
-    return RegionTileDataset(
-        slide_path=slide,
-        jobs=jobs,
-        read_level=spec.read_level,
-        read_tile_px=spec.read_tile_px,
-        tile_px=spec.tile_px,
-        reader="openslide",
-        mpp=None,
-        tiff_info=info,
-    )
+    settings = ExtractSettings(region_px=region_px)
+    dataset, _ = slide_tile_dataset(slide, read_tile_spec(tiles_h5), info, settings, mpp=None)
+    return dataset
 
 
 # --------------------------------------------------------------------------------- the encoders

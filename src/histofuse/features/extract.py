@@ -574,6 +574,41 @@ def _tiff_reads(slide_path: Path, info: SlideInfo, jobs: list[ReadJob], level: i
     return count
 
 
+def slide_tile_dataset(
+    slide_path: Path,
+    spec: TileSpec,
+    info: SlideInfo,
+    settings: ExtractSettings,
+    *,
+    mpp: float | None,
+    normaliser: MacenkoNormaliser | None = None,
+) -> tuple[RegionTileDataset, int]:
+    """The reads of a slide's tiles, as extraction makes them, and how many of them tifffile decodes.
+
+    Neighbouring tiles share region reads of ``settings.region_px``; reads go to tifffile as
+    ``settings.region_decoder`` allows (:func:`_tiff_reads`), the others to ``settings.reader``.
+    """
+    jobs = plan_reads(
+        spec.coords,
+        downsample=float(info.level_downsamples[spec.read_level]),
+        read_tile_px=spec.read_tile_px,
+        region_px=settings.region_px,
+    )
+    tiff_reads = _tiff_reads(slide_path, info, jobs, spec.read_level, settings.region_decoder)
+    dataset = RegionTileDataset(
+        slide_path=slide_path,
+        jobs=jobs,
+        read_level=spec.read_level,
+        read_tile_px=spec.read_tile_px,
+        tile_px=spec.tile_px,
+        reader=settings.reader,
+        mpp=mpp,
+        normaliser=normaliser,
+        tiff_info=info if tiff_reads else None,
+    )
+    return dataset, tiff_reads
+
+
 def _write_attrs(
     h5: h5py.File,
     *,
@@ -650,14 +685,9 @@ def extract_slide_features(
     normaliser = load_normaliser(settings.stain_norm, settings.stain_target)
 
     n = int(spec.coords.shape[0])
-    jobs = plan_reads(
-        spec.coords,
-        downsample=float(info.level_downsamples[spec.read_level]),
-        read_tile_px=spec.read_tile_px,
-        region_px=settings.region_px,
-    )
+    dataset, tiff_reads = slide_tile_dataset(slide_path, spec, info, settings, mpp=mpp, normaliser=normaliser)
+    jobs = dataset.jobs
     shared = sum(len(job.indices) for job in jobs if len(job.indices) > 1)
-    tiff_reads = _tiff_reads(slide_path, info, jobs, spec.read_level, settings.region_decoder)
     log.info(
         "%s: %d tiles in %d reads (%d tiles share region reads; %d reads decoded by tifffile, %d by %s)",
         slide_path.name,
@@ -668,20 +698,7 @@ def extract_slide_features(
         len(jobs) - tiff_reads,
         settings.reader,
     )
-    loader = TileLoader(
-        RegionTileDataset(
-            slide_path=slide_path,
-            jobs=jobs,
-            read_level=spec.read_level,
-            read_tile_px=spec.read_tile_px,
-            tile_px=spec.tile_px,
-            reader=settings.reader,
-            mpp=mpp,
-            normaliser=normaliser,
-            tiff_info=info if tiff_reads else None,
-        ),
-        num_workers=settings.num_workers,
-    )
+    loader = TileLoader(dataset, num_workers=settings.num_workers)
     model = _prepare_model(encoder, device, compile_model=settings.compile)
     on_cuda = device.type == "cuda"
     # on the CPU a batch is converted to a new tensor before the next is asked for: one buffer serves

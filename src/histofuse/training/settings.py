@@ -33,7 +33,9 @@ CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 SAME_MODEL: tuple[tuple[str, str], ...] = (("mm_baseline", "concat"),)
 """Registry names that build the same model (``concat`` only adds a check that genomics exist):
 training both would show the same numbers twice."""
-NOT_PER_MODEL: tuple[str, ...] = ("models", "cox", "overrides", "tasks")
+_NOT_SETTINGS: tuple[str, ...] = ("models", "cox", "overrides")
+"""Keys of the ``training:`` section that are not a trained model's settings."""
+NOT_PER_MODEL: tuple[str, ...] = (*_NOT_SETTINGS, "tasks")
 """Keys of the ``training:`` section that ``training.overrides`` cannot set for one model (the
 models trained, the Cox model's own settings, overrides themselves and the tasks, which every model
 of a run shares so that the report compares them)."""
@@ -313,7 +315,7 @@ class TrainSettings:
 def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The ``training:`` settings of ``model``: the section's, with ``overrides[model]`` on top.
 
-    The keys of :data:`NOT_PER_MODEL` are left out of the result. An override naming a model that
+    The section's keys that are not settings (models, cox, overrides) are left out of the result. An override naming a model that
     is not trained, an unknown key, a key of :data:`NOT_PER_MODEL` or an invalid value is a
     :class:`ConfigError` naming ``training.overrides.<model>``.
     """
@@ -336,7 +338,7 @@ def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, 
             f"setting '{_SECTION}.overrides.{model}' sets {', '.join(fixed)}, which cannot differ between models.",
             fix=f"set {', '.join(fixed)} in the '{_SECTION}:' section itself.",
         )
-    merged = {key: value for key, value in section.items() if key not in NOT_PER_MODEL or key == "tasks"}
+    merged = {key: value for key, value in section.items() if key not in _NOT_SETTINGS}
     merged.update(override)
     try:
         TrainSettings.from_mapping(merged)
