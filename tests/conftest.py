@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# HISTOFUSE_SHARED points elsewhere where the data travel with the checkout (a GPU node's copy)
+SHARED = Path(os.environ.get("HISTOFUSE_SHARED") or REPO.parent / "shared")
 SLIDES = SHARED / "data" / "slides"
 TILES = SHARED / "data" / "tiles"
 TABLES = SHARED / "data" / "tables"

@@ -415,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--region-decoder",
         default="auto",
-        choices=("auto", "reader", "tifffile"),
-        help="who decodes the reads: tifffile for tiled JPEG TIFF levels (auto), the slide reader, or tifffile only",
+        choices=("auto", "reader", "tifffile", "gpu"),
+        help="who decodes the reads: the GPU (auto on CUDA) or tifffile for tiled JPEG TIFF levels, "
+        "the slide reader, tifffile only, or the GPU only",
     )
     p.add_argument("--compile", type=_bool, default=False, help="torch.compile the encoder: true | false")
     p.add_argument("--stain-norm", type=_optional_str, default=None, help="macenko, or empty for none")

@@ -20,6 +20,7 @@ from histofuse.samples import (
     check_weights_file,
     missing_slide_files,
 )
+from histofuse.slides.tiff_regions import check_region_decoder
 from histofuse.tables import resolve_slide_paths
 from histofuse.training.settings import check_model_list, model_training_section
 
@@ -163,6 +164,12 @@ def get_slide_mpp(wildcards):
 ENCODER_WEIGHTS = str(config["features"].get("weights") or "")
 if USE_WSI and config["features"]["source"] == "extract":
     check_weights_file(ENCODER_WEIGHTS, source=CONFIG_SOURCE)
+    # e.g. region_decoder gpu with device cpu: refused before any job runs
+    check_region_decoder(
+        config["features"]["region_decoder"],
+        device=config["features"]["device"],
+        stain_norm=config["features"]["stain_norm"],
+    )
 # The tile rule's mask and tiling options, formatted once (they are the same for every slide).
 _MASK = config["tissue_mask"]
 TISSUE_MASK_ARGS = (

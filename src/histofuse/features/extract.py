@@ -37,13 +37,15 @@ from tqdm import tqdm
 
 from histofuse import __version__
 from histofuse.errors import ConfigError, HistofuseError, SlideError
+from histofuse.features.device_regions import DeviceTileChunks, device_batches, device_decoding_available
 from histofuse.features.encoders import Encoder
 from histofuse.features.regions import ReadJob, plan_reads
 from histofuse.features.stain import STAIN_NORMS, MacenkoNormaliser, load_normaliser
 from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for
 from histofuse.io import atomic_path
 from histofuse.slides.reader import SlideInfo, SlideReader, open_slide
-from histofuse.slides.tiff_regions import REGION_DECODERS, TiffRegionDecoder
+from histofuse.slides.jpeg_tiles import JpegTileReader
+from histofuse.slides.tiff_regions import TiffRegionDecoder, check_region_decoder
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,8 @@ class ExtractSettings:
     region_px: int = 2048
     """Side (read-level px) of the regions neighbouring tiles share; 0 reads every tile alone."""
     region_decoder: str = "auto"
-    """auto | reader | tifffile: who decodes the reads (see :mod:`histofuse.slides.tiff_regions`)."""
+    """auto | reader | tifffile | gpu: who decodes the reads (see :mod:`histofuse.slides.tiff_regions`
+    and :mod:`histofuse.features.device_regions`)."""
     compile: bool = False
     """Compile the encoder with ``torch.compile`` (pays a one-off compile time per process)."""
     stain_norm: str | None = None
@@ -102,12 +105,7 @@ class ExtractSettings:
                 column="features.region_px",
                 fix="use e.g. 2048 (tiles share region reads) or 0 (every tile read alone).",
             )
-        if self.region_decoder not in REGION_DECODERS:
-            raise ConfigError(
-                f"unknown region decoder '{self.region_decoder}'.",
-                column="features.region_decoder",
-                fix=f"set features.region_decoder to one of: {', '.join(REGION_DECODERS)}.",
-            )
+        check_region_decoder(self.region_decoder, device=self.device, stain_norm=self.stain_norm)
         if self.stain_norm is not None and self.stain_norm not in STAIN_NORMS:
             raise ConfigError(
                 f"unknown stain normalisation '{self.stain_norm}'.",
@@ -574,6 +572,47 @@ def _tiff_reads(slide_path: Path, info: SlideInfo, jobs: list[ReadJob], level: i
     return count
 
 
+def _device_reader(
+    slide_path: Path, info: SlideInfo, jobs: list[ReadJob], level: int, choice: str, device: torch.device
+) -> JpegTileReader | None:
+    """The stored-tile reader when ``features.region_decoder`` = ``choice`` decodes on the device.
+
+    ``gpu`` needs a CUDA device that torchvision decodes JPEG on and every read on a qualifying
+    level (a clear error otherwise); ``auto`` takes the device where all of that holds.
+    """
+    if choice not in ("auto", "gpu") or not jobs:
+        return None
+    if device.type != "cuda" or not device_decoding_available(str(device)):
+        if choice == "gpu":
+            raise ConfigError(
+                f"features.region_decoder is 'gpu' but the extraction runs on {device}"
+                + ("" if device.type != "cuda" else ", where torchvision cannot decode JPEG (no nvJPEG)")
+                + ".",
+                column="features.region_decoder",
+                fix="run on a node with a CUDA GPU and a CUDA build of torchvision, or set "
+                "features.region_decoder to 'auto'.",
+            )
+        return None
+    try:
+        reader = JpegTileReader(slide_path, info)
+    except SlideError:
+        if choice == "gpu":
+            raise
+        return None
+    count = sum(reader.can_read(job.location, level) for job in jobs)
+    if count == len(jobs):
+        return reader
+    reader.close()
+    if choice == "gpu":
+        raise SlideError(
+            f"features.region_decoder is 'gpu' but {len(jobs) - count} of {len(jobs)} reads at level {level} "
+            "cannot be decoded from the TIFF tiles (not a tiled 8-bit RGB JPEG level, or reads between its pixels).",
+            path=slide_path,
+            fix="set features.region_decoder to 'auto' (the GPU where it can, the CPU elsewhere) or 'reader'.",
+        )
+    return None
+
+
 def slide_tile_dataset(
     slide_path: Path,
     spec: TileSpec,
@@ -698,11 +737,29 @@ def extract_slide_features(
         len(jobs) - tiff_reads,
         settings.reader,
     )
-    loader = TileLoader(dataset, num_workers=settings.num_workers)
     model = _prepare_model(encoder, device, compile_model=settings.compile)
     on_cuda = device.type == "cuda"
-    # on the CPU a batch is converted to a new tensor before the next is asked for: one buffer serves
-    batches = _rebatch(iter(loader), settings.batch_size, pin=on_cuda, reuse=not on_cuda)
+    device_reader = _device_reader(slide_path, info, jobs, spec.read_level, settings.region_decoder, device)
+    loader: TileLoader | DeviceTileChunks
+    if device_reader is not None:
+        loader = DeviceTileChunks(
+            slide_path=slide_path,
+            reader=device_reader,
+            jobs=jobs,
+            read_level=spec.read_level,
+            read_tile_px=spec.read_tile_px,
+            tile_px=spec.tile_px,
+            device=device,
+            group_tiles=settings.batch_size,
+        )
+        batches = device_batches(iter(loader), settings.batch_size)
+        decoder_label = "gpu"
+        log.info("%s: every read decoded on %s from the stored JPEG tiles", slide_path.name, device)
+    else:
+        loader = TileLoader(dataset, num_workers=settings.num_workers)
+        # on the CPU a batch is converted to a new tensor before the next is asked for: one buffer serves
+        batches = _rebatch(iter(loader), settings.batch_size, pin=on_cuda, reuse=not on_cuda)
+        decoder_label = _decoder_label(tiff_reads, len(jobs), settings.reader)
     encoded = _encode_batches(
         batches,
         encoder=encoder,
@@ -722,7 +779,7 @@ def extract_slide_features(
             for name, data in spec.extra.items():
                 h5.create_dataset(name, data=data)
             _write_attrs(h5, spec=spec, encoder=encoder, precision=precision, device=device, settings=settings)
-            h5.attrs["region_decoder"] = _decoder_label(tiff_reads, len(jobs), settings.reader)
+            h5.attrs["region_decoder"] = decoder_label
             done = 0
             with _progress(n, label) as bar:
                 for indices, chunk in encoded:

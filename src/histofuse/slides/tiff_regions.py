@@ -27,17 +27,48 @@ from histofuse.slides.reader import SlideInfo, unreadable_region_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REGION_DECODERS", "TiffRegionDecoder"]
+__all__ = ["REGION_DECODERS", "TiffLevel", "TiffRegionDecoder", "check_region_decoder", "qualifying_levels"]
 
-REGION_DECODERS = ("auto", "reader", "tifffile")
-"""``auto``: tifffile where a level qualifies, the slide reader elsewhere; ``reader``: always the
-slide reader; ``tifffile``: tifffile for every read (an error where a level does not qualify)."""
+REGION_DECODERS = ("auto", "reader", "tifffile", "gpu")
+"""``auto``: on a CUDA device the GPU where every read qualifies, else tifffile where a level
+qualifies, the slide reader elsewhere; ``reader``: always the slide reader; ``tifffile``: tifffile
+for every read; ``gpu``: the GPU (:mod:`histofuse.features.device_regions`) for every read (both an
+error where a level does not qualify)."""
+
+
+def check_region_decoder(region_decoder: str, *, device: str, stain_norm: str | None) -> None:
+    """Refuse settings under which ``region_decoder`` cannot work (checked before any job runs)."""
+    from histofuse.errors import ConfigError
+
+    if region_decoder not in REGION_DECODERS:
+        raise ConfigError(
+            f"unknown region decoder '{region_decoder}'.",
+            column="features.region_decoder",
+            fix=f"set features.region_decoder to one of: {', '.join(REGION_DECODERS)}.",
+        )
+    if region_decoder != "gpu":
+        return
+    if device == "cpu":
+        raise ConfigError(
+            "features.region_decoder is 'gpu' but features.device is 'cpu'.",
+            column="features.region_decoder",
+            fix="set features.device to 'auto' or 'cuda' on a node with a GPU, or features.region_decoder to 'auto'.",
+        )
+    if stain_norm is not None:
+        raise ConfigError(
+            f"features.region_decoder 'gpu' cannot be combined with features.stain_norm '{stain_norm}' "
+            "(stain normalisation runs on the CPU, tile by tile).",
+            column="features.region_decoder",
+            fix="set features.region_decoder to 'auto' (which decodes on the CPU under stain normalisation).",
+        )
 
 _JPEG = 7
 
 
 @dataclass(frozen=True)
-class _Level:
+class TiffLevel:
+    """A pyramid level stored as a tiled, JPEG-compressed, 8-bit RGB TIFF page."""
+
     page: Any
     width: int
     height: int
@@ -60,6 +91,37 @@ def _qualifies(page: Any, width: int, height: int) -> bool:
     )
 
 
+def qualifying_levels(tif: Any, info: SlideInfo) -> dict[int, TiffLevel]:
+    """The levels of ``info`` stored as a qualifying page of the open ``tifffile.TiffFile`` ``tif``."""
+    levels: dict[int, TiffLevel] = {}
+    pages = list(tif.pages)
+    for level, ((width, height), downsample) in enumerate(
+        zip(info.level_dimensions, info.level_downsamples, strict=True)
+    ):
+        for page in pages:
+            if _qualifies(page, width, height):
+                levels[level] = TiffLevel(
+                    page=page,
+                    width=width,
+                    height=height,
+                    tile_w=int(page.tilewidth),
+                    tile_h=int(page.tilelength),
+                    tiles_across=-(-width // int(page.tilewidth)),
+                    downsample=float(downsample),
+                )
+                break
+    return levels
+
+
+def readable(entry: TiffLevel | None, location: tuple[int, int], level: int) -> bool:
+    """Whether a read at ``location`` (level 0) from ``entry`` gives the slide reader's pixels."""
+    if entry is None:
+        return False
+    if level == 0:
+        return True
+    return all(_whole(value / entry.downsample) for value in location)
+
+
 class TiffRegionDecoder:
     """Region reads from the qualifying levels of one slide (open one per process)."""
 
@@ -76,23 +138,7 @@ class TiffRegionDecoder:
                 fix="set features.region_decoder to 'reader' (or 'auto') to read it with the slide reader.",
             ) from err
         self._lock = threading.Lock()
-        self._levels: dict[int, _Level] = {}
-        pages = list(self._tif.pages)
-        for level, ((width, height), downsample) in enumerate(
-            zip(info.level_dimensions, info.level_downsamples, strict=True)
-        ):
-            for page in pages:
-                if _qualifies(page, width, height):
-                    self._levels[level] = _Level(
-                        page=page,
-                        width=width,
-                        height=height,
-                        tile_w=int(page.tilewidth),
-                        tile_h=int(page.tilelength),
-                        tiles_across=-(-width // int(page.tilewidth)),
-                        downsample=float(downsample),
-                    )
-                    break
+        self._levels = qualifying_levels(self._tif, info)
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -101,12 +147,7 @@ class TiffRegionDecoder:
 
     def can_read(self, location: tuple[int, int], level: int) -> bool:
         """Whether a read at ``location`` (level 0) and ``level`` gives the slide reader's pixels."""
-        entry = self._levels.get(level)
-        if entry is None:
-            return False
-        if level == 0:
-            return True
-        return all(_whole(value / entry.downsample) for value in location)
+        return readable(self._levels.get(level), location, level)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 (h, w, 3) of ``size`` (w, h) at ``level``, top-left at level-0 ``location``."""
