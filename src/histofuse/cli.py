@@ -117,46 +117,49 @@ def cmd_tile(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from histofuse.features.encoders import build_encoder
-    from histofuse.features.extract import ExtractSettings, extract_slide_features
+    from histofuse.features.extract_job import EncoderSpec, ExtractJob
 
-    from histofuse.errors import SlideError
-    from histofuse.exclusions import Exclusion, check_on_error, read_exclusion, write_excluded_features
-
-    check_on_error(args.on_error)
-    upstream = read_exclusion(args.tiles) if args.tiles.is_file() else None
-    if upstream is not None:  # excluded by tiling: carry the record on, no encoder needed
-        write_excluded_features(args.out, upstream, encoder=args.encoder)
-        return
-    _limit_torch_threads(args.threads)
-    encoder = build_encoder(args.encoder, weights=args.weights)
-    settings = ExtractSettings(
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        precision=args.precision,
-        reader=args.reader,
-        region_px=args.region_px,
-        region_decoder=args.region_decoder,
-        compile=args.compile,
-        stain_norm=args.stain_norm,
-        stain_target=args.stain_target,
+    job = ExtractJob(
+        slide=str(args.slide),
+        slide_id=args.slide_id,
+        tiles=str(args.tiles),
+        out=str(args.out),
+        mpp=args.mpp,
+        on_error=args.on_error,
     )
-    try:
-        extract_slide_features(
-            slide_path=args.slide,
-            tiles_h5=args.tiles,
-            out_h5=args.out,
-            encoder=encoder,
-            settings=settings,
-            mpp=args.mpp,
+    spec = EncoderSpec(
+        encoder=args.encoder,
+        weights=str(args.weights) if args.weights else None,
+        threads=args.threads,
+        settings={
+            "batch_size": args.batch_size,
+            "num_workers": args.num_workers,
+            "device": args.device,
+            "precision": args.precision,
+            "reader": args.reader,
+            "region_px": args.region_px,
+            "region_decoder": args.region_decoder,
+            "compile": args.compile,
+            "stain_norm": args.stain_norm,
+            "stain_target": args.stain_target,
+        },
+    )
+    if args.server:
+        from histofuse.features.server import submit
+
+        outcome = submit(job, spec, idle_s=args.server_idle_s)
+    else:
+        from histofuse.features.encoders import build_encoder
+        from histofuse.features.extract_job import run_extract_job
+
+        _limit_torch_threads(args.threads)
+        outcome = run_extract_job(
+            job,
+            encoder_name=args.encoder,
+            encoder=lambda: build_encoder(args.encoder, weights=args.weights),
+            settings=spec.extract_settings(),
         )
-    except SlideError as err:
-        if args.on_error != "skip":
-            raise
-        slide_id = args.slide_id or args.out.stem
-        exclusion = Exclusion.from_error(err, slide=slide_id, stage="extract_features", file=args.slide)
-        write_excluded_features(args.out, exclusion, encoder=args.encoder)
+    log.info("%s: %s", args.slide_id or args.slide, outcome)
 
 
 def cmd_import_features(args: argparse.Namespace) -> None:
@@ -422,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", type=_bool, default=False, help="torch.compile the encoder: true | false")
     p.add_argument("--stain-norm", type=_optional_str, default=None, help="macenko, or empty for none")
     p.add_argument("--stain-target", type=_optional_str, default=None, help="target image of the stain norm")
+    p.add_argument(
+        "--server",
+        type=_bool,
+        default=False,
+        help="true: hand the slide to the extraction server of these settings (started when none runs), "
+        "which pays the encoder's start-up once for many slides",
+    )
+    p.add_argument("--server-idle-s", type=float, default=60.0, help="an idle server exits after this many seconds")
     p.add_argument("--out", required=True, type=Path)
 
     p = add("import-features", cmd_import_features, "Import one slide's precomputed CLAM/TRIDENT features.")

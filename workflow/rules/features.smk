@@ -1,6 +1,8 @@
 # Per-slide tile features: extracted with the configured encoder (GPU when the node has one), or
 # imported from precomputed CLAM / TRIDENT files (features.source). Only the chosen rule exists, so
-# with precomputed features the DAG has no tile or extract_features jobs.
+# with precomputed features the DAG has no tile or extract_features jobs. With features.server,
+# each extract_features job hands its slide to one extraction process per machine (per cluster
+# group job under profiles/slurm), which loads the encoder once (histofuse.features.server).
 
 
 if FEATURES_SOURCE == "precomputed":
@@ -62,6 +64,8 @@ else:
             compile=config["features"]["compile"],
             stain_norm=config["features"]["stain_norm"] or "",
             stain_target=config["features"]["stain_target"] or "",
+            server=config["features"]["server"],
+            server_idle_s=config["features"]["server_idle_s"],
         shell:
             "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
             "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error {params.on_error} "
@@ -70,6 +74,7 @@ else:
             "--device {params.device} --precision {params.precision} --threads {threads} "
             "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
             "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "
+            "--server {params.server} --server-idle-s {params.server_idle_s} "
             "--out {output.features:q} > {log:q} 2>&1"
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,10 @@ _REQUIRED_TILE_ATTRS = ("read_level", "read_tile_px", "tile_px")
 _COPIED_DATASETS = ("tissue_fraction",)
 _PREFETCH = 2
 """Reads each DataLoader worker keeps queued."""
+
+
+class ExtractionCancelled(RuntimeError):
+    """Extraction was stopped by its caller (nothing was written)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -706,10 +710,13 @@ def extract_slide_features(
     encoder: Encoder,
     settings: ExtractSettings,
     mpp: float | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> int:
     """Encode every tile of ``tiles_h5`` and write ``out_h5`` atomically; returns the number of tiles.
 
     ``mpp`` overrides the slide's level-0 resolution (as in the slides sheet) when opening it.
+    ``cancelled`` is asked after every batch; when it says so, extraction stops with
+    :class:`ExtractionCancelled` and writes nothing (a served job whose client has gone).
     """
     slide_path = Path(slide_path)
     spec = read_tile_spec(tiles_h5)
@@ -783,6 +790,8 @@ def extract_slide_features(
             done = 0
             with _progress(n, label) as bar:
                 for indices, chunk in encoded:
+                    if cancelled is not None and cancelled():
+                        raise ExtractionCancelled(f"extraction of {label} cancelled after {done} of {n} tiles")
                     order = np.argsort(indices)
                     features[indices[order]] = chunk[order]
                     done += len(indices)
