@@ -120,3 +120,46 @@ def test_server_that_cannot_start_is_reported(tmp_path: Path, slide: Path, env: 
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2
     assert "extraction server exited while starting" in proc.stderr and "no_such_encoder" in proc.stderr
+
+
+@pytest.mark.slow
+def test_dag_with_a_server_reruns_only_changed_or_deleted_slides(tmp_path: Path) -> None:
+    """The DAG's jobs hand their slides to one server; per-slide reruns work as without it."""
+    import pandas as pd
+
+    from histofuse.demo import DemoSpec
+    from workflow_support import REPO, demo_config, make_cohort, slides_run, snakemake, write_config
+
+    cohort = make_cohort(tmp_path, DemoSpec(n_patients=3, n_slides=3, min_side_px=1024, max_side_px=1024, seed=2))
+    config = demo_config(tmp_path, cohort, features={"batch_size": 32, "server": True, "server_idle_s": 120})
+    config_path = write_config(tmp_path / "config.yaml", config)
+    slides = sorted(pd.read_csv(cohort["slides_sheet"], sep="\t")["slide_id"])
+    results = tmp_path / "results"
+    targets = [str(results / "features" / "efficientnet_lite0" / f"{slide}.h5") for slide in slides]
+    runtime = tmp_path / "rt"
+    env = {**os.environ, "HISTOFUSE_RUNTIME_DIR": str(runtime)}
+
+    def run() -> set[str]:
+        proc = snakemake(*targets, "--profile", str(REPO / "profiles" / "default"), "--cores", "2",
+                         "--configfile", str(config_path), env=env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return slides_run(proc, "extract_features")
+
+    try:
+        assert run() == set(slides)
+        for slide in slides:
+            log = (results / "logs" / "extract_features" / "efficientnet_lite0" / f"{slide}.log").read_text()
+            assert "tiles encoded with efficientnet_lite0" in log  # the server's lines reach each job's log
+        Path(targets[0]).unlink()  # a deleted features file is rebuilt, and only it
+        assert run() == {slides[0]}
+        sheet = pd.read_csv(cohort["slides_sheet"], sep="\t").set_index("slide_id")
+        rescanned = cohort["slides_sheet"].parent / sheet.loc[slides[1], "path"]
+        with rescanned.open("ab") as handle:  # a changed slide (new bytes, newer) redoes that slide only
+            handle.write(b"\0" * 64)
+        assert run() == {slides[1]}
+        assert run() == set()
+        (log,) = sorted(runtime.glob("*.log"))
+        assert log.read_text().count("encoder efficientnet_lite0 built") == 1  # one start-up for every job
+    finally:
+        for sock in runtime.glob("*.sock"):
+            sock.unlink()

@@ -13,7 +13,8 @@ cluster job it belongs to (``SLURM_JOB_ID``). So a SLURM group job of ``slide_fe
 The first client of a key starts the server (under a file lock, so two never race) and waits for
 it to listen; a server with no work for ``idle_s`` seconds exits. A client that finds a dead
 server's socket starts a new one. When a client goes away mid-slide (its job was cancelled),
-the server stops that slide and writes nothing.
+the server stops that slide and writes nothing. Deleting a server's socket file stops it once its
+running jobs are done (the idle timeout does the same on its own).
 
 Requests run one at a time on a GPU or with loader workers; on the CPU without workers they run
 side by side (each thread uses the job's threads), as separate job processes did.
@@ -226,7 +227,8 @@ class _Server:
         listener.settimeout(1.0)
         log.info("serving on %s (idle timeout %.0f s)", self.path, self.idle_s)
         try:
-            while not self._idle_too_long():
+            # removing the socket file stops the server once its jobs are done
+            while not self._idle_too_long() and (self.active or self.path.exists()):
                 try:
                     conn, _ = listener.accept()
                 except TimeoutError:
@@ -235,10 +237,11 @@ class _Server:
                     self.active += 1
                 threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
         finally:
+            reason = "its socket was removed" if not self.path.exists() else f"idle for {self.idle_s:.0f} s"
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # new clients start a new server from here on
             listener.close()
-            log.info("idle for %.0f s: exiting", self.idle_s)
+            log.info("exiting: %s", reason)
 
     def _idle_too_long(self) -> bool:
         with self.state:
