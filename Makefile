@@ -64,10 +64,15 @@ lint: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/tiling_coords.py --quick
 
-# On a GPU node (one GPU, 16 cores): extraction throughput and the tile handoff, JSON lines on stdout.
+# On a GPU node (one GPU, 16 cores): extraction throughput (GPU and CPU JPEG decoding in the same run),
+# the tile handoff and a cohort through the DAG against an in-process loop; JSON lines on stdout.
+# benchmarks/device_check.sh runs a shorter version of these with the GPU tests on a bare node.
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/tile_transport.py --workers 15 --side 49152 --repeats 3
-	$(BIN)/python benchmarks/extract_throughput.py --device cuda --workers 15 --batch-size 128 --repeats 2 --side 49152
+	$(BIN)/python benchmarks/extract_throughput.py --device cuda --workers 15 --batch-size 128 --repeats 2 --side 49152 \
+		--other-decoders tifffile
+	$(BIN)/python benchmarks/cohort_throughput.py --device cuda --encoder resnet50_trunc --workers 15 --batch-size 128 \
+		--slides 20 --side 49152 --same-slide
 
 # Re-resolve the pinned environment (needs the package registry).
 lock:

@@ -78,8 +78,9 @@ def write_weights(encoder: str, path: Path) -> None:
     torch.save(model.state_dict(), path)
 
 
-def write_cohort(root: Path, n_slides: int, side: int) -> Path:
-    """Slides, sheets and tables under ``root``; the slides sheet."""
+def write_cohort(root: Path, n_slides: int, side: int, *, same_slide: bool = False) -> Path:
+    """Slides, sheets and tables under ``root``; the slides sheet. ``same_slide``: one slide written,
+    the others links to it (each still tiled and extracted as a slide of its own)."""
     from extract_throughput import write_synthetic_slide
 
     from histofuse.demo import DemoSpec, make_demo_cohort
@@ -89,7 +90,10 @@ def write_cohort(root: Path, n_slides: int, side: int) -> Path:
     rows = []
     for i in range(n_slides):
         path = slides_dir / f"C{i:04d}.tiff"
-        if not path.exists():
+        if same_slide and i:
+            if not path.exists():
+                path.symlink_to(slides_dir / "C0000.tiff")
+        elif not path.exists():
             write_synthetic_slide(path, side, seed=i)
         rows.append({"slide_id": path.stem, "patient_id": f"P{i:04d}", "path": f"slides/{path.name}"})
     pd.DataFrame(rows).to_csv(root / "slides.tsv", sep="\t", index=False)
@@ -114,11 +118,15 @@ def write_config(root: Path, name: str, features: dict[str, Any]) -> Path:
     return path
 
 
+SNAKEMAKE_EXTRA: list[str] = []
+"""Options added to every Snakemake run (``--snakemake-args``)."""
+
+
 def snakemake(config: Path, targets: list[str], *, cores: int, env: dict[str, str], extra: tuple[str, ...] = ()) -> float:
     """Seconds of one ``snakemake --profile profiles/default`` run over ``targets``."""
     # targets first: --configfile takes every value after it
     command = [sys.executable, "-m", "snakemake", *targets, "--profile", str(REPO / "profiles" / "default")]
-    command += ["--cores", str(cores), *extra, "--configfile", str(config)]
+    command += ["--cores", str(cores), *SNAKEMAKE_EXTRA, *extra, "--configfile", str(config)]
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -223,9 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="features.num_workers")
     parser.add_argument("--region-decoder", default="auto")
+    parser.add_argument("--same-slide", action="store_true", help="write one slide; the others link to it")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--group-size", type=int, default=None, help="default: slide_features of profiles/slurm")
     parser.add_argument("--workdir", type=Path, default=None, help="keep slides and results here (slides reused)")
+    parser.add_argument(
+        "--snakemake-args", default="", help="options added to every Snakemake run, e.g. '--scheduler greedy'"
+    )
     parser.add_argument("--loop-worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--loop-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -233,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         loop_worker(args.loop_worker, args.loop_out)
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    SNAKEMAKE_EXTRA.extend(args.snakemake_args.split())
     n_slides = args.slides or (3 if args.quick else 8)
     side = args.side or (2048 if args.quick else 8192)
     group_size = args.group_size or slurm_group_size()
@@ -245,7 +258,7 @@ def run(args: argparse.Namespace, root: Path, *, n_slides: int, side: int, group
     from extract_throughput import git_revision, versions
 
     root.mkdir(parents=True, exist_ok=True)
-    write_cohort(root, n_slides, side)
+    write_cohort(root, n_slides, side, same_slide=args.same_slide)
     encoder = ENCODERS[args.encoder]
     weights = root / f"{args.encoder}.pt"
     if not weights.exists():
@@ -269,10 +282,14 @@ def run(args: argparse.Namespace, root: Path, *, n_slides: int, side: int, group
     targets = {slide: str(results / "features" / encoder / f"{slide}.h5") for slide in slides}
 
     loop_wall, loop = run_loop(loop_config, root / "loop_features", env)
+    with h5py.File(root / "loop_features" / f"{slides[0]}.h5", "r") as h5:
+        decoder_used = str(h5.attrs.get("region_decoder", ""))
     common = {
         "benchmark": BENCHMARK, "encoder": encoder, "device": args.device, "slides": n_slides, "slide_px": side,
         "tiles": total, "batch_size": args.batch_size, "workers": args.workers, "cores": threads,
-        "region_decoder": args.region_decoder, "quick": bool(args.quick), "git_revision": git_revision(),
+        "snakemake_args": args.snakemake_args, "region_decoder": args.region_decoder,
+        "region_decoder_used": decoder_used, "same_slide": bool(args.same_slide), "quick": bool(args.quick),
+        "git_revision": git_revision(),
         "versions": versions(),
     }  # fmt: skip
 

@@ -66,6 +66,7 @@ log = logging.getLogger("extract_throughput")
 
 BENCHMARK = "extract_throughput"
 ENCODER_NAMES = ("resnet50_trunc", "vit_large_patch16_224")
+DECODERS = ("auto", "reader", "tifffile", "gpu")
 MPP = 0.5
 """Resolution the tiles are cut at (µm/px); the slide's own is ``--slide-mpp`` (default the same)."""
 STORED_TILE = 256
@@ -323,6 +324,25 @@ def histofuse_end_to_end(
     return n / elapsed, digest
 
 
+def _features_of(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as h5:
+        return np.asarray(h5["features"][()], dtype=np.float64)
+
+
+def _decoder_of(path: Path) -> str:
+    with h5py.File(path, "r") as h5:
+        value = h5.attrs.get("region_decoder", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest per-tile cosine similarity of two (N, dim) feature arrays (1.0 for none)."""
+    if len(a) == 0:
+        return 1.0
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(((a * b).sum(axis=1) / norms).min())
+
+
 # ---------------------------------------------------------------------------------- the report
 
 
@@ -382,7 +402,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default 128 (quick 16)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default cores - 1; quick 0)")
     parser.add_argument("--region-px", type=int, default=2048, help="histofuse's shared region reads")
-    parser.add_argument("--region-decoder", default="auto", choices=("auto", "reader", "tifffile"))
+    parser.add_argument("--region-decoder", default="auto", choices=DECODERS)
+    parser.add_argument(
+        "--other-decoders",
+        nargs="*",
+        default=[],
+        choices=DECODERS,
+        help="also time (c) with each of these region decoders (e.g. gpu tifffile), with the features' "
+        "minimum per-tile cosine similarity to (c)'s",
+    )
     parser.add_argument("--compare-decoders", action="store_true", help="also time (d), reads decoded by OpenSlide")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each figure (the median is reported)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the slide and outputs here")
@@ -459,7 +487,22 @@ def main(argv: list[str] | None = None) -> None:
                 digests.append(digest)
                 return rate
 
+            decoder_used = {}
+
             figures["histofuse"], runs["histofuse"] = repeat(args.repeats, end_to_end)
+            decoder_used["histofuse"] = _decoder_of(workdir / f"{name}.h5")
+            main_features = _features_of(workdir / f"{name}.h5")
+            cosines: dict[str, float] = {}
+            for other in args.other_decoders:
+                other_settings = dataclasses.replace(settings, region_decoder=other)
+                out_h5 = workdir / f"{name}_{other}.h5"
+                key = f"histofuse_decoder_{other}"
+                figures[key], runs[key] = repeat(
+                    args.repeats,
+                    lambda s=other_settings, o=out_h5: histofuse_end_to_end(encoder, slide, tiles_h5, o, settings=s)[0],
+                )
+                decoder_used[key] = _decoder_of(out_h5)
+                cosines[other] = min_cosine(main_features, _features_of(out_h5))
             no_work = dataclasses.replace(encoder, model=_NoWork(encoder.dim))
             figures["histofuse_no_encoder"], runs["histofuse_no_encoder"] = repeat(
                 args.repeats,
@@ -477,13 +520,26 @@ def main(argv: list[str] | None = None) -> None:
                 line["runs"] = [round(v, 2) for v in runs[figure]]
                 if figure in ("histofuse", "histofuse_reader_decode"):
                     line["features_sha256"] = digests[-1]
+                if figure in decoder_used:
+                    line["region_decoder_used"] = decoder_used[figure]
                 print(json.dumps(line), flush=True)
-            ratios = [("histofuse_over_encoder_only", "encoder_only"), ("histofuse_over_naive_loader", "naive_loader")]
+            ratios: list[tuple[str, str | None]] = [
+                ("histofuse_over_encoder_only", "encoder_only"),
+                ("histofuse_over_naive_loader", "naive_loader"),
+            ]
             if args.compare_decoders:
                 ratios.append(("histofuse_over_reader_decode", "histofuse_reader_decode"))
+            ratios += [(f"histofuse_over_decoder_{other}", f"histofuse_decoder_{other}") for other in args.other_decoders]
+            ratios += [(f"histofuse_decoder_{other}_over_encoder_only", None) for other in args.other_decoders]
             for figure, denominator in ratios:
-                ratio = figures["histofuse"] / figures[denominator]
+                if denominator is None:  # histofuse_decoder_<x>_over_encoder_only
+                    ratio = figures[figure.removesuffix("_over_encoder_only")] / figures["encoder_only"]
+                else:
+                    ratio = figures["histofuse"] / figures[denominator]
                 print(json.dumps({**common, "encoder": name, "figure": figure, "unit": "ratio", "value": round(ratio, 3)}), flush=True)
+            for other, cosine in cosines.items():
+                line = {**common, "encoder": name, "figure": f"features_min_cosine_vs_decoder_{other}", "unit": "cosine"}
+                print(json.dumps({**line, "value": round(cosine, 7)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -90,3 +92,18 @@ def test_tile_resize_quick_prints_json_figures() -> None:
     ratio = path["read_path_histofuse_tiles_per_s"]["value"] / path["read_path_pillow_tiles_per_s"]["value"]
     assert abs(path["read_path_histofuse_over_pillow"]["value"] - ratio) < 1e-2
     assert figures["read_path_histofuse_over_pillow"]["slide_mpp"] == 0.25
+
+
+@pytest.mark.slow
+def test_cohort_throughput_quick_prints_json_figures() -> None:
+    """Three small slides through the DAG (served, grouped by two) and the in-process loop (minutes)."""
+    lines, figures = _figures(
+        "cohort_throughput.py", "--quick", "--modes", "served", "grouped", "--group-size", "2", timeout=1200
+    )
+    assert all(line["benchmark"] == "cohort_throughput" and line["slides"] == 3 for line in lines)
+    for mode in ("served", "grouped"):
+        assert figures[f"dag_{mode}_tiles_per_s"]["value"] > 0
+        assert figures[f"dag_{mode}_over_loop"]["unit"] == "ratio"
+        assert figures[f"dag_{mode}_max_feature_difference_vs_loop"]["value"] <= 1e-5
+    assert figures["dag_grouped_tiles_per_s"]["group_size"] == 2
+    assert figures["loop_tiles_per_s"]["region_decoder_used"] == "tifffile"
