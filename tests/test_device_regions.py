@@ -310,3 +310,18 @@ def test_gpu_decoder_settings_refused_up_front() -> None:
     with pytest.raises(ConfigError, match="unknown region decoder"):
         ExtractSettings(region_decoder="nvjpeg")
     check_region_decoder("gpu", device="cuda", stain_norm=None)
+
+
+def test_colour_check_tells_a_wrong_colour_space(svs: Path) -> None:
+    """The check that guards GPU decoding of RGB-coded tiles: a stream read as YCbCr fails it."""
+    from histofuse.features.device_regions import COLOUR_CHECK_MAX, decode_streams, decodes_like_cpu
+
+    (tables, _), tiles = _stored_tiles(svs, 0)
+    _, raw = tiles[len(tiles) // 2]
+    right = complete_stream(raw, tables, rgb=True)
+    wrong = decode_streams([complete_stream(raw, tables, rgb=False)], torch.device("cpu"))[0]
+    assert decodes_like_cpu(right, torch.device("cpu"))
+    reference = decode_streams([right], torch.device("cpu"))[0]
+    assert int((reference.int() - wrong.int()).abs().max()) > COLOUR_CHECK_MAX
+    with JpegTileReader(svs, _info(svs)) as reader:
+        assert reader.rgb_coded(0) and reader.sample_stream(0)[:2] == b"\xff\xd8"

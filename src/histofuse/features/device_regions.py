@@ -32,7 +32,7 @@ from histofuse.slides.reader import unreadable_region_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceTileChunks", "device_batches", "device_decoding_available"]
+__all__ = ["DeviceTileChunks", "decodes_like_cpu", "device_batches", "device_decoding_available"]
 
 _PREFETCH_GROUPS = 3
 """Groups of reads the reading thread keeps ready."""
@@ -50,6 +50,18 @@ def device_decoding_available(device: str) -> bool:
         log.info("torchvision cannot decode JPEG on %s (%s)", device, err)
         return False
     return True
+
+
+COLOUR_CHECK_MAX = 8
+"""Grey levels a device decoder may differ from libjpeg-turbo on one tile before its colours are
+taken as wrong (a decoder that ignored the Adobe marker of RGB-coded tiles is off by tens)."""
+
+
+def decodes_like_cpu(stream: bytes, device: torch.device) -> bool:
+    """Whether ``device`` decodes ``stream`` as libjpeg-turbo on the CPU does (colour space included)."""
+    cpu = decode_streams([stream], torch.device("cpu"))[0].to(torch.int16)
+    got = decode_streams([stream], device)[0].cpu().to(torch.int16)
+    return cpu.shape == got.shape and int((cpu - got).abs().max()) <= COLOUR_CHECK_MAX
 
 
 def decode_streams(streams: list[bytes], device: torch.device) -> list[torch.Tensor]:

@@ -37,7 +37,12 @@ from tqdm import tqdm
 
 from histofuse import __version__
 from histofuse.errors import ConfigError, HistofuseError, SlideError
-from histofuse.features.device_regions import DeviceTileChunks, device_batches, device_decoding_available
+from histofuse.features.device_regions import (
+    DeviceTileChunks,
+    decodes_like_cpu,
+    device_batches,
+    device_decoding_available,
+)
 from histofuse.features.encoders import Encoder
 from histofuse.features.regions import ReadJob, plan_reads
 from histofuse.features.stain import STAIN_NORMS, MacenkoNormaliser, load_normaliser
@@ -605,7 +610,18 @@ def _device_reader(
         return None
     count = sum(reader.can_read(job.location, level) for job in jobs)
     if count == len(jobs):
-        return reader
+        if not reader.rgb_coded(level) or decodes_like_cpu(reader.sample_stream(level), device):
+            return reader
+        reader.close()
+        if choice == "gpu":
+            raise SlideError(
+                f"the GPU's JPEG decoder does not decode the RGB-coded JPEG tiles of level {level} as the CPU does "
+                "(it ignores their Adobe colour-transform marker).",
+                path=slide_path,
+                fix="set features.region_decoder to 'auto' (the CPU decodes such slides) or 'tifffile'.",
+            )
+        log.warning("%s: RGB-coded JPEG tiles decoded differently on %s: decoding on the CPU", slide_path.name, device)
+        return None
     reader.close()
     if choice == "gpu":
         raise SlideError(

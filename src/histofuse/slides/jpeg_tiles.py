@@ -94,6 +94,15 @@ class JpegTileReader:
         stored = self._levels.get(level)
         return readable(stored.entry if stored else None, location, level)
 
+    def rgb_coded(self, level: int) -> bool:
+        """Whether the level's tiles are RGB-coded JPEG (TIFF photometric RGB, as Aperio writes them)."""
+        return self._levels[level].rgb
+
+    def sample_stream(self, level: int) -> bytes:
+        """The complete stream of one stored tile of ``level`` (the middle one), to check a decoder on."""
+        stored = self._levels[level]
+        return self._stream(stored, len(stored.offsets) // 2)
+
     def region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> RegionTiles:
         """The stored tiles under a read of ``size`` (w, h) at ``level``, top-left at level-0 ``location``."""
         if not self.can_read(location, level):
