@@ -114,6 +114,16 @@ def test_bad_override_stops_the_run_before_any_job(demo_config: Path, tmp_path: 
     assert "rule tile" not in text
 
 
+def test_gpu_decoder_on_the_cpu_stops_the_run_before_any_job(demo_config: Path, tmp_path: Path) -> None:
+    config = yaml.safe_load(demo_config.read_text())
+    config["features"] = {**config.get("features", {}), "device": "cpu", "region_decoder": "gpu"}
+    proc = snakemake("-n", "--cores", "2", "--configfile", str(write_config(tmp_path / "gpu.yaml", config)))
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "features.region_decoder is 'gpu' but features.device is 'cpu'" in text and "Fix:" in text
+    assert "rule tile" not in text
+
+
 def test_rerun_has_nothing_to_do(finished_run: Path, demo_config: Path) -> None:
     proc = snakemake("-n", "--cores", "2", "--configfile", str(demo_config))
     assert proc.returncode == 0
