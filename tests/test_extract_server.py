@@ -163,3 +163,21 @@ def test_dag_with_a_server_reruns_only_changed_or_deleted_slides(tmp_path: Path)
     finally:
         for sock in runtime.glob("*.sock"):
             sock.unlink()
+
+
+def test_served_jobs_send_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server started from one folder serves jobs started from another: no path may stay relative."""
+    from histofuse.features.extract_job import EncoderSpec, ExtractJob
+    from histofuse.features.server import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    job = ExtractJob(slide="s/a.svs", slide_id="a", tiles="results/tiles/a.h5", out="results/f/a.h5", mpp=None,
+                     on_error="stop")  # fmt: skip
+    spec = EncoderSpec(encoder="resnet50_trunc", weights="w/r50.pt", threads=1,
+                       settings={"stain_target": "t.png", "device": "cpu"})  # fmt: skip
+    job, spec = absolute_paths(job, spec)
+    assert job.slide == str(tmp_path / "s/a.svs") and job.tiles == str(tmp_path / "results/tiles/a.h5")
+    assert job.out == str(tmp_path / "results/f/a.h5")
+    assert spec.weights == str(tmp_path / "w/r50.pt") and spec.settings["stain_target"] == str(tmp_path / "t.png")
+    _, plain = absolute_paths(job, EncoderSpec(encoder="x", weights=None, threads=1, settings={"stain_target": None}))
+    assert plain.weights is None and plain.settings["stain_target"] is None

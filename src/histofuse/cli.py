@@ -145,9 +145,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
         },
     )
     if args.server:
-        from histofuse.features.server import submit
+        from histofuse.features.server import absolute_paths, submit
 
-        outcome = submit(job, spec, idle_s=args.server_idle_s)
+        # the server may have been started from another folder: it gets no relative path
+        outcome = submit(*absolute_paths(job, spec), idle_s=args.server_idle_s)
     else:
         from histofuse.features.encoders import build_encoder
         from histofuse.features.extract_job import run_extract_job

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -45,7 +46,7 @@ from histofuse.features.extract_job import EncoderSpec, ExtractJob
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServerError", "runtime_dir", "server_key", "submit"]
+__all__ = ["ServerError", "absolute_paths", "runtime_dir", "server_key", "submit"]
 
 START_TIMEOUT_S = 600.0
 """Longest wait for a new server to listen (imports and weights of a large encoder)."""
@@ -78,6 +79,19 @@ def server_key(spec: EncoderSpec) -> str:
 
 
 # ---------------------------------------------------------------------------------------- client
+
+
+def absolute_paths(job: ExtractJob, spec: EncoderSpec) -> tuple[ExtractJob, EncoderSpec]:
+    """``job`` and ``spec`` with every file path absolute (a server runs in the folder it was started in)."""
+
+    def absolute(path: str | None) -> str | None:
+        return os.path.abspath(path) if path else path
+
+    job = dataclasses.replace(job, slide=os.path.abspath(job.slide), tiles=os.path.abspath(job.tiles),
+                              out=os.path.abspath(job.out))  # fmt: skip
+    settings = {**spec.settings, "stain_target": absolute(spec.settings.get("stain_target"))}
+    return job, dataclasses.replace(spec, weights=absolute(spec.weights), settings=settings)
+
 
 
 def submit(job: ExtractJob, spec: EncoderSpec, *, idle_s: float) -> str:
