@@ -5,6 +5,7 @@
 #   bench  - extract_throughput.py: ResNet50-trunc and ViT-L/16, encoder alone against histofuse end
 #            to end with the GPU decoder (auto) and the CPU decoder (tifffile) in the same run
 #            (a 24,576-px slide, 5,020 tiles, to fit the time; `make bench-gpu` uses 49,152 px)
+#   agree  - gpu_jpeg_agreement.py: nvJPEG against libjpeg-turbo per stored tile (SVS stream variants, pyramid)
 #   cohort - cohort_throughput.py: the Snakemake DAG (served, per process, grouped) against an
 #            in-process loop, ResNet50-trunc on the GPU
 # Each part has its own time limit and goes on when an earlier one fails; every part's raw output
@@ -48,6 +49,13 @@ if [[ " $PARTS " == *" tests "* ]]; then
   say "tests: exit $? ($(tail -n 1 "$OUT/pytest_gpu.log"))"
 fi
 
+if [[ " $PARTS " == *" agree "* ]]; then
+  say "agree: start"
+  timeout 90 python3 benchmarks/gpu_jpeg_agreement.py --device cuda --slide .whl/shared/data/slides/cmu_small_region.svs \
+    --pyramid /tmp/hf-agree-pyramid.tiff >"$OUT/gpu_jpeg_agreement.jsonl" 2>"$OUT/gpu_jpeg_agreement.log"
+  say "agree: exit $? ($(wc -l <"$OUT/gpu_jpeg_agreement.jsonl") lines)"
+fi
+
 if [[ " $PARTS " == *" bench "* ]]; then
   say "bench: start"
   timeout 150 python3 benchmarks/extract_throughput.py --device cuda --workers 15 --batch-size 128 \
@@ -59,8 +67,8 @@ fi
 if [[ " $PARTS " == *" cohort "* ]]; then
   say "cohort: start"
   timeout 170 python3 benchmarks/cohort_throughput.py --device cuda --encoder resnet50_trunc --workers 15 \
-    --batch-size 128 --slides 8 --side 24576 --same-slide --group-size 4 --workdir /tmp/hf-cohort \
-    --modes served grouped per_process --snakemake-args "--scheduler greedy" \
+    --batch-size 128 --slides "${COHORT_SLIDES:-8}" --side 24576 --same-slide --group-size 4 --workdir /tmp/hf-cohort \
+    --modes ${COHORT_MODES:-served grouped per_process} --snakemake-args "--scheduler greedy" \
     >"$OUT/cohort_throughput.jsonl" 2>"$OUT/cohort_throughput.log"
   say "cohort: exit $? ($(wc -l <"$OUT/cohort_throughput.jsonl") lines)"
   for f in /tmp/hf-cohort/runtime_*/g*/*.log; do

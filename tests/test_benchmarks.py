@@ -107,3 +107,25 @@ def test_cohort_throughput_quick_prints_json_figures() -> None:
         assert figures[f"dag_{mode}_max_feature_difference_vs_loop"]["value"] <= 1e-5
     assert figures["dag_grouped_tiles_per_s"]["group_size"] == 2
     assert figures["loop_tiles_per_s"]["region_decoder_used"] == "tifffile"
+
+
+def test_gpu_jpeg_agreement_runs_on_the_cpu(tmp_path: Path) -> None:
+    """Every stream variant decodes; on the CPU each marked one agrees exactly with libjpeg-turbo's reference."""
+    from conftest import shared_file
+
+    svs = shared_file("data", "slides", "cmu_small_region.svs")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_jpeg_agreement.py"), "--device", "cpu", "--tiles", "20",
+         "--slide", str(svs), "--pyramid", str(tmp_path / "pyramid.tiff")],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    variants = {(line["slide"], line["page"], line["variant"]) for line in lines}
+    assert {("cmu_small_region.svs", 0, v) for v in ("no_marker", "adobe_marker", "component_ids", "both")} <= variants
+    assert {("pyramid.tiff", page, "ycbcr") for page in (0, 1, 2)} <= variants
+    for line in lines:
+        if line["variant"] == "no_marker":  # RGB data taken for YCbCr: the colours are wrong
+            assert line["mean"] > 20, line
+        else:
+            assert line["max"] == 0 and line["share_over_2"] == 0.0, line

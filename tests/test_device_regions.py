@@ -17,7 +17,7 @@ import pytest
 import tifffile
 import torch
 
-from histofuse.errors import ConfigError
+from histofuse.errors import ConfigError, SlideError
 from histofuse.features.device_regions import DeviceTileChunks, device_batches
 from histofuse.features.encoders import Encoder
 from histofuse.features.extract import ExtractSettings, RegionTileDataset, extract_slide_features, read_features
@@ -34,6 +34,14 @@ TOLERANCE = 2
 """Grey levels two JPEG decoders may differ by (chroma upsampling and IDCT rounding)."""
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (runs on the GPU node)")
+# Measured on an H200 (torchvision 0.26, benchmarks/results/2026-12-04_h200_gpu_jpeg_agreement.jsonl):
+# nvJPEG ignores the colour transform of RGB-coded (Aperio) tiles (mean 49 grey levels off) and
+# differs from libjpeg-turbo by more than 2 grey levels on 7-11 % of the values of YCbCr tiles
+# (max 55). Until a decoder meets the bound these tests are expected to fail on a GPU; `strict`
+# makes them fail once one passes, so the bound is revisited.
+NVJPEG_DIFFERS = pytest.mark.xfail(
+    CUDA, reason="nvJPEG's pixels are not within 2 grey levels of libjpeg-turbo (measured)", strict=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +207,7 @@ def test_device_path_on_the_cpu_matches_tifffile(
 
 
 @needs_cuda
+@NVJPEG_DIFFERS
 @pytest.mark.parametrize(("name", "level", "read_px", "tile_px"), CASES)
 def test_gpu_pixels_within_two_grey_levels(
     name: str, level: int, read_px: int, tile_px: int, svs: Path, pyramid: Path
@@ -250,7 +259,7 @@ def _tiles_h5(path: Path, slide: Path, *, level: int, read_px: int, tile_px: int
 
 
 @needs_cuda
-@pytest.mark.parametrize(("name", "level", "read_px", "tile_px"), [CASES[0], CASES[1], CASES[3]])
+@pytest.mark.parametrize(("name", "level", "read_px", "tile_px"), [CASES[3]])
 def test_gpu_decoded_features_match_cpu_decoded(
     tmp_path: Path, name: str, level: int, read_px: int, tile_px: int, svs: Path, pyramid: Path
 ) -> None:
@@ -271,13 +280,23 @@ def test_gpu_decoded_features_match_cpu_decoded(
 
 
 @needs_cuda
-def test_auto_decodes_on_the_gpu(tmp_path: Path, pyramid: Path) -> None:
+def test_auto_keeps_the_cpu_decoder_on_the_gpu(tmp_path: Path, pyramid: Path) -> None:
     tiles = _tiles_h5(tmp_path / "tiles.h5", pyramid, level=1, read_px=128, tile_px=128)
     settings = ExtractSettings(batch_size=16, device="cuda", region_decoder="auto")
     extract_slide_features(
         slide_path=pyramid, tiles_h5=tiles, out_h5=tmp_path / "f.h5", encoder=_small_cnn(), settings=settings
     )
-    assert read_features(tmp_path / "f.h5")[2]["region_decoder"] == "gpu"
+    assert read_features(tmp_path / "f.h5")[2]["region_decoder"] == "tifffile"
+
+
+@needs_cuda
+def test_gpu_refuses_rgb_coded_tiles_it_decodes_wrongly(tmp_path: Path, svs: Path) -> None:
+    tiles = _tiles_h5(tmp_path / "tiles.h5", svs, level=0, read_px=256, tile_px=256)
+    settings = ExtractSettings(batch_size=16, device="cuda", region_decoder="gpu")
+    with pytest.raises(SlideError, match="RGB-coded JPEG tiles"):
+        extract_slide_features(
+            slide_path=svs, tiles_h5=tiles, out_h5=tmp_path / "f.h5", encoder=_small_cnn(), settings=settings
+        )
 
 
 @pytest.mark.skipif(CUDA, reason="checks a machine without a GPU")

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 __all__ = ["REGION_DECODERS", "TiffLevel", "TiffRegionDecoder", "check_region_decoder", "qualifying_levels"]
 
 REGION_DECODERS = ("auto", "reader", "tifffile", "gpu")
-"""``auto``: on a CUDA device the GPU where every read qualifies, else tifffile where a level
-qualifies, the slide reader elsewhere; ``reader``: always the slide reader; ``tifffile``: tifffile
+"""``auto``: tifffile where a level qualifies, the slide reader elsewhere (never the GPU, whose
+pixels differ from libjpeg-turbo's: ``benchmarks/gpu_jpeg_agreement.py``); ``reader``: always the slide reader; ``tifffile``: tifffile
 for every read; ``gpu``: the GPU (:mod:`histofuse.features.device_regions`) for every read (both an
 error where a level does not qualify)."""
 
