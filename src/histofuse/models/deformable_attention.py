@@ -129,7 +129,9 @@ class DeformableCrossAttention(nn.Module):
         self.to_k = nn.Conv1d(dim, inner, 1, groups=n_groups, bias=False)
         self.to_v = nn.Conv1d(dim, inner, 1, groups=n_groups, bias=False)
         self.offsets = nn.Sequential(
-            nn.Conv2d(group_channels, group_channels, downsample + 2, stride=downsample, padding=1, groups=group_channels),
+            nn.Conv2d(
+                group_channels, group_channels, downsample + 2, stride=downsample, padding=1, groups=group_channels
+            ),
             nn.GELU(),
             nn.Conv2d(group_channels, 2, 1, bias=False),
             nn.Tanh(),

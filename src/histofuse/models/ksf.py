@@ -127,9 +127,13 @@ class BranchOutput:
 class SubspaceBranch(nn.Module):
     """One gene subspace reading the slide: gene encoder, tile encoder, fusion, deformable attention."""
 
-    def __init__(self, *, n_tiles_dim: int, n_genes: int, hidden_dim: int, dropout: float, options: KSFOptions) -> None:
+    def __init__(
+        self, *, n_tiles_dim: int, n_genes: int, hidden_dim: int, dropout: float, options: KSFOptions
+    ) -> None:
         super().__init__()
-        self.gene_encoder = SelfNormalizingNetwork(in_dim=n_genes, hidden_dims=(hidden_dim, hidden_dim), dropout=dropout)
+        self.gene_encoder = SelfNormalizingNetwork(
+            in_dim=n_genes, hidden_dims=(hidden_dim, hidden_dim), dropout=dropout
+        )
         self.tile_encoder = nn.Sequential(nn.Linear(n_tiles_dim, hidden_dim), nn.ReLU())
         self.fuse = nn.Linear(2 * hidden_dim, hidden_dim)
         self.norm = nn.LayerNorm(hidden_dim)
@@ -165,7 +169,8 @@ class SubspaceBranch(nn.Module):
             reads.append(read)
             shares = read.token_attention(layout.grid)
             if layout.token_tiles is not None:
-                shares = bag.new_zeros(bag.shape[0]).index_add(0, layout.token_tiles.to(bag.device), shares.to(bag.dtype))
+                tiles_of_tokens = layout.token_tiles.to(bag.device)
+                shares = bag.new_zeros(bag.shape[0]).index_add(0, tiles_of_tokens, shares.to(bag.dtype))
             attention.append(shares.detach())
         embedding = self.project(self.pool(torch.stack(pooled)))
         return BranchOutput(embedding=embedding, genes=gene_embedding, reads=reads, attention=attention)
@@ -201,7 +206,11 @@ class KnowledgeSteeredFusion(nn.Module):
         self.branches = nn.ModuleDict(
             {
                 name: SubspaceBranch(
-                    n_tiles_dim=n_tiles_dim, n_genes=len(columns), hidden_dim=hidden_dim, dropout=dropout, options=options
+                    n_tiles_dim=n_tiles_dim,
+                    n_genes=len(columns),
+                    hidden_dim=hidden_dim,
+                    dropout=dropout,
+                    options=options,
                 )
                 for name, columns in self.subspaces.items()
             }
@@ -210,10 +219,12 @@ class KnowledgeSteeredFusion(nn.Module):
         self.heads = TaskHeads(2 * hidden_dim, task_spec)
 
     def coordination_heads(self) -> dict[str, nn.Linear]:
-        """The fused heads, whose weight columns ``[:hidden_dim]`` read the tumour branch and the rest the microenvironment."""
+        """The fused heads: weight columns ``[:hidden_dim]`` read the tumour branch, the rest the microenvironment."""
         return {task: head for task, head in self.heads.heads.items() if isinstance(head, nn.Linear)}
 
-    def _layouts(self, bags: Sequence[Tensor], coords: Tensor | Sequence[Tensor] | None) -> list[_Layout | None]:
+    def _layouts(
+        self, bags: Sequence[Tensor], coords: Tensor | Sequence[Tensor] | None
+    ) -> list[_Layout | None]:
         if self.options.grid == "pseudo":
             return [
                 _Layout(grid=grid, token_tiles=tiles) if bag.shape[0] else None
@@ -255,7 +266,10 @@ class KnowledgeSteeredFusion(nn.Module):
         genomic_batch = genomic_batch.to(device=reference.device, dtype=reference.dtype)
         bag_list = [bag.to(device=reference.device, dtype=reference.dtype) for bag in bag_list]
         layouts = self._layouts(bag_list, coords)
-        outputs = {name: self.branches[name](bag_list, layouts, select_columns(genomic_batch, columns)) for name, columns in self.subspaces.items()}
+        outputs = {
+            name: self.branches[name](bag_list, layouts, select_columns(genomic_batch, columns))
+            for name, columns in self.subspaces.items()
+        }
         consistency = []
         with_tiles = [index for index, layout in enumerate(layouts) if layout is not None]
         for output in outputs.values():
