@@ -336,10 +336,12 @@ def gene_guided_consistency(genes: Tensor, positions: Tensor) -> Tensor:
     batch = genes.shape[0]
     if batch < 2:
         return genes.sum() * 0.0 + positions.sum() * 0.0
-    target = _row_scaled_gram(genes)
-    per_group = positions.transpose(0, 1).to(genes.dtype)
-    read = torch.stack([_row_scaled_gram(group) for group in per_group]).mean(dim=0)
-    return ((target - read) ** 2).sum() / batch
+    dtype = torch.promote_types(genes.dtype, torch.float32)
+    with torch.autocast(genes.device.type, enabled=False):  # Gram matrices in full precision
+        target = _row_scaled_gram(genes.to(dtype))
+        per_group = positions.transpose(0, 1).to(dtype)
+        read = torch.stack([_row_scaled_gram(group) for group in per_group]).mean(dim=0)
+        return ((target - read) ** 2).sum() / batch
 
 
 def survival_curve(logits: Tensor) -> Tensor:

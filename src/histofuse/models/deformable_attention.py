@@ -151,11 +151,13 @@ class DeformableCrossAttention(nn.Module):
         groups, heads, per_group = self.n_groups, self.n_heads, self.n_heads // self.n_groups
         q_map = self.to_q(grid.scatter(queries).unsqueeze(0))[0]  # (inner, H, W)
         grouped_q = q_map.reshape(groups, -1, grid.height, grid.width)
-        offsets = self.offsets(self._padded(grouped_q))  # (G, 2, h, w)
+        # positions in float32 even under autocast: bf16 would misplace them by a fraction of a cell
+        offsets = self.offsets(self._padded(grouped_q))
+        offsets = offsets.to(torch.promote_types(offsets.dtype, torch.float32))  # (G, 2, h, w)
         cells = sampling_positions(offsets, stride=self.downsample, offset_scale=self.offset_scale)
         positions = _normalised(cells.reshape(groups, -1, 2), grid)  # (G, K, 2)
         kv_map = grid.scatter(keys).reshape(groups, -1, grid.height, grid.width)
-        sampled = sample_grid(kv_map, positions)  # (G, K, dim / G)
+        sampled = sample_grid(kv_map.to(positions.dtype), positions).to(keys.dtype)  # (G, K, dim / G)
         sampled = sampled.permute(0, 2, 1).reshape(1, self.dim, -1)  # group-major channels
         k = self.to_k(sampled)[0].reshape(heads, self.head_dim, -1)  # (heads, d, K)
         v = self.to_v(sampled)[0].reshape(heads, self.head_dim, -1)
