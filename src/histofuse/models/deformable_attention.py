@@ -21,8 +21,8 @@ and values that are read from the slide's tile map at learned positions:
 6. the heads' outputs are concatenated and projected back to ``dim``.
 
 Heads ``g · (n_heads / n_groups) … (g+1) · (n_heads / n_groups) - 1`` belong to group ``g``.
-Queries are processed in chunks, so memory grows with the number of keys, not with its product with
-the number of tokens.
+Queries are processed in chunks, recomputed in the backward pass (activation checkpointing), so
+the memory of the relative-position bias follows one chunk, not the product of tokens and keys.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from histofuse.models.tile_grid import TileGrid, bilinear_tile_weights, sample_grid
 
 __all__ = ["DeformableCrossAttention", "DeformableRead", "RelativePositionBias", "sampling_positions"]
 
-_QUERY_CHUNK = 2048
+_QUERY_CHUNK = 1024
 
 
 def sampling_positions(offsets: Tensor, *, stride: int, offset_scale: float) -> Tensor:
@@ -146,6 +147,17 @@ class DeformableCrossAttention(nn.Module):
         height, width = grouped.shape[-2:]
         return F.pad(grouped, (0, -width % s, 0, -height % s))
 
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, query_positions: Tensor, key_positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Attention of one chunk of queries: output ``(Q, heads · head_dim)`` and the summed weights per key."""
+        heads = self.n_heads
+        bias = self.bias(query_positions, key_positions)  # (G, Q, K, per_group)
+        bias = bias.permute(0, 3, 1, 2).reshape(heads, bias.shape[1], -1)
+        attention = torch.softmax(torch.einsum("hdq,hdk->hqk", q, k) + bias, dim=-1)
+        output = torch.einsum("hqk,hdk->qhd", self.dropout(attention), v).reshape(-1, heads * self.head_dim)
+        return output, attention.sum(dim=1)
+
     def forward(self, queries: Tensor, keys: Tensor, grid: TileGrid) -> DeformableRead:
         """Attend from ``queries`` ``(T, dim)`` to ``keys`` ``(T, dim)``, both the tokens of ``grid``."""
         groups, heads, per_group = self.n_groups, self.n_heads, self.n_heads // self.n_groups
@@ -167,12 +179,13 @@ class DeformableCrossAttention(nn.Module):
         outputs, key_weights = [], positions.new_zeros(heads, positions.shape[1])
         for start in range(0, index.numel(), _QUERY_CHUNK):
             part = slice(start, start + _QUERY_CHUNK)
-            bias = self.bias(token_positions[part], positions)  # (G, Q, K, per_group)
-            bias = bias.permute(0, 3, 1, 2).reshape(heads, bias.shape[1], -1)
-            scores = torch.einsum("hdq,hdk->hqk", q[:, :, part], k) + bias
-            attention = torch.softmax(scores, dim=-1)
-            key_weights = key_weights + attention.detach().sum(dim=1)
-            outputs.append(torch.einsum("hqk,hdk->qhd", self.dropout(attention), v).reshape(-1, heads * self.head_dim))
+            args = (q[:, :, part], k, v, token_positions[part], positions)
+            if torch.is_grad_enabled():  # recomputed in the backward pass: memory follows one chunk
+                output, attention_sum = checkpoint(self._attend, *args, use_reentrant=False)
+            else:
+                output, attention_sum = self._attend(*args)
+            outputs.append(output)
+            key_weights = key_weights + attention_sum.detach()
         key_weights = (key_weights / index.numel()).reshape(groups, per_group, -1).mean(dim=1)
         return DeformableRead(
             output=self.to_out(torch.cat(outputs)),
