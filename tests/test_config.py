@@ -69,3 +69,25 @@ def test_duplicate_ids_and_missing_columns(tmp_path: Path) -> None:
     pd.DataFrame({"slide_id": ["A"], "path": ["a"]}).to_csv(sheet, sep="\t", index=False)
     with pytest.raises(ConfigError, match="patient_id"):
         validate_sheet(read_sheet(sheet), schema_path=SCHEMAS / "slides.schema.yaml", path=sheet, id_column="slide_id")
+
+
+def test_ksf_mcat_subspaces_name_mcat_families() -> None:
+    from histofuse.cohorts import read_signatures
+
+    overlay = yaml.safe_load((CONFIG.parent / "examples" / "ksf_subspaces_mcat.yaml").read_text())
+    config = _config()
+    config["training"].update(overlay["training"])
+    validate_config(config, schema_path=SCHEMAS / "config.schema.yaml")
+    signatures = CONFIG.parents[1].parent / "shared" / "data" / "tables" / "mcat_ucec" / "datasets_csv_sig_signatures.csv"
+    if not signatures.exists():
+        pytest.skip(f"MCAT's gene families are not at {signatures}")
+    groups = read_signatures(signatures)
+    sizes = groups.groupby("group")["gene"].nunique()
+    subspaces = overlay["training"]["subspaces"]
+    assert set(subspaces) == {"tumour", "microenvironment"}
+    for names in subspaces.values():
+        assert set(names) <= set(sizes.index)
+    tumour = set(groups.loc[groups["group"].isin(subspaces["tumour"]), "gene"])
+    micro = set(groups.loc[groups["group"].isin(subspaces["microenvironment"]), "gene"])
+    assert (len(tumour), len(micro)) == (410, 452)
+    assert {"TP53", "PTEN", "EGFR"} <= tumour and {"IL6", "TGFB1", "VEGFA"} <= micro

@@ -6,17 +6,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from histofuse.losses import risk_from_logits
 from histofuse.metrics import cindex
 from histofuse.models import TaskSpec, build_model
 from histofuse.models.gradient_coordination import (
-    accumulate_gradients,
     classification_confidence,
     coordinate,
-    coordinated_backward,
-    coordinated_gradients,
+    coordinate_rows,
+    resolve_conflict,
     survival_confidence,
 )
 
@@ -25,86 +23,95 @@ def _vec(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def test_less_confident_branch_is_projected_and_keeps_its_norm() -> None:
+# --- one conflict, by hand -------------------------------------------------------------------
+# g = (-1, 1) conflicts with h = (1, 0): p = (g·h / ‖h‖²) h = (-1, 0).
+# project: g - p = (0, 1).
+# reflect (the authors' code): g - 2p = (1, 1), rescaled to ‖g - p‖ = 1: (1/√2, 1/√2).
+
+
+def test_projection_removes_the_conflicting_component() -> None:
+    assert resolve_conflict(_vec(-1, 1), _vec(1, 0), "project").tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_reflection_subtracts_the_projection_twice() -> None:
+    reflected = resolve_conflict(_vec(-1, 1), _vec(1, 0), "reflect")
+    assert reflected.tolist() == pytest.approx([1 / math.sqrt(2), 1 / math.sqrt(2)])
+    # unlike the projection it now points along h: the conflict is turned into agreement
+    assert float(reflected @ _vec(1, 0)) > 0
+
+
+def test_a_second_case_by_hand() -> None:
+    # g = (1, -2, 0), h = (0, 1, 1): g·h = -2, ‖h‖² = 2, p = (0, -1, -1)
+    g, h = _vec(1, -2, 0), _vec(0, 1, 1)
+    assert resolve_conflict(g, h, "project").tolist() == pytest.approx([1.0, -1.0, 1.0])
+    # g - 2p = (1, 0, 2), norm √5; ‖g - p‖ = √3
+    expected = [value * math.sqrt(3) / math.sqrt(5) for value in (1.0, 0.0, 2.0)]
+    assert resolve_conflict(g, h, "reflect").tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mode", ["project", "reflect"])
+def test_the_less_confident_half_gives_way(mode: str) -> None:
     g_a, g_b = _vec(1, 0), _vec(-1, 1)
-    new_a, new_b = coordinate(g_a, g_b, 0.9, 0.6)
+    new_a, new_b = coordinate(g_a, g_b, 0.9, 0.6, mode)
     assert torch.equal(new_a, g_a)
-    # (-1, 1) - ((-1)/1) (1, 0) = (0, 1), rescaled to the norm sqrt(2)
-    assert new_b.tolist() == pytest.approx([0.0, math.sqrt(2)])
-
-
-def test_roles_swap_with_the_confidences() -> None:
-    g_a, g_b = _vec(1, 0), _vec(-1, 1)
-    new_a, new_b = coordinate(g_a, g_b, 0.2, 0.7)
+    assert torch.allclose(new_b, resolve_conflict(g_b, g_a, mode))
+    new_a, new_b = coordinate(g_a, g_b, 0.2, 0.7, mode)
     assert torch.equal(new_b, g_b)
-    # (1, 0) - (-1/2) (-1, 1) = (0.5, 0.5), rescaled to norm 1
-    assert new_a.tolist() == pytest.approx([1 / math.sqrt(2), 1 / math.sqrt(2)])
+    assert torch.allclose(new_a, resolve_conflict(g_a, g_b, mode))
 
 
-def test_equal_confidences_project_both() -> None:
-    new_a, new_b = coordinate(_vec(1, 0), _vec(-1, 1), 0.5, 0.5)
-    assert new_a.tolist() == pytest.approx([1 / math.sqrt(2), 1 / math.sqrt(2)])
-    assert new_b.tolist() == pytest.approx([0.0, math.sqrt(2)])
-
-
-@pytest.mark.parametrize("g_b", [_vec(1, 1), _vec(0, 3), _vec(0, 0)])
-def test_without_conflict_gradients_are_unchanged(g_b: torch.Tensor) -> None:
+@pytest.mark.parametrize(
+    ("g_b", "conf_a", "conf_b", "mode"),
+    [
+        (_vec(1, 1), 0.1, 0.9, "project"),  # no conflict
+        (_vec(0, 3), 0.1, 0.9, "reflect"),  # orthogonal: no conflict
+        (_vec(0, 0), 0.1, 0.9, "project"),  # zero half
+        (_vec(-1, 1), 0.5, 0.5, "project"),  # equal confidences
+        (_vec(-1, 1), math.nan, 0.5, "project"),  # confidence undefined on the batch
+        (_vec(-1, 1), 0.1, 0.9, "none"),
+    ],
+)
+def test_halves_are_left_alone(g_b: torch.Tensor, conf_a: float, conf_b: float, mode: str) -> None:
     g_a = _vec(1, 0)
-    new_a, new_b = coordinate(g_a, g_b, 0.1, 0.9)
+    new_a, new_b = coordinate(g_a, g_b, conf_a, conf_b, mode)
     assert torch.equal(new_a, g_a) and torch.equal(new_b, g_b)
 
 
-def test_exactly_opposite_gradient_becomes_zero() -> None:
-    _, new_b = coordinate(_vec(2, 0), _vec(-1, 0), 0.9, 0.1)
-    assert new_b.tolist() == [0.0, 0.0]
+def test_rows_are_coordinated_one_by_one() -> None:
+    # row 0 conflicts ((1, 0) vs (-1, 1)); row 1 agrees ((1, 1) vs (2, 0))
+    gradient = torch.tensor([[1.0, 0.0, -1.0, 1.0], [1.0, 1.0, 2.0, 0.0]], dtype=torch.float64)
+    projected = coordinate_rows(gradient, 2, conf_a=0.3, conf_b=0.8)
+    assert projected[0].tolist() == pytest.approx([0.5, 0.5, -1.0, 1.0])  # (1,0) - (-1/2)(-1,1)
+    assert torch.equal(projected[1], gradient[1])
+    reflected = coordinate_rows(gradient, 2, conf_a=0.3, conf_b=0.8, mode="reflect")
+    # (1, 0) - 2 (0.5, -0.5) = (0, 1), rescaled to ‖(0.5, 0.5)‖ = 1/√2
+    assert reflected[0].tolist() == pytest.approx([0.0, 1 / math.sqrt(2), -1.0, 1.0])
+    with pytest.raises(ValueError, match="split"):
+        coordinate_rows(gradient, 3, 0.1, 0.2)
 
 
-def test_coordinate_keeps_shapes_of_matrices() -> None:
-    g_a = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    g_b = torch.tensor([[-1.0, 1.0], [0.0, 0.0]])
-    _, new_b = coordinate(g_a, g_b, 1.0, 0.0)
-    assert new_b.shape == (2, 2)
-    assert new_b.flatten().tolist() == pytest.approx([0.0, math.sqrt(2), 0.0, 0.0])
-
-
-@pytest.mark.parametrize(("conf_a", "conf_b"), [(math.nan, 0.5), (0.5, math.inf)])
-def test_coordinate_refuses_undefined_confidence(conf_a: float, conf_b: float) -> None:
-    with pytest.raises(ValueError, match="finite confidence"):
-        coordinate(_vec(1, 0), _vec(-1, 1), conf_a, conf_b)
-
-
-def test_coordinate_refuses_mismatched_shapes() -> None:
+def test_coordinate_refuses_mismatched_shapes_and_modes() -> None:
     with pytest.raises(ValueError, match="same shape"):
         coordinate(_vec(1, 0), _vec(1, 0, 0), 0.5, 0.4)
+    with pytest.raises(ValueError, match="mode"):
+        coordinate(_vec(1, 0), _vec(-1, 0), 0.5, 0.4, "pcgrad")
 
 
 vectors = st.lists(st.floats(-10, 10, allow_nan=False), min_size=5, max_size=5)
 
 
 @settings(max_examples=60, deadline=None)
-@given(a=vectors, b=vectors, conf_a=st.floats(0, 1), conf_b=st.floats(0, 1))
-def test_projected_gradient_is_orthogonal_and_keeps_its_norm(
-    a: list[float], b: list[float], conf_a: float, conf_b: float
-) -> None:
-    g_a, g_b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    new_a, new_b = coordinate(g_a, g_b, conf_a, conf_b)
-    conflict = float(g_a @ g_b) < 0
-    if not conflict:
-        assert torch.equal(new_a, g_a) and torch.equal(new_b, g_b)
+@given(a=vectors, b=vectors)
+def test_projection_is_orthogonal_and_reflection_keeps_the_projected_norm(a: list[float], b: list[float]) -> None:
+    g, h = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    if float(g @ h) >= 0 or float(h.norm()) == 0.0:
         return
-    for original, new, other, projected in (
-        (g_a, new_a, g_b, conf_a <= conf_b),
-        (g_b, new_b, g_a, conf_b <= conf_a),
-    ):
-        if not projected:
-            assert torch.equal(new, original)
-            continue
-        if float(torch.linalg.vector_norm(new)) == 0.0:  # exactly (anti)parallel to the other
-            continue
-        assert float(new @ other) == pytest.approx(
-            0.0, abs=1e-9 * float(original.norm() * other.norm()) + 1e-12
-        )
-        assert float(new.norm()) == pytest.approx(float(original.norm()), rel=1e-9)
+    projected = resolve_conflict(g, h, "project")
+    scale = float(g.norm() * h.norm()) + 1e-12
+    assert float(projected @ h) == pytest.approx(0.0, abs=1e-9 * scale)
+    reflected = resolve_conflict(g, h, "reflect")
+    assert float(reflected.norm()) == pytest.approx(float(projected.norm()), rel=1e-9, abs=1e-12)
+    assert float(reflected @ h) >= -1e-9 * scale  # the reflection never conflicts with h
 
 
 # --- confidence -----------------------------------------------------------------------------
@@ -132,47 +139,10 @@ def test_survival_confidence_is_batch_concordance() -> None:
     assert math.isnan(survival_confidence(-time, time, torch.zeros(5)))
 
 
-# --- applying it to parameters -------------------------------------------------------------
+# --- on the model ---------------------------------------------------------------------------
 
 
-def test_coordinated_gradients_on_shared_parameters() -> None:
-    shared = nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    unreached = nn.Parameter(torch.zeros(3, dtype=torch.float64))
-    loss_a = shared @ _vec(1, 0)  # gradient (1, 0)
-    loss_b = shared @ _vec(-1, 1)  # gradient (-1, 1)
-    combined = coordinated_gradients(loss_a, loss_b, [shared, unreached], conf_a=0.8, conf_b=0.3)
-    assert combined[0].tolist() == pytest.approx([1.0, math.sqrt(2)])
-    assert combined[1].tolist() == [0.0, 0.0, 0.0]
-    shared.grad = _vec(1, 1)
-    accumulate_gradients([shared, unreached], combined)
-    assert shared.grad.tolist() == pytest.approx([2.0, 1 + math.sqrt(2)])
-    assert unreached.grad is not None and unreached.grad.tolist() == [0.0, 0.0, 0.0]
-
-
-def test_coordinated_backward_coordinates_only_the_shared_parameters() -> None:
-    shared = nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    own_a = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
-    own_b = nn.Parameter(torch.tensor(3.0, dtype=torch.float64))
-    loss_a = own_a * (shared @ _vec(1, 0)) + own_a  # d/dshared = 2 (1, 0), d/down_a = 1
-    loss_b = own_b * (shared @ _vec(-1, 1))  # d/dshared = 3 (-1, 1), d/down_b = 0
-    coordinated_backward(
-        loss_a, loss_b, parameters=[shared, own_a, own_b], shared=[shared], conf_a=0.9, conf_b=0.1
-    )
-    # (-3, 3) projected against (2, 0) gives (0, 3), rescaled to norm 3 sqrt(2)
-    assert shared.grad.tolist() == pytest.approx([2.0, 3 * math.sqrt(2)])
-    assert own_a.grad.item() == pytest.approx(1.0)
-    assert own_b.grad.item() == pytest.approx(0.0)
-
-
-def test_coordinated_backward_needs_shared_parameters_among_all() -> None:
-    shared = nn.Parameter(torch.zeros(2))
-    with pytest.raises(ValueError, match="also be listed"):
-        coordinated_backward(
-            shared.sum(), shared.sum(), parameters=[], shared=[shared], conf_a=1.0, conf_b=0.0
-        )
-
-
-def test_coordinated_step_on_ksf_branches() -> None:
+def test_half_logits_split_the_fused_head() -> None:
     torch.manual_seed(0)
     spec = TaskSpec(tasks=("grade",), n_classes=2)
     model = build_model(
@@ -184,43 +154,14 @@ def test_coordinated_step_on_ksf_branches() -> None:
         hidden_dim=8,
         dropout=0.0,
         n_heads=2,
-        n_points=4,
+        offset_groups=2,
+        head_dim=4,
     )
     coords = [torch.tensor([[0, 0], [256, 0], [0, 256]]), torch.tensor([[512, 512], [768, 512]])]
-    bags = [torch.randn(3, 4), torch.randn(2, 4)]
-    outputs = model(bags, torch.randn(2, 4), coords=coords)
-    target = torch.tensor([0, 1])
-    losses = {
-        name: nn.functional.cross_entropy(logits["grade"], target)
-        for name, logits in outputs["branch_logits"].items()
-    }
-    confidences = {
-        name: classification_confidence(logits["grade"], target)
-        for name, logits in outputs["branch_logits"].items()
-    }
-    shared = list(model.shared_parameters())
-    combined = coordinated_gradients(
-        losses["tumour"],
-        losses["microenvironment"],
-        shared,
-        confidences["tumour"],
-        confidences["microenvironment"],
-    )
-    assert [g.shape for g in combined] == [p.shape for p in shared]
-    assert all(torch.isfinite(g).all() for g in combined)
-    assert any(g.abs().sum() > 0 for g in combined)
-    plain = torch.autograd.grad(
-        losses["tumour"] + losses["microenvironment"], shared, allow_unused=True, retain_graph=True
-    )
-    g_t = torch.autograd.grad(losses["tumour"], shared, allow_unused=True, retain_graph=True)
-    g_m = torch.autograd.grad(losses["microenvironment"], shared, allow_unused=True)
-
-    def flat(grads: tuple) -> torch.Tensor:
-        return torch.cat(
-            [(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(shared, grads, strict=True)]
-        )
-
-    if float(flat(g_t) @ flat(g_m)) >= 0:
-        assert torch.allclose(flat(combined), flat(plain))
-    else:
-        assert not torch.allclose(flat(combined), flat(plain))
+    outputs = model([torch.randn(3, 4), torch.randn(2, 4)], torch.randn(2, 4), coords=coords)
+    tumour, micro = outputs["half_logits"]["grade"]
+    # the halves add up to the fused logits (each carries half the bias)
+    assert torch.allclose(tumour + micro, outputs["grade"].detach(), atol=1e-6)
+    head = model.coordination_heads()["grade"]
+    expected = outputs["branches"]["tumour"].detach() @ head.weight[:, :8].detach().t() + head.bias.detach() / 2
+    assert torch.allclose(tumour, expected, atol=1e-6)

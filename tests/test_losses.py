@@ -12,10 +12,10 @@ from histofuse.errors import HistofuseError
 from histofuse.losses import (
     cox_partial_nll,
     distillation_loss,
+    gene_guided_consistency,
     masked_bce,
     masked_cross_entropy,
     risk_from_logits,
-    similarity_consistency,
     survival_bins,
     survival_curve,
     survival_nll,
@@ -264,25 +264,38 @@ def test_softmax_distillation_is_scaled_kl_and_leaves_the_teacher_alone() -> Non
     assert torch.all(student.grad[2] == 0)
 
 
-# --- similarity consistency -------------------------------------------------------------------
+# --- gene-guided consistency -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["mse", "kl"])
-def test_similarity_consistency_is_zero_when_similarities_match(kind: str) -> None:
-    generator = torch.Generator().manual_seed(2)
-    reference = torch.randn(6, 4, generator=generator)
-    rotation, _ = torch.linalg.qr(torch.randn(4, 4, generator=generator))
-    matched = 2.5 * reference @ rotation  # same cosine similarities
-    assert float(similarity_consistency(reference, matched, kind=kind)) == pytest.approx(0.0, abs=1e-6)
-    other = torch.randn(6, 8, generator=generator, requires_grad=True)
-    loss = similarity_consistency(reference, other, kind=kind)
-    assert float(loss.detach()) > 1e-3
+def test_gene_guided_consistency_on_three_patients_by_hand() -> None:
+    # genes (1,0), (0,1), (1,1): Gram [[1,0,1],[0,1,1],[1,1,2]], row norms √2, √2, √6.
+    # positions (1,0), (1,0), (0,1) (one group): Gram [[1,1,0],[1,1,0],[0,0,1]], norms √2, √2, 1.
+    # squared differences: row 1: 0 + 1/2 + 1/2; row 2: 1/2 + 0 + 1/2;
+    # row 3: 1/6 + 1/6 + (2/√6 - 1)²; total 4 - 4/√6, divided by 3 patients.
+    genes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    positions = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]], dtype=torch.float64, requires_grad=True)
+    loss = gene_guided_consistency(genes, positions)
+    assert float(loss.detach()) == pytest.approx((4 - 4 / math.sqrt(6)) / 3)
     loss.backward()
-    assert other.grad is not None and other.grad.abs().sum() > 0
+    # the gene embeddings are learned: the loss reaches them as well as the positions
+    assert genes.grad is not None and genes.grad.abs().sum() > 0
+    assert positions.grad is not None and positions.grad.abs().sum() > 0
 
 
-def test_similarity_consistency_of_one_sample_is_zero() -> None:
-    features = torch.randn(1, 3, requires_grad=True)
-    loss = similarity_consistency(torch.randn(1, 5), features)
+def test_gene_guided_consistency_averages_the_groups_similarities() -> None:
+    genes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    # group 1 as above, group 2 relates the patients exactly as the genes do (positions = genes)
+    positions = torch.stack([torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), genes], dim=1)
+    # the mean similarity is halfway, so every difference halves: a quarter of the one-group loss
+    expected = (4 - 4 / math.sqrt(6)) / 3 / 4
+    assert float(gene_guided_consistency(genes, positions)) == pytest.approx(expected)
+    assert float(gene_guided_consistency(genes, genes.unsqueeze(1) * 3.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gene_guided_consistency_of_one_patient_is_zero() -> None:
+    genes = torch.randn(1, 3, requires_grad=True)
+    loss = gene_guided_consistency(genes, torch.randn(1, 2, 8))
     loss.backward()
     assert loss.item() == 0.0
+    with pytest.raises(ValueError, match="one batch"):
+        gene_guided_consistency(torch.randn(2, 3), torch.randn(3, 2, 8))

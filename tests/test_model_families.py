@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from histofuse.losses import cox_partial_nll, masked_bce, masked_cross_entropy, risk_from_logits, survival_nll
 from histofuse.metrics import cindex
 from histofuse.models import TaskSpec, build_model
-from histofuse.models.deformable_attention import reference_points
+from histofuse.models.deformable_attention import DeformableCrossAttention, sampling_positions
 from histofuse.models.kronecker import kronecker_with_ones
-from histofuse.models.tile_grid import bilinear_tile_weights, sample_grid, tile_grid
+from histofuse.models.tile_grid import bilinear_tile_weights, pseudo_grid, sample_grid, tile_grid
 
 N_TILES_DIM, N_GENOMIC, N_CLINICAL = 6, 6, 3
 
@@ -110,7 +110,8 @@ GRADE = TaskSpec(tasks=("grade",), n_classes=2)
         ("kronecker", {}),
         ("m2f", {}),
         ("m2f", {"joint": False}),
-        ("ksf", {"n_heads": 2, "n_points": 9}),
+        ("ksf", {"n_heads": 2, "offset_groups": 2, "head_dim": 8}),
+        ("ksf", {"n_heads": 2, "offset_groups": 2, "head_dim": 8, "grid": "pseudo", "pseudo_side": 4}),
         ("bidistill", {}),
         ("mm_impute", {}),
     ],
@@ -250,16 +251,57 @@ def test_single_tile_grid() -> None:
     assert (grid.height, grid.width, grid.step) == (1, 1, 1)
 
 
-def test_reference_points_spread_inside_the_slide() -> None:
-    points = reference_points(9)
-    assert points.shape == (9, 2)
-    assert torch.all(points.abs() < 1)
-    assert len({tuple(p) for p in points.tolist()}) == 9
+def test_sampling_positions_by_hand() -> None:
+    # stride 2: key (0, 0) covers cells 0-1, centre 0.5; key (0, 1) covers cells 2-3, centre 2.5.
+    # offset_scale 1: an offset o moves a key by o · 1 · 2 cells.
+    offsets = torch.tensor([[[[0.0, 0.5]], [[0.0, -0.25]]]])  # (1 group, x / y, 1 x 2 keys)
+    cells = sampling_positions(offsets, stride=2, offset_scale=1.0)
+    assert cells.shape == (1, 1, 2, 2)
+    assert cells[0, 0].tolist() == [[0.5, 0.5], [3.5, 0.0]]
+    # on a 3 x 4 grid (rows x cols): x -> x · 2/3 - 1, y -> y · 2/2 - 1
+    every_cell = torch.tensor([[col * STEP, row * STEP] for row in range(3) for col in range(4)])
+    grid = tile_grid(every_cell)
+    normalised = grid.to_normalised(cells[..., 1], cells[..., 0], dtype=torch.float64)
+    assert normalised[0, 0].flatten().tolist() == pytest.approx([-2 / 3, -0.5, 4 / 3, -1.0])
+
+
+def test_deformable_attention_reads_block_centres_without_offsets() -> None:
+    coords, features = _l_layout()
+    grid = tile_grid(coords)  # 3 x 3 with holes
+    torch.manual_seed(0)
+    layer = DeformableCrossAttention(
+        dim=4, n_heads=2, head_dim=2, n_groups=2, downsample=2, offset_scale=4.0, dropout=0.0
+    ).double()
+    nn.init.zeros_(layer.offsets[2].weight)  # tanh(0) = 0: every key at its block centre
+    read = layer(features, features, grid)
+    # key grid 2 x 2; block centres 0.5 and 2.5 cells, normalised on 3 cells: x - 1
+    centres = [-0.5, -0.5, 1.5, -0.5, -0.5, 1.5, 1.5, 1.5]
+    assert read.key_shape == (2, 2)
+    for group in read.positions:
+        assert group.flatten().tolist() == pytest.approx(centres)
+    assert read.output.shape == (5, 4)
+    shares = read.token_attention(grid)
+    assert shares.shape == (5,) and float(shares.sum()) == pytest.approx(1.0)
+    # with learned offsets the positions move, by at most offset_scale key cells
+    nn.init.normal_(layer.offsets[2].weight)
+    moved = layer(features, features, grid).positions
+    assert not torch.allclose(moved, read.positions)
+    # at most offset_scale · stride = 8 cells, i.e. 8 in normalised units on 3 cells (2 / (3 - 1) = 1)
+    assert torch.all((moved - read.positions).abs() <= 8.0 + 1e-9)
+
+
+def test_pseudo_grid_packs_the_tiles_like_the_authors() -> None:
+    grid, tiles = pseudo_grid(3, 2)
+    assert (grid.height, grid.width) == (2, 2)
+    assert grid.rows.tolist() == [0, 0, 1, 1] and grid.cols.tolist() == [0, 1, 0, 1]
+    assert tiles.tolist() == [0, 1, 2, 0]  # repeated cyclically
+    # more tiles than slots: round(k · 10 / 4) = round(0, 2.5, 5, 7.5), halves to even
+    assert pseudo_grid(10, 2)[1].tolist() == [0, 2, 5, 8]
 
 
 def test_ksf_depends_on_the_layout_not_its_position_or_scale() -> None:
     cohort = _cohort(n_patients=3)
-    model = _build("ksf", GRADE, n_heads=2, n_points=4).eval()
+    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8).eval()
     with torch.no_grad():
         base = _run(model, cohort)
         moved = model(
@@ -276,7 +318,7 @@ def test_ksf_depends_on_the_layout_not_its_position_or_scale() -> None:
 
 def test_ksf_outputs_branches_and_consistency() -> None:
     cohort = _cohort(n_patients=5)
-    model = _build("ksf", GRADE, n_heads=2, n_points=4)
+    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8)
     outputs = _run(model, cohort)
     assert set(outputs["branches"]) == {"tumour", "microenvironment"}
     assert all(value.shape == (5, 16) for value in outputs["branches"].values())
@@ -284,8 +326,29 @@ def test_ksf_outputs_branches_and_consistency() -> None:
     consistency = outputs["aux_losses"]["consistency"]
     assert float(consistency.detach()) > 0
     consistency.backward()
-    assert model.reader.value.weight.grad.abs().sum() > 0
+    for branch in model.branches.values():
+        # the gene embeddings are learned through the consistency loss, and so are the offsets
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.gene_encoder.parameters())
+        assert branch.attention.offsets[2].weight.grad.abs().sum() > 0
     assert all(p.grad is None or torch.all(p.grad == 0) for p in model.heads.parameters())
+
+
+def test_ksf_branches_have_their_own_encoders() -> None:
+    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8)
+    tumour, micro = model.branches["tumour"], model.branches["microenvironment"]
+    assert tumour.tile_encoder[0].weight is not micro.tile_encoder[0].weight
+    assert tumour.attention is not micro.attention
+    assert not torch.equal(tumour.tile_encoder[0].weight, micro.tile_encoder[0].weight)
+
+
+def test_ksf_pseudo_grid_ignores_coordinates() -> None:
+    cohort = _cohort(n_patients=3)
+    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8, grid="pseudo", pseudo_side=4).eval()
+    with torch.no_grad():
+        with_coords = _run(model, cohort)
+        without = model(cohort["bags"], cohort["genomics"])
+    assert torch.allclose(with_coords["grade"], without["grade"])
+    assert not model.needs_coords
 
 
 # --- bidirectional distillation ------------------------------------------------------------------

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -338,6 +339,46 @@ def test_bad_overrides_are_config_errors(overrides: dict[str, object], message: 
     with pytest.raises(ConfigError, match=message) as err:
         model_training_section(_section(overrides=overrides), "snn")
     assert "Fix:" in str(err.value)
+
+
+def test_ksf_trains_with_the_authors_preset_beneath_its_overrides(caplog: pytest.LogCaptureFixture) -> None:
+    from histofuse.training.settings import MODEL_PRESETS, model_training_section
+
+    section = _section(models=["snn", "ksf"], overrides={"ksf": {"lr": 5e-4}})
+    with caplog.at_level(logging.INFO, logger="histofuse.training.settings"):
+        ksf = model_training_section(section, "ksf")
+    settings = TrainSettings.from_mapping(ksf)
+    assert (settings.optimizer, settings.weight_decay, settings.lr_schedule) == ("adam", 0.1, "cosine")
+    assert (settings.batch_size, settings.grad_accum, settings.class_weights, settings.alpha_surv) == (8, 8, "balanced", 0.0)
+    assert settings.lr == 5e-4  # the user's override wins over the preset
+    assert "ksf trains with its preset" in caplog.text and "optimizer 'adam' instead of 'adamw'" in caplog.text
+    assert " lr 0.001" not in caplog.text  # an overridden key is not the preset's
+    # the other models keep the section's settings
+    snn = TrainSettings.from_mapping(model_training_section(section, "snn"))
+    assert (snn.optimizer, snn.batch_size) == ("adamw", 1)
+    assert set(MODEL_PRESETS) == {"ksf"}
+
+
+def test_a_preset_replacing_a_chosen_value_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from histofuse.training.settings import model_training_section
+
+    with caplog.at_level(logging.INFO, logger="histofuse.training.settings"):
+        model_training_section(_section(models=["ksf"]), "ksf")
+    assert all(record.levelno == logging.INFO for record in caplog.records)  # only defaults replaced
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="histofuse.training.settings"):
+        model_training_section(_section(models=["ksf"], weight_decay=0.01), "ksf")
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings and "weight_decay 0.1 instead of 0.01" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("overrides", [{"ksf": {"batch_size": 1}}, {"ksf": {"batch_size": 1, "grad_accum": 1}}])
+def test_ksf_with_a_batch_of_one_is_refused(overrides: dict[str, object]) -> None:
+    from histofuse.training.settings import model_training_section
+
+    with pytest.raises(ConfigError, match="ksf needs batch_size >= 2, got 1") as err:
+        model_training_section(_section(models=["ksf"], overrides=overrides), "ksf")
+    assert "overrides.ksf.batch_size" in str(err.value) and "preset is 8" in str(err.value)
 
 
 def test_a_model_listed_twice_is_a_config_error() -> None:

@@ -44,7 +44,7 @@ FAST = TrainSettings(
     seed=0,
     device="cpu",
     subspaces=SUBSPACES,
-    model_options={"ksf": {"n_heads": 2, "n_points": 4}, "m2f": {"n_heads": 2}, "m2f_separate": {"n_heads": 2}},
+    model_options={"ksf": {"n_heads": 2, "offset_groups": 2, "head_dim": 8}, "m2f": {"n_heads": 2}, "m2f_separate": {"n_heads": 2}},
 )
 
 
@@ -319,6 +319,8 @@ def test_learning_rate_schedule() -> None:
         ({"lr_schedule": "step"}, "training.lr_schedule"),
         ({"precision": "fp16"}, "training.precision"),
         ({"subspaces": {"tumour": []}}, "training.subspaces"),
+        ({"coordination": True}, "training.coordination"),
+        ({"optimizer": "sgd"}, "training.optimizer"),
     ],
 )
 def test_new_settings_fail_loudly(mapping: dict, message: str) -> None:
@@ -326,8 +328,8 @@ def test_new_settings_fail_loudly(mapping: dict, message: str) -> None:
         TrainSettings.from_mapping(mapping)
 
 
-def test_ksf_step_coordinates_the_branch_gradients_on_shared_layers(cohort: dict[str, Path]) -> None:
-    from histofuse.models.gradient_coordination import coordinate
+def test_ksf_step_coordinates_the_fused_classifier_weight(cohort: dict[str, Path]) -> None:
+    from histofuse.models.gradient_coordination import coordinate_rows
 
     settings = dataclasses.replace(FAST, dropout=0.0, max_tiles=0, grad_accum=4, batch_size=4)
     data = load_fold_data(fold=0, **cohort, tasks=settings.tasks)
@@ -340,10 +342,10 @@ def test_ksf_step_coordinates_the_branch_gradients_on_shared_layers(cohort: dict
         torch.manual_seed(0)
         return build_model(
             "ksf", n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, task_spec=spec, hidden_dim=16, dropout=0.0,
-            subspaces=subspaces, n_heads=2, n_points=4,
+            subspaces=subspaces, n_heads=2, offset_groups=2, head_dim=8,
         ).train()
 
-    def step(coordination: bool) -> torch.nn.Module:
+    def step(coordination: str) -> torch.nn.Module:
         model = fresh()
         run = _Run(
             model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data=data, objective=objective,
@@ -352,34 +354,25 @@ def test_ksf_step_coordinates_the_branch_gradients_on_shared_layers(cohort: dict
         run.step(chunk, np.random.default_rng(0))
         return model
 
-    plain, coordinated = step(False), step(True)
-    shared = {id(p) for p in coordinated.shared_parameters()}
-    for (name, p_plain), p_coord in zip(plain.named_parameters(), coordinated.parameters(), strict=True):
-        if id(p_coord) not in shared and p_plain.grad is not None:
-            torch.testing.assert_close(p_coord.grad, p_plain.grad, msg=name)
-
-    # on the shared layers: the fused loss's gradient plus the coordinated pair of branch gradients
-    model = fresh()
-    outputs = model(
+    plain = step("none")
+    heads = {id(head.weight) for head in plain.coordination_heads().values()}
+    outputs = fresh()(
         [data.bags.load(int(i)).features for i in chunk], data.genomics[torch.as_tensor(chunk)], None,
         [data.bags.load(int(i)).coords for i in chunk],
     )
-    denominators = objective.denominators(chunk)
-    params = list(model.shared_parameters())
-
-    def flat(loss: torch.Tensor) -> torch.Tensor:
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)])
-
-    main = objective.heads_loss(outputs, chunk, denominators) + objective.aux_loss(outputs, 1.0)
-    logits_a, logits_b = outputs["branch_logits"].values()
-    g_a = flat(objective.heads_loss(logits_a, chunk, denominators))
-    g_b = flat(objective.heads_loss(logits_b, chunk, denominators))
-    new_a, new_b = coordinate(g_a, g_b, objective.confidence(logits_a, chunk), objective.confidence(logits_b, chunk))
-    expected = flat(main) + new_a + new_b
-    got = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in coordinated.shared_parameters()])
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
-    # this batch's branch gradients conflict, so coordination changes the update
-    assert float(torch.dot(g_a, g_b)) < 0
-    plain_shared = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in plain.shared_parameters()])
-    assert not torch.allclose(got, plain_shared)
+    changed = 0
+    for mode in ("project", "reflect"):
+        coordinated = step(mode)
+        for (name, p_plain), p_coord in zip(plain.named_parameters(), coordinated.parameters(), strict=True):
+            if id(p_plain) not in heads and p_plain.grad is not None:
+                torch.testing.assert_close(p_coord.grad, p_plain.grad, msg=name)  # only the fused heads change
+        for task, head in coordinated.coordination_heads().items():
+            first, second = outputs["half_logits"][task]
+            expected = coordinate_rows(
+                plain.coordination_heads()[task].weight.grad, 16,
+                objective.task_confidence(task, first, chunk), objective.task_confidence(task, second, chunk), mode,
+            )
+            torch.testing.assert_close(head.weight.grad, expected)
+            changed += int(not torch.allclose(head.weight.grad, plain.coordination_heads()[task].weight.grad))
+    # some row of this batch's fused heads has conflicting halves, so coordination changes the update
+    assert changed > 0

@@ -135,3 +135,21 @@ def test_snakemake_report(finished_run: Path, demo_config: Path, tmp_path: Path)
     proc = snakemake("--configfile", str(demo_config), "--report", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.exists() and out.stat().st_size > 10_000
+
+
+def test_ksf_with_a_batch_of_one_stops_the_run_before_any_job(tmp_path: Path) -> None:
+    cohort = make_cohort(tmp_path, DemoSpec(n_patients=3, n_slides=3, min_side_px=512, max_side_px=512))
+    config = make_config(
+        tmp_path,
+        cohort,
+        training={
+            "models": ["ksf"],
+            "subspaces": {"tumour": ["tumor_suppressor", "oncogene"], "microenvironment": ["immune", "stroma"]},
+            "overrides": {"ksf": {"batch_size": 1}},
+        },
+    )
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(write_config(tmp_path / "config.yaml", config)))
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "ksf needs batch_size >= 2, got 1" in text and "training.overrides.ksf.batch_size" in text
+    assert "rule tile" not in text

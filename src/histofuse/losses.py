@@ -43,18 +43,16 @@ logger = logging.getLogger(__name__)
 
 Reduction = Literal["mean", "sum", "none"]
 DistillationKind = Literal["softmax", "sigmoid", "risk"]
-ConsistencyKind = Literal["mse", "kl"]
 
 __all__ = [
-    "ConsistencyKind",
     "DistillationKind",
     "Reduction",
     "cox_partial_nll",
     "distillation_loss",
+    "gene_guided_consistency",
     "masked_bce",
     "masked_cross_entropy",
     "risk_from_logits",
-    "similarity_consistency",
     "survival_bins",
     "survival_curve",
     "survival_nll",
@@ -313,47 +311,37 @@ def distillation_loss(
     return per_sample.sum() / mask.sum().clamp(min=1).to(per_sample.dtype)
 
 
-def _cosine_matrix(rows: Tensor) -> Tensor:
-    unit = F.normalize(rows.reshape(rows.shape[0], -1), dim=1)
-    return unit @ unit.t()
+def _row_scaled_gram(rows: Tensor) -> Tensor:
+    """``(B, B)`` Gram matrix of the flattened rows, each row divided by its Euclidean norm."""
+    flat = rows.reshape(rows.shape[0], -1)
+    gram = flat @ flat.t()
+    return gram / torch.linalg.vector_norm(gram, dim=1, keepdim=True).clamp(min=1e-12)
 
 
-def similarity_consistency(
-    reference: Tensor,
-    features: Tensor,
-    *,
-    kind: ConsistencyKind = "mse",
-    temperature: float = 0.1,
-) -> Tensor:
-    """How differently ``features`` and the (detached) ``reference`` relate the samples of a batch.
+def gene_guided_consistency(genes: Tensor, positions: Tensor) -> Tensor:
+    """How differently a gene subspace's embeddings and the slide's sampling positions relate a batch.
 
-    Both ``(B, ·)`` inputs are turned into ``(B, B)`` cosine-similarity matrices. ``kind="mse"``:
-    mean squared difference of their off-diagonal entries; ``kind="kl"``: mean over rows of
-    ``KL(softmax(S_ref/τ) ‖ softmax(S_feat/τ))`` with the diagonal left out of each row. Zero
-    when the two similarity structures match (e.g. ``features`` a rotation of ``reference``),
-    positive otherwise; a batch of fewer than 2 samples gives a zero that keeps the graph.
+    ``genes`` ``(B, D)``: the learned embeddings of one gene subspace (not detached, so the loss
+    also trains the gene encoder); ``positions`` ``(B, G, …)``: each patient's sampling positions in
+    ``G`` offset groups. With ``S(X)`` the Gram matrix of the rows of ``X``, each row divided by its
+    Euclidean norm, the loss is ``sum_ij (S(genes) - mean_g S(positions_g))_ij² / B``: patients
+    whose gene embeddings are alike should be read at alike positions. A batch of fewer than 2
+    patients gives a zero that keeps the graph.
     """
-    if reference.shape[0] != features.shape[0]:
+    if genes.shape[0] != positions.shape[0] or positions.ndim < 3:
         raise ValueError(
-            "reference and features must have the same batch size, "
-            f"got {reference.shape[0]} and {features.shape[0]}"
+            "genes must be (B, D) and positions (B, G, ...) for one batch, "
+            f"got {tuple(genes.shape)} and {tuple(positions.shape)}"
         )
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    batch = features.shape[0]
+    batch = genes.shape[0]
     if batch < 2:
-        return features.sum() * 0.0
-    target = _cosine_matrix(reference.detach().to(features.dtype))
-    current = _cosine_matrix(features)
-    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=features.device)
-    if kind == "mse":
-        return ((current - target) ** 2)[off_diagonal].mean()
-    if kind == "kl":
-        log_p = F.log_softmax((target / temperature).masked_fill(~off_diagonal, float("-inf")), dim=1)
-        log_q = F.log_softmax((current / temperature).masked_fill(~off_diagonal, float("-inf")), dim=1)
-        terms = torch.where(off_diagonal, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
-        return terms.sum(dim=1).mean()
-    raise ValueError(f"kind must be 'mse' or 'kl', got {kind!r}")
+        return genes.sum() * 0.0 + positions.sum() * 0.0
+    dtype = torch.promote_types(genes.dtype, torch.float32)
+    with torch.autocast(genes.device.type, enabled=False):  # Gram matrices in full precision
+        target = _row_scaled_gram(genes.to(dtype))
+        per_group = positions.transpose(0, 1).to(dtype)
+        read = torch.stack([_row_scaled_gram(group) for group in per_group]).mean(dim=0)
+        return ((target - read) ** 2).sum() / batch
 
 
 def survival_curve(logits: Tensor) -> Tensor:

@@ -5,8 +5,9 @@ Importing this package registers every built-in model; see :mod:`histofuse.model
 * baselines: ``abmil`` (slides), ``snn`` (genomics), ``clinical`` (clinical table),
   ``concat`` and ``mm_baseline`` (ABMIL ⊕ SNN), ``kronecker`` (gated Kronecker fusion);
 * ``m2f``: genomic-group co-attention, multi-task (``joint=False``: one copy per task);
-* ``ksf``: genomic subspaces steering deformable attention on the tile grid, with gradient
-  coordination between its two branches (:mod:`histofuse.models.gradient_coordination`);
+* ``ksf``: one branch per genomic subspace, each reading the tiles with cross-modal deformable
+  attention, with gradient coordination on the fused classifier
+  (:mod:`histofuse.models.gradient_coordination`);
 * ``bidistill``: bidirectional distillation between slides + clinical and slides only, and its
   comparator ``mm_impute``.
 """

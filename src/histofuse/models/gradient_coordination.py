@@ -1,77 +1,97 @@
-"""Confidence-guided gradient coordination between two branches that share parameters.
+"""Confidence-guided gradient coordination on a fused classifier's weight (KSF).
 
-When the gradients of two branch losses on the shared parameters conflict (negative cosine), the
-gradient of the **less confident** branch is projected onto the normal plane of the other's,
-``g - (g·h / ‖h‖²) h``, and rescaled to its original norm, so the more confident branch's direction
-is not undone while the other branch keeps its step size. With equal confidences both gradients
-are projected, each against the other's original gradient. Without a conflict both are kept as
-they are.
+The fused classifier of ``ksf`` reads ``[tumour, microenvironment]``; the gradient of each of its
+weight rows (one per class or output) splits into a tumour half ``g_t`` and a microenvironment half
+``g_m``. After the backward pass, for each row whose halves conflict (negative dot product), the
+half of the **less confident** branch is changed against the other half ``h``
+(:func:`resolve_conflict`):
 
-:func:`coordinated_backward` is the training-step entry point: it back-propagates two branch
-losses, coordinated on the shared parameters and plainly summed everywhere else.
+* ``"project"`` (default): ``g - (g·h / ‖h‖²) h``, the component of ``g`` orthogonal to ``h``;
+* ``"reflect"``: the authors' published code, which subtracts the projection twice:
+  ``‖g - p‖ · (g - 2p) / ‖g - 2p‖`` with ``p = (g·h / ‖h‖²) h``, i.e. ``g`` reflected across the
+  plane normal to ``h`` and rescaled to the norm of the projection. It points *against* ``h``
+  wherever the projection would only have removed the conflict.
 
-Confidence of a branch on a batch: the mean probability given to the true class (classification,
-:func:`classification_confidence`) or the concordance index of its risk scores (survival,
-:func:`survival_confidence`).
+Equal confidences, agreeing halves or a zero half leave the row unchanged. A branch's confidence is
+measured with the fused head applied to its half alone: the mean probability of the true class
+(classification, :func:`classification_confidence`) or the concordance index of its risk scores
+(survival, :func:`survival_confidence`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from histofuse.metrics import cindex
 
 __all__ = [
-    "accumulate_gradients",
+    "COORDINATION_MODES",
     "classification_confidence",
     "coordinate",
-    "coordinated_backward",
-    "coordinated_gradients",
+    "coordinate_rows",
+    "resolve_conflict",
     "survival_confidence",
 ]
 
-
-def _project_keeping_norm(g: Tensor, h: Tensor) -> Tensor:
-    """``g`` projected onto the plane normal to ``h``, rescaled to ``‖g‖`` (zero if ``g ∥ h``)."""
-    projected = g - (torch.dot(g, h) / torch.dot(h, h)) * h
-    projected_norm = torch.linalg.vector_norm(projected)
-    if float(projected_norm) == 0.0:
-        return projected
-    return projected * (torch.linalg.vector_norm(g) / projected_norm)
+COORDINATION_MODES: tuple[str, ...] = ("project", "reflect", "none")
+"""Values of ``training.coordination``."""
 
 
-def coordinate(g_a: Tensor, g_b: Tensor, conf_a: float, conf_b: float) -> tuple[Tensor, Tensor]:
-    """Coordinated gradients ``(g_a', g_b')`` of two branches (same shape, any number of dims).
+def resolve_conflict(g: Tensor, h: Tensor, mode: str) -> Tensor:
+    """``g`` changed against a conflicting ``h`` (both 1-D, ``h`` non-zero) by ``mode``."""
+    projection = (torch.dot(g, h) / torch.dot(h, h)) * h
+    if mode == "project":
+        return g - projection
+    if mode == "reflect":
+        reflected = g - 2 * projection
+        norm = torch.linalg.vector_norm(reflected)
+        if float(norm) == 0.0:
+            return reflected
+        return reflected * (torch.linalg.vector_norm(g - projection) / norm)
+    raise ValueError(f"mode must be 'project' or 'reflect', got {mode!r}")
 
-    * ``cos(g_a, g_b) >= 0`` or a zero gradient: both unchanged;
-    * conflict and ``conf_a > conf_b``: ``g_b`` projected onto the normal plane of ``g_a``, norm kept;
-    * conflict and ``conf_b > conf_a``: the same with the roles swapped;
-    * conflict and equal confidences: both projected (each against the other's original).
 
-    A gradient exactly opposite to the other one has no component left after projection and
-    becomes zero. Confidences must be finite numbers.
+def coordinate(g_a: Tensor, g_b: Tensor, conf_a: float, conf_b: float, mode: str = "project") -> tuple[Tensor, Tensor]:
+    """Coordinated ``(g_a', g_b')`` of two halves (same shape): the less confident one gives way.
+
+    Unchanged when ``mode`` is ``"none"``, the halves agree (``g_a·g_b >= 0``), either is zero, the
+    confidences are equal or one of them is NaN (undefined on the batch).
     """
     if g_a.shape != g_b.shape:
-        raise ValueError(
-            f"the two gradients must have the same shape, got {tuple(g_a.shape)} and {tuple(g_b.shape)}"
-        )
-    for name, value in (("conf_a", conf_a), ("conf_b", conf_b)):
-        if not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be a finite confidence, got {value}")
+        raise ValueError(f"the two gradients must have the same shape, got {tuple(g_a.shape)} and {tuple(g_b.shape)}")
+    if mode not in COORDINATION_MODES:
+        raise ValueError(f"mode must be one of {list(COORDINATION_MODES)}, got {mode!r}")
     flat_a, flat_b = g_a.reshape(-1), g_b.reshape(-1)
-    if float(torch.dot(flat_a, flat_b)) >= 0.0 or not bool(flat_a.any()) or not bool(flat_b.any()):
+    if (
+        mode == "none"
+        or not (math.isfinite(conf_a) and math.isfinite(conf_b))
+        or conf_a == conf_b
+        or float(torch.dot(flat_a, flat_b)) >= 0.0
+        or not bool(flat_a.any())
+        or not bool(flat_b.any())
+    ):
         return g_a, g_b
-    new_a, new_b = flat_a, flat_b
-    if conf_a >= conf_b:
-        new_b = _project_keeping_norm(flat_b, flat_a)
-    if conf_b >= conf_a:
-        new_a = _project_keeping_norm(flat_a, flat_b)
-    return new_a.reshape(g_a.shape), new_b.reshape(g_b.shape)
+    if conf_a < conf_b:
+        return resolve_conflict(flat_a, flat_b, mode).reshape(g_a.shape), g_b
+    return g_a, resolve_conflict(flat_b, flat_a, mode).reshape(g_b.shape)
+
+
+def coordinate_rows(gradient: Tensor, split: int, conf_a: float, conf_b: float, mode: str = "project") -> Tensor:
+    """A weight gradient ``(K, D)`` with each row's halves ``[:split]`` / ``[split:]`` coordinated.
+
+    Returns a new tensor; ``split`` must leave two halves of equal width (``D = 2 · split``).
+    """
+    if gradient.ndim != 2 or gradient.shape[1] != 2 * split:
+        raise ValueError(f"gradient must be (K, {2 * split}) for split {split}, got {tuple(gradient.shape)}")
+    rows = []
+    for row in gradient:
+        first, second = coordinate(row[:split], row[split:], conf_a, conf_b, mode)
+        rows.append(torch.cat([first, second]))
+    return torch.stack(rows)
 
 
 def classification_confidence(logits: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
@@ -120,81 +140,3 @@ def survival_confidence(risk: Tensor, time: Tensor, event: Tensor, mask: Tensor 
     if not keep.any():
         return math.nan
     return cindex(time_np[keep], risk_np[keep], event_np[keep])
-
-
-def coordinated_gradients(
-    loss_a: Tensor,
-    loss_b: Tensor,
-    parameters: Sequence[nn.Parameter],
-    conf_a: float,
-    conf_b: float,
-) -> list[Tensor]:
-    """Combined gradient ``g_a' + g_b'`` of two branch losses on the shared ``parameters``.
-
-    Both gradients are taken with :func:`torch.autograd.grad` (the graph is retained, so the
-    losses can still be back-propagated), flattened over all ``parameters`` into one vector each,
-    coordinated with :func:`coordinate` and split back into one tensor per parameter. A parameter
-    that a loss does not reach contributes zeros.
-    """
-    params = list(parameters)
-    if not params:
-        raise ValueError("coordinated_gradients needs at least one shared parameter")
-
-    def flat_gradient(loss: Tensor) -> Tensor:
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.cat(
-            [
-                (torch.zeros_like(p) if g is None else g).reshape(-1)
-                for p, g in zip(params, grads, strict=True)
-            ]
-        )
-
-    g_a, g_b = coordinate(flat_gradient(loss_a), flat_gradient(loss_b), conf_a, conf_b)
-    combined = g_a + g_b
-    return [
-        chunk.view_as(p) for chunk, p in zip(combined.split([p.numel() for p in params]), params, strict=True)
-    ]
-
-
-def accumulate_gradients(parameters: Sequence[nn.Parameter], gradients: Sequence[Tensor]) -> None:
-    """Add ``gradients`` to the ``.grad`` of ``parameters`` (setting it where it is ``None``)."""
-    params = list(parameters)
-    grads = list(gradients)
-    if len(params) != len(grads):
-        raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
-    for param, grad in zip(params, grads, strict=True):
-        if param.grad is None:
-            param.grad = grad.detach().clone()
-        else:
-            param.grad.add_(grad.detach())
-
-
-def coordinated_backward(
-    loss_a: Tensor,
-    loss_b: Tensor,
-    *,
-    parameters: Sequence[nn.Parameter],
-    shared: Sequence[nn.Parameter],
-    conf_a: float,
-    conf_b: float,
-    retain_graph: bool = False,
-) -> None:
-    """Accumulate the gradients of two branch losses into ``.grad``, coordinated where shared.
-
-    ``parameters`` are all trainable parameters of the model and ``shared`` the subset both
-    branches use (e.g. :meth:`histofuse.models.ksf.KnowledgeSteeredFusion.shared_parameters`). On
-    ``shared`` the added gradient is :func:`coordinated_gradients`; on the other parameters it is
-    the plain gradient of ``loss_a + loss_b``. Call it after (or instead of) the backward pass of
-    the main loss; gradients add up like ``Tensor.backward``.
-    """
-    shared_ids = {id(param) for param in shared}
-    shared_params = [param for param in parameters if id(param) in shared_ids]
-    if len(shared_params) != len(shared_ids):
-        raise ValueError("every shared parameter must also be listed in parameters")
-    others = [param for param in parameters if id(param) not in shared_ids and param.requires_grad]
-    combined = coordinated_gradients(loss_a, loss_b, shared_params, conf_a, conf_b)
-    if others:
-        plain = torch.autograd.grad(loss_a + loss_b, others, retain_graph=retain_graph, allow_unused=True)
-        reached = [(param, grad) for param, grad in zip(others, plain, strict=True) if grad is not None]
-        accumulate_gradients([param for param, _ in reached], [grad for _, grad in reached])
-    accumulate_gradients(shared_params, combined)

@@ -22,7 +22,9 @@ Every registered model follows one contract:
   ``task_spec.tasks``, ``"attention"`` (a list of ``(N_i,)`` tile weights, empty where the model
   has no attention), ``"embedding"`` (``(B, E)`` features) and optionally ``"aux_losses"``
   (name → scalar tensor, added to the training loss with configured weights), ``"branches"``
-  (branch name → ``(B, E)`` embedding) and ``"branch_logits"`` (branch name → task → logits).
+  (branch name → ``(B, E)`` embedding), ``"branch_logits"`` (branch name → task → logits) and
+  ``"half_logits"`` (task → the fused head on each of two branches alone, for gradient
+  coordination; the model then also has ``coordination_heads()`` and ``hidden_dim``).
 
 To add a model, write its module in this package, decorate its builder with
 :func:`register_model` and import the module in ``histofuse/models/__init__.py``.

@@ -6,6 +6,10 @@ as the greatest common divisor of every tile's offset from the top-left tile, so
 holes) hold zeros. Positions on the grid are given in the normalised ``[-1, 1]`` convention of
 :func:`torch.nn.functional.grid_sample` with ``align_corners=True``: -1 is the centre of the
 first column / row and +1 the centre of the last one.
+
+:func:`pseudo_grid` is the alternative layout of KSF's authors: the tiles, in bag order, fill a
+fixed ``side x side`` square row by row, repeated cyclically when there are fewer tiles than slots
+and evenly thinned when there are more; the slide's geometry is not used.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MAX_GRID_CELLS", "TileGrid", "bilinear_tile_weights", "sample_grid", "tile_grid"]
+__all__ = ["MAX_GRID_CELLS", "TileGrid", "bilinear_tile_weights", "pseudo_grid", "sample_grid", "tile_grid"]
 
 MAX_GRID_CELLS = 1 << 22
 
@@ -108,6 +112,25 @@ def tile_grid(coords: Tensor, *, max_cells: int = MAX_GRID_CELLS) -> TileGrid:
         step=step,
         origin=(int(origin[0]), int(origin[1])),
     )
+
+
+def pseudo_grid(n_tiles: int, side: int) -> tuple[TileGrid, Tensor]:
+    """The authors' square pseudo-grid: every one of ``side²`` slots and the tile it holds.
+
+    Returns the grid of the slots (row-major, step 1) and ``(side²,)`` tile indices: slot ``k`` holds
+    tile ``k mod n_tiles`` when ``n_tiles <= side²`` (cyclic repetition), else tile
+    ``round(k · n_tiles / side²)`` (evenly spaced tiles, halves rounded to even as NumPy does; the
+    rest left out).
+    """
+    if n_tiles < 1 or side < 1:
+        raise ValueError(f"a pseudo-grid needs n_tiles >= 1 and side >= 1, got {n_tiles} and {side}")
+    slots = torch.arange(side * side, dtype=torch.int64)
+    if n_tiles <= slots.numel():
+        tiles = slots % n_tiles
+    else:
+        tiles = torch.round(slots.double() * (n_tiles / slots.numel())).long().clamp(max=n_tiles - 1)
+    grid = TileGrid(rows=slots // side, cols=slots % side, height=side, width=side, step=1, origin=(0, 0))
+    return grid, tiles
 
 
 def sample_grid(feature_map: Tensor, points: Tensor) -> Tensor:

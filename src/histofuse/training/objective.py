@@ -125,22 +125,20 @@ class Objective:
             start=torch.zeros((), device=next(iter(aux.values())).device),
         )
 
-    def confidence(self, logits: Mapping[str, Tensor], indices: npt.NDArray[np.int64]) -> float:
-        """A branch's confidence on the batch: mean over tasks of true-class probability / concordance.
-
-        NaN task confidences (no label, no comparable pair) are left out; 0.5 when none is defined.
-        """
+    def task_confidence(self, task: str, logits: Tensor, indices: npt.NDArray[np.int64]) -> float:
+        """Confidence of ``logits`` for ``task`` on ``indices``: true-class probability or concordance (NaN if undefined)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        values: list[float] = []
-        for task in self.task_spec.tasks:
-            kind = self.task_spec.loss_kind(task)
-            task_logits = logits[task].detach().float().cpu()
-            if kind in ("cross_entropy", "bce"):
-                target = self.data.targets[task][index]
-                values.append(classification_confidence(task_logits, target, target >= 0))
-            else:
-                risk = task_logits.reshape(-1) if kind == "cox" else risk_from_logits(task_logits)
-                time, event, mask = self._survival_labels(index)
-                values.append(survival_confidence(risk, time, event, mask))
+        kind = self.task_spec.loss_kind(task)
+        task_logits = logits.detach().float().cpu()
+        if kind in ("cross_entropy", "bce"):
+            target = self.data.targets[task][index]
+            return classification_confidence(task_logits, target, target >= 0)
+        risk = task_logits.reshape(-1) if kind == "cox" else risk_from_logits(task_logits)
+        time, event, mask = self._survival_labels(index)
+        return survival_confidence(risk, time, event, mask)
+
+    def confidence(self, logits: Mapping[str, Tensor], indices: npt.NDArray[np.int64]) -> float:
+        """Mean over tasks of :meth:`task_confidence`; NaN ones left out, 0.5 when none is defined."""
+        values = [self.task_confidence(task, logits[task], indices) for task in self.task_spec.tasks]
         finite = [value for value in values if math.isfinite(value)]
         return float(np.mean(finite)) if finite else 0.5

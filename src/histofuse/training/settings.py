@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,18 +12,24 @@ from typing import Any
 import torch
 
 from histofuse.errors import ConfigError
+from histofuse.models.gradient_coordination import COORDINATION_MODES
 from histofuse.models.registry import CLASSIFICATION_TASKS, KNOWN_TASKS, SURVIVAL_LOSSES
 
 __all__ = [
     "LR_SCHEDULES",
     "MONITORS",
+    "MODEL_PRESETS",
     "NOT_PER_MODEL",
+    "OPTIMIZERS",
     "PRECISIONS",
     "SAME_MODEL",
     "TrainSettings",
+    "check_min_batch",
     "check_model_list",
     "model_training_section",
 ]
+
+logger = logging.getLogger(__name__)
 
 _SECTION = "training"
 
@@ -30,6 +37,25 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 MONITORS: tuple[str, ...] = ("loss", "auc", "cindex")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adam")
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "ksf": {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "weight_decay": 0.1,
+        "lr_schedule": "cosine",
+        "batch_size": 8,
+        "grad_accum": 8,
+        "class_weights": "balanced",
+        "alpha_surv": 0.0,
+    },
+}
+"""Built-in training settings per model (the authors' training), applied on top of the
+``training:`` section and beneath ``training.overrides.<model>``."""
+MIN_BATCH: dict[str, tuple[int, str]] = {
+    "ksf": (2, "its gene-guided consistency loss compares the patients of a forward batch"),
+}
+"""Smallest ``batch_size`` a model can be trained with, and why."""
 SAME_MODEL: tuple[tuple[str, str], ...] = (("mm_baseline", "concat"),)
 """Registry names that build the same model (``concat`` only adds a check that genomics exist):
 training both would show the same numbers twice."""
@@ -56,7 +82,9 @@ class TrainSettings:
     Attributes:
         tasks: prediction tasks, a subset of ``("grade", "diagnosis", "survival", "binary")``.
         epochs: maximum number of passes over the training patients.
-        lr, weight_decay: AdamW parameters.
+        optimizer: ``"adamw"`` (decoupled weight decay) or ``"adam"`` (weight decay as an L2 term
+            of the gradient, as in ``torch.optim.Adam``).
+        lr, weight_decay: optimiser parameters.
         lr_schedule: ``"constant"`` or ``"cosine"`` (cosine decay to 0 over the epochs after the
             warm-up); the learning rate is set once per epoch.
         warmup_epochs: epochs of linear warm-up from ``lr / (warmup_epochs + 1)`` to ``lr``.
@@ -85,7 +113,9 @@ class TrainSettings:
             weight 1. A mapping is accepted and stored as sorted pairs.
         aux_weights: weights of the models' auxiliary losses by name (``consistency``,
             ``distill_single_from_multi``, ``distill_multi_from_single``); 1 when not listed.
-        coordination: ``ksf`` only: coordinate its two branches' gradients on the shared layers.
+        coordination: ``ksf`` only: gradient coordination on its fused classifier's weight,
+            ``"project"``, ``"reflect"`` (the authors' code) or ``"none"``
+            (:mod:`histofuse.models.gradient_coordination`).
         subspaces: genomic subspace → gene-group names (``ksf``); None uses groups named
             ``tumour`` and ``microenvironment``.
         model_options: model name → options of its builder (e.g. ``{"m2f": {"n_heads": 4}}``).
@@ -93,6 +123,7 @@ class TrainSettings:
 
     tasks: tuple[str, ...] = ("grade", "survival")
     epochs: int = 20
+    optimizer: str = "adamw"
     lr: float = 2e-4
     weight_decay: float = 1e-5
     patience: int = 5
@@ -115,7 +146,7 @@ class TrainSettings:
     resume: bool = True
     task_weights: tuple[tuple[str, float], ...] = field(default=())
     aux_weights: dict[str, float] = field(default_factory=dict)
-    coordination: bool = True
+    coordination: str = "project"
     subspaces: dict[str, list[str]] | None = None
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -175,6 +206,8 @@ class TrainSettings:
     def _check_choices(self, tasks: tuple[str, ...]) -> None:
         for name, choices in (
             ("survival_loss", SURVIVAL_LOSSES),
+            ("optimizer", OPTIMIZERS),
+            ("coordination", COORDINATION_MODES),
             ("class_weights", CLASS_WEIGHTS),
             ("lr_schedule", LR_SCHEDULES),
             ("monitor", MONITORS),
@@ -182,9 +215,8 @@ class TrainSettings:
         ):
             if getattr(self, name) not in choices:
                 raise self._error(name, f"must be one of {list(choices)}, got {getattr(self, name)!r}")
-        for name in ("resume", "coordination"):
-            if not isinstance(getattr(self, name), bool):
-                raise self._error(name, f"must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.resume, bool):
+            raise self._error("resume", f"must be true or false, got {self.resume!r}")
         if not isinstance(self.binary_label, str) or not self.binary_label:
             raise self._error("binary_label", f"must name a column of the patients table, got {self.binary_label!r}")
         if self.batch_size > self.grad_accum:
@@ -313,11 +345,13 @@ class TrainSettings:
 
 
 def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """The ``training:`` settings of ``model``: the section's, with ``overrides[model]`` on top.
+    """The ``training:`` settings of ``model``: the section's, then the model's preset, then ``overrides[model]``.
 
-    The section's keys that are not settings (models, cox, overrides) are left out of the result. An override naming a model that
-    is not trained, an unknown key, a key of :data:`NOT_PER_MODEL` or an invalid value is a
-    :class:`ConfigError` naming ``training.overrides.<model>``.
+    The section's keys that are not settings (models, cox, overrides) are left out of the result.
+    The preset (:data:`MODEL_PRESETS`) replaces the section's values for that model; every value
+    it replaces is logged. An override naming a model that is not trained, an unknown key, a key
+    of :data:`NOT_PER_MODEL`, an invalid value or a ``batch_size`` below the model's minimum
+    (:data:`MIN_BATCH`) is a :class:`ConfigError` naming ``training.overrides.<model>``.
     """
     overrides = section.get("overrides") or {}
     if not isinstance(overrides, Mapping):
@@ -339,15 +373,45 @@ def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, 
             fix=f"set {', '.join(fixed)} in the '{_SECTION}:' section itself.",
         )
     merged = {key: value for key, value in section.items() if key not in _NOT_SETTINGS}
+    preset = {key: value for key, value in MODEL_PRESETS.get(model, {}).items() if key not in override}
+    _log_preset(model, merged, preset)
+    merged.update(preset)
     merged.update(override)
     try:
-        TrainSettings.from_mapping(merged)
+        settings = TrainSettings.from_mapping(merged)
     except ConfigError as err:
         raise ConfigError(
             f"setting '{_SECTION}.overrides.{model}': {err.problem}",
             fix=f"correct the settings under '{_SECTION}.overrides.{model}'.",
         ) from err
+    check_min_batch(model, settings.batch_size)
     return merged
+
+
+def _log_preset(model: str, section: Mapping[str, Any], preset: Mapping[str, Any]) -> None:
+    """Log what ``model``'s preset replaces: a warning where it replaces a value the user chose."""
+    defaults = {item.name: item.default for item in dataclasses.fields(TrainSettings)}
+    replaced = {key: (section.get(key, defaults[key]), value) for key, value in preset.items()}
+    replaced = {key: pair for key, pair in replaced.items() if pair[0] != pair[1]}
+    chosen = sorted(key for key, (old, _) in replaced.items() if old != defaults[key])
+    if not replaced:
+        return
+    message = "%s trains with its preset: %s (set %s.overrides.%s.<key> to change one)"
+    listed = ", ".join(f"{key} {new!r} instead of {old!r}" for key, (old, new) in sorted(replaced.items()))
+    (logger.warning if chosen else logger.info)(message, model, listed, _SECTION, model)
+
+
+def check_min_batch(model: str, batch_size: int) -> None:
+    """A :class:`ConfigError` when ``batch_size`` is below ``model``'s minimum (:data:`MIN_BATCH`)."""
+    if model not in MIN_BATCH or batch_size >= MIN_BATCH[model][0]:
+        return
+    minimum, reason = MIN_BATCH[model]
+    preset = MODEL_PRESETS.get(model, {}).get("batch_size")
+    default = f" (its preset is {preset}; remove the override to use it)" if preset else ""
+    raise ConfigError(
+        f"setting '{_SECTION}.overrides.{model}': {model} needs batch_size >= {minimum}, got {batch_size}: {reason}.",
+        fix=f"set '{_SECTION}.overrides.{model}.batch_size' to {minimum} or more{default}, with grad_accum at least as large.",
+    )
 
 
 def check_model_list(models: list[str] | tuple[str, ...]) -> None:

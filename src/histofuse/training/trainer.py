@@ -1,15 +1,18 @@
 """Train one registered model on one fold and predict every patient of the fold.
 
-Training: AdamW with a per-epoch learning-rate schedule (constant or cosine, optional linear
+Training: AdamW or Adam (``optimizer``) with a per-epoch learning-rate schedule (constant or cosine, optional linear
 warm-up). An optimiser step covers ``grad_accum`` labelled training patients in random order, fed
 to the model ``batch_size`` bags per forward pass (each bag at most ``max_tiles`` random tiles, with
 their coordinates, read from disk when needed); the step's loss is ``sum_task weight_task ·
 mean_task`` plus the model's weighted auxiliary losses, and accumulation gives exactly the step's
 mean (:mod:`histofuse.training.objective`). Each branch's own heads (``branch_logits``) are trained
-too: ``bidistill``, whose outputs are routed from its branches, on its branches' logits alone; for
-``ksf``, beside its fused heads, and with ``coordination`` the two branch losses are back-propagated through
-:func:`histofuse.models.gradient_coordination.coordinated_backward` on the shared layers. On CUDA
-the forward pass runs under bf16 autocast (``precision``).
+too: ``bidistill``, whose outputs are routed from its branches, on its branches' logits alone;
+other models weight their branch heads' losses by their ``branch_loss_weight`` (``ksf``: 0 by
+default). For a model with ``coordination_heads`` (``ksf``) and ``coordination`` other than
+``none``, the accumulated gradient of each fused head's weight is coordinated before the step
+(:func:`histofuse.models.gradient_coordination.coordinate_rows`), with each branch's confidence
+measured on the step's patients from the model's ``half_logits``. On CUDA the forward pass runs
+under bf16 autocast (``precision``).
 
 Model selection: after each epoch the validation patients are predicted with full bags (eval
 mode) and scored by ``monitor``: the loss (lower is better), the AUC of the first classification or
@@ -48,13 +51,13 @@ from histofuse import metrics
 from histofuse.errors import ConfigError, HistofuseError, WeightsError
 from histofuse.io import atomic_path
 from histofuse.losses import risk_from_logits
-from histofuse.models.gradient_coordination import coordinated_backward
+from histofuse.models.gradient_coordination import coordinate_rows
 from histofuse.models.registry import CLASSIFICATION_TASKS, TaskSpec, build_model
 from histofuse.preprocess import FoldPreprocessing
 from histofuse.training.bags import Bag
 from histofuse.training.data import FoldData, load_fold_data
 from histofuse.training.objective import Objective
-from histofuse.training.settings import TrainSettings
+from histofuse.training.settings import TrainSettings, check_min_batch
 from histofuse.training.state import RunState, capture_rng, fingerprint, load_state, restore_rng, save_state
 
 logger = logging.getLogger(__name__)
@@ -201,6 +204,12 @@ def task_auc(task: str, logits: Tensor, target: npt.NDArray[np.int64]) -> float:
     return metrics.multiclass_auc(target, torch.softmax(logits, dim=1).numpy().astype(np.float64))
 
 
+def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The optimiser of ``settings.optimizer`` over the model's parameters."""
+    kind = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
+    return kind(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
 def _learning_rate(settings: TrainSettings, epoch: int) -> float:
     """Learning rate of epoch ``epoch`` (1-based): linear warm-up, then constant or cosine decay."""
     if epoch <= settings.warmup_epochs:
@@ -223,7 +232,7 @@ class _Run:
 
     @property
     def coordinated(self) -> bool:
-        return self.settings.coordination and hasattr(self.model, "shared_parameters")
+        return self.settings.coordination != "none" and hasattr(self.model, "coordination_heads")
 
     def step(self, chunk: npt.NDArray[np.int64], rng: np.random.Generator) -> float:
         """One optimiser step over the patients ``chunk``; returns the step's loss."""
@@ -231,6 +240,7 @@ class _Run:
         denominators = self.objective.denominators(chunk)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
+        halves: list[dict[str, tuple[Tensor, Tensor]]] = []
         for start in range(0, len(chunk), settings.batch_size):
             batch = chunk[start : start + settings.batch_size]
             bags = [self.data.bags.load(int(i), max_tiles=settings.max_tiles, rng=rng) for i in batch]
@@ -245,27 +255,30 @@ class _Run:
             aux = self.objective.aux_loss(outputs, len(batch) / len(chunk))
             if aux is not None:
                 loss = loss + aux
-            if self.coordinated and len(branch_logits) == 2:
-                logits_a, logits_b = branch_logits.values()
-                loss_a = self.objective.heads_loss(logits_a, batch, denominators)
-                loss_b = self.objective.heads_loss(logits_b, batch, denominators)
-                loss.backward(retain_graph=True)
-                coordinated_backward(
-                    loss_a,
-                    loss_b,
-                    parameters=[p for p in self.model.parameters() if p.requires_grad],
-                    shared=list(self.model.shared_parameters()),
-                    conf_a=self.objective.confidence(logits_a, batch),
-                    conf_b=self.objective.confidence(logits_b, batch),
-                )
-                step_loss += float(loss.detach()) + float(loss_a.detach()) + float(loss_b.detach())
-                continue
-            for logits in branch_logits.values():
-                loss = loss + self.objective.heads_loss(logits, batch, denominators)
+            branch_weight = 1.0 if routed else float(getattr(self.model, "branch_loss_weight", 1.0))
+            if branch_weight:
+                for logits in branch_logits.values():
+                    loss = loss + branch_weight * self.objective.heads_loss(logits, batch, denominators)
             loss.backward()
             step_loss += float(loss.detach())
+            if self.coordinated:
+                halves.append(outputs["half_logits"])
+        if halves:
+            self._coordinate(chunk, halves)
         self.optimizer.step()
         return step_loss
+
+    def _coordinate(self, chunk: npt.NDArray[np.int64], halves: list[dict[str, tuple[Tensor, Tensor]]]) -> None:
+        """Coordinate each fused head's accumulated weight gradient by the branches' step confidences."""
+        split = int(self.model.hidden_dim)
+        for task, head in self.model.coordination_heads().items():
+            if head.weight.grad is None:
+                continue
+            first = torch.cat([batch[task][0] for batch in halves])
+            second = torch.cat([batch[task][1] for batch in halves])
+            conf_a = self.objective.task_confidence(task, first, chunk)
+            conf_b = self.objective.task_confidence(task, second, chunk)
+            head.weight.grad.copy_(coordinate_rows(head.weight.grad, split, conf_a, conf_b, self.settings.coordination))
 
     def epoch(self, train_indices: npt.NDArray[np.int64], rng: np.random.Generator) -> float:
         """One pass over the labelled training patients; returns the mean step loss."""
@@ -479,14 +492,7 @@ def build_fold_model(
     """The untrained model for ``data``, its genomic subspaces and its builder options."""
     options = settings.options_for(model_name)
     subspaces = data.subspaces(settings.subspaces) if data.n_genomic else {}
-    if model_name == "ksf" and not data.bags.has_coords:
-        raise ConfigError(
-            f"model '{model_name}' reads the slides on their tile grid, but some feature files have no "
-            "'coords' dataset.",
-            fix="extract or import features with their tile coordinates.",
-        )
-    if model_name == "ksf" and settings.batch_size < 2:
-        logger.warning("ksf with batch_size 1: its gene-guided consistency loss compares the patients of a batch and is 0")
+    check_min_batch(model_name, settings.batch_size)
     model = build_model(
         model_name,
         n_tiles_dim=data.n_tiles_dim,
@@ -499,6 +505,12 @@ def build_fold_model(
         dropout=settings.dropout,
         **options,
     )
+    if getattr(model, "needs_coords", False) and not data.bags.has_coords:
+        raise ConfigError(
+            f"model '{model_name}' reads the slides on their tile grid, but some feature files have no "
+            "'coords' dataset.",
+            fix=f"extract or import features with their tile coordinates, or set training.model_options.{model_name}.grid: pseudo.",
+        )
     return model, subspaces, options
 
 
@@ -541,7 +553,7 @@ def train_fold(
         torch.manual_seed(settings.seed)
         model, subspaces, options = build_fold_model(model_name, data, settings, task_spec)
         model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        optimizer = _optimizer(model, settings)
         run = _Run(
             model=model,
             optimizer=optimizer,
