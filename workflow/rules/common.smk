@@ -1,11 +1,14 @@
 # Configuration and sample sheets: validated on load; input functions for the rules.
 
 import json
+import shlex
 import shutil
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
+from snakemake.settings.types import DeploymentMethod
 
 from histofuse.config import (
     check_plain_data,
@@ -24,6 +27,15 @@ from histofuse.tables import resolve_slide_paths
 from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
+
+# Every job runs histofuse with the interpreter Snakemake itself runs in, so jobs find it without
+# the environment on PATH: local jobs, group jobs and cluster jobs (these run Snakemake with the
+# same interpreter). Under `--sdm conda` the job's own environment provides the command instead.
+HISTOFUSE = (
+    "histofuse"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else f"{shlex.quote(sys.executable)} -m histofuse"
+)
 
 CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 check_plain_data(workflow.configfiles)
