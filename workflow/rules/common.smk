@@ -16,6 +16,7 @@ from histofuse.config import (
     validate_config,
     validate_sheet,
 )
+from histofuse.cohorts.formats import check_format_options
 from histofuse.exclusions import EXCLUSIONS_TSV
 from histofuse.samples import (
     check_data_root,
@@ -65,6 +66,8 @@ if _untrained:
 
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
+if COHORT_FORMAT != "histofuse":
+    check_format_options(COHORT_FORMAT, COHORT_OPTIONS, source=CONFIG_SOURCE)
 MODALITIES = list(config["modalities"])
 SLIDES_SHEET = (
     Path(config["samples"]["slides"]) if config["samples"].get("slides") else None

@@ -1,0 +1,85 @@
+"""Published tables as they are: BCNB's clinical workbook (.xlsx), its header case and Ki67 styles."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bcnb_published import HEADER, KI67_PERCENT, write_bcnb_xlsx
+from histofuse.cohorts import read_cohort
+from histofuse.cohorts.reading import read_table
+from histofuse.errors import ConfigError
+
+
+def test_bcnb_workbook_is_read_as_published(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_bcnb_xlsx(tmp_path / "patient-clinical-data.xlsx", 16)
+    with caplog.at_level(logging.INFO, logger="histofuse.cohorts"):
+        cohort = read_cohort("bcnb", clinical=str(path))
+    clinical = cohort.clinical.set_index("patient_id").loc[[str(i) for i in range(1, 17)]]
+    np.testing.assert_allclose(clinical["ki67"].to_numpy(), KI67_PERCENT * 2)
+    np.testing.assert_array_equal(clinical["histological_grade"].to_numpy(), [1, 2, 3] * 5 + [1])
+    aln = cohort.patients.set_index("patient_id").loc[[str(i) for i in range(1, 17)], "aln"]
+    np.testing.assert_array_equal(aln.to_numpy(dtype=int), [1 if i % 3 == 0 else 0 for i in range(16)])
+    notes = " | ".join(cohort.notes)
+    assert "'Histological grading' as 'Histological Grading'" in notes
+    assert "10 value(s)" in notes and "multiplied by 100" in notes  # 0.3, 0.05, 0.6, 0.15, 0.2 twice
+    assert "2 value(s) (row 3 (2) = '30-40%'" in notes and "midpoint" in notes
+    assert "4 value(s)" in notes and "full-width" in notes
+    assert "row 4 (3) = '＜5%'" in notes  # the file's row and the patient id
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "multiplied by 100" in logged and "full-width" in logged
+
+
+def test_excel_rows_keep_the_numbers_a_user_sees(tmp_path: Path) -> None:
+    table = read_table(write_bcnb_xlsx(tmp_path / "c.xlsx", 3))
+    assert list(table.columns) == HEADER and list(table.index) == [2, 3, 4]
+    assert table.loc[2, "Patient ID"] == "1" and table.loc[2, "Ki67"] == "0.3" and table.loc[3, "Ki67"] == "30-40%"
+
+
+@pytest.mark.parametrize(
+    "rename",
+    [{"ALN status": " aln STATUS "}, {"Age(years)": "Age (years)"}, {"Tumour Size(cm)": "Tumour Size（cm）"}],
+)
+def test_bcnb_columns_match_ignoring_case_spaces_and_width(tmp_path: Path, rename: dict[str, str]) -> None:
+    header = [rename.get(c, c) for c in HEADER]
+    cohort = read_cohort("bcnb", clinical=str(write_bcnb_xlsx(tmp_path / "c.xlsx", 6, header=header)))
+    assert len(cohort.patients) == 6 and cohort.clinical["age"].notna().all()
+
+
+def test_a_missing_bcnb_column_is_named(tmp_path: Path) -> None:
+    header = ["ER status" if c == "ER" else c for c in HEADER]
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) 'ER'") as err:
+        read_cohort("bcnb", clinical=str(write_bcnb_xlsx(tmp_path / "c.xlsx", 4, header=header)))
+    assert "c.xlsx" in str(err.value)
+
+
+def test_two_headers_matching_one_bcnb_column_are_refused(tmp_path: Path) -> None:
+    header = ["KI67" if c == "Molecular subtype" else c for c in HEADER]
+    with pytest.raises(ConfigError, match=r"'Ki67' and 'KI67' both match the BCNB column 'Ki67'"):
+        read_cohort("bcnb", clinical=str(write_bcnb_xlsx(tmp_path / "c.xlsx", 4, header=header)))
+
+
+def test_bcnb_text_table_takes_a_separator_but_a_workbook_does_not(tmp_path: Path) -> None:
+    rows = pd.read_excel(write_bcnb_xlsx(tmp_path / "c.xlsx", 6), dtype=str)
+    text = tmp_path / "clinical.dat"
+    rows.to_csv(text, sep=";", index=False)
+    assert len(read_cohort("bcnb", clinical=str(text), sep=";").patients) == 6
+    with pytest.raises(ConfigError, match="separator"):
+        read_cohort("bcnb", clinical=str(text))
+    with pytest.raises(ConfigError, match="remove the 'sep' option"):
+        read_cohort("bcnb", clinical=str(tmp_path / "c.xlsx"), sep=";")
+
+
+def test_mixed_plain_units_are_named_row_by_row(caplog: pytest.LogCaptureFixture) -> None:
+    from histofuse.cohorts import parse_ki67
+
+    notes: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="histofuse.cohorts"):
+        parsed = parse_ki67(pd.Series(["0.3", "15", "1", "0", "＞50%"], index=range(2, 7)), path="c.xlsx", notes=notes)
+    np.testing.assert_allclose(parsed.to_numpy(), [30.0, 15.0, 1.0, 0.0, 50.0])
+    mixed = [n for n in notes if "mixed units" in n]
+    assert len(mixed) == 1 and "row 3 = '15'" in mixed[0] and "row 4 = '1'" in mixed[0]
