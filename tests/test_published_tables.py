@@ -83,3 +83,53 @@ def test_mixed_plain_units_are_named_row_by_row(caplog: pytest.LogCaptureFixture
     np.testing.assert_allclose(parsed.to_numpy(), [30.0, 15.0, 1.0, 0.0, 50.0])
     mixed = [n for n in notes if "mixed units" in n]
     assert len(mixed) == 1 and "row 3 = '15'" in mixed[0] and "row 4 = '1'" in mixed[0]
+
+
+# --- split files any cohort may give (folds.source: files) ---------------------------------------
+
+
+def test_id_lists_are_one_fixed_split(tmp_path: Path) -> None:
+    from histofuse.cohorts.splits import read_split_files
+
+    (tmp_path / "train_id.txt").write_text("1\r\n2\r\n 3 \r\n\r\n")
+    (tmp_path / "test_id.txt").write_text("4\n5")
+    files = {"train": str(tmp_path / "train_id.txt"), "test": str(tmp_path / "test_id.txt")}
+    folds = read_split_files(files, ["1", "2", "3", "4", "5", "6"])
+    assert set(folds["fold"]) == {0}
+    assert sorted(folds.loc[folds["split"] == "train", "patient_id"]) == ["1", "2", "3"]
+    assert sorted(folds.loc[folds["split"] == "test", "patient_id"]) == ["4", "5"]
+    (tmp_path / "test_id.txt").write_text("3\n4\n")
+    with pytest.raises(ConfigError, match="patient 3 is listed in .*train_id.txt and in .*test_id.txt"):
+        read_split_files(files, ["1", "2", "3", "4"])
+    (tmp_path / "test_id.txt").write_text("4\n")
+    with pytest.raises(ConfigError, match="not in the cohort: 4"):
+        read_split_files(files, ["1", "2", "3"])
+
+
+def test_folds_table_names_bad_rows(tmp_path: Path) -> None:
+    from histofuse.cohorts.splits import read_split_files
+
+    table = tmp_path / "folds.tsv"
+    table.write_text("patient_id\tfold\tsplit\nA\t0\tTrain\nB\t0\tValidation\nC\t0\ttest\nA\t1\ttest\nB\t1\ttrain\n")
+    folds = read_split_files({"table": str(table)}, ["A", "B", "C"])
+    assert list(folds[folds["fold"] == 0].sort_values("patient_id")["split"]) == ["train", "val", "test"]
+    table.write_text("patient_id\tfold\tsplit\nA\t0\ttrain\nB\t0\tholdout\n")
+    with pytest.raises(ConfigError, match=r"row 3 \(B\) = 'holdout'"):
+        read_split_files({"table": str(table)}, ["A", "B"])
+
+
+def test_split_files_are_checked_before_any_job(tmp_path: Path) -> None:
+    from histofuse.cohorts.splits import check_split_files
+
+    (tmp_path / "train_id.txt").write_text("1\n")
+    (tmp_path / "test_id.txt").write_text("2\n")
+    lists = {"train": str(tmp_path / "train_id.txt"), "test": str(tmp_path / "test_id.txt")}
+    check_split_files(lists, k=1)
+    with pytest.raises(ConfigError, match="one fixed split"):
+        check_split_files(lists, k=5)
+    with pytest.raises(ConfigError, match="folds.files.val does not exist"):
+        check_split_files({**lists, "val": str(tmp_path / "val_id.txt")}, k=1)
+    with pytest.raises(ConfigError, match="'train' and 'test' id lists"):
+        check_split_files({"train": lists["train"]}, k=1)
+    with pytest.raises(ConfigError, match="folds.files is not set"):
+        check_split_files(None, k=1)

@@ -17,6 +17,7 @@ from histofuse.config import (
     validate_sheet,
 )
 from histofuse.cohorts.formats import check_format_options
+from histofuse.cohorts.splits import check_split_files
 from histofuse.exclusions import EXCLUSIONS_TSV
 from histofuse.samples import (
     check_data_root,
@@ -304,12 +305,12 @@ def get_train_features(wildcards):
 
 
 def get_cohort_splits_arg(wildcards, input):
-    """make_folds' option naming the cohort's split table, when it reads one."""
-    return (
-        f"--cohort-splits '{input.cohort_splits}'"
-        if "cohort_splits" in input.keys()
-        else ""
-    )
+    """make_folds' options naming the split files it reads, if any."""
+    if "cohort_splits" in input.keys():
+        return f"--cohort-splits '{input.cohort_splits}'"
+    if config["folds"]["source"] == "files":
+        return f"--split-files {shlex.quote(json.dumps(SPLIT_FILES, sort_keys=True))}"
+    return ""
 
 
 def get_genomics_dir(wildcards, input):
@@ -317,11 +318,18 @@ def get_genomics_dir(wildcards, input):
     return str(Path(input.genomics).parent)
 
 
+SPLIT_FILES = dict(config["folds"].get("files") or {})
+if config["folds"]["source"] == "files":
+    check_split_files(SPLIT_FILES, k=config["folds"]["k"], source=CONFIG_SOURCE)
+
+
 def get_fold_inputs(wildcards):
-    """make_folds reads the cohort's own split files when folds.source is cohort."""
+    """make_folds reads the format's split files (source cohort) or folds.files (source files)."""
     inputs = {"patients": f"{RESULTS}/tables/patients.parquet"}
     if config["folds"]["source"] == "cohort":
         inputs["cohort_splits"] = f"{RESULTS}/tables/cohort_splits.tsv"
+    if config["folds"]["source"] == "files":
+        inputs.update({f"split_{key}": path for key, path in SPLIT_FILES.items()})
     return inputs
 
 
@@ -331,6 +339,11 @@ def get_prediction_files(wildcards):
         model=MODELS,
         fold=FOLDS,
     )
+
+
+def get_preprocessing_files(wildcards):
+    """Every fold's fitted preprocessing (the report lists what it changed)."""
+    return expand(f"{RESULTS}/preprocessing/fold{{fold}}.json", fold=FOLDS)
 
 
 def get_history_files(wildcards):
