@@ -133,3 +133,27 @@ def test_split_files_are_checked_before_any_job(tmp_path: Path) -> None:
         check_split_files({"train": lists["train"]}, k=1)
     with pytest.raises(ConfigError, match="folds.files is not set"):
         check_split_files(None, k=1)
+
+
+# --- checks at DAG build -------------------------------------------------------------------------
+
+
+def test_cox_covariates_missing_from_the_modalities_stop_the_dry_run(tmp_path: Path) -> None:
+    import yaml
+
+    from workflow_support import REPO, snakemake, write_config
+
+    config = yaml.safe_load((REPO / "config" / "examples" / "tcga_gbmlgg.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    config["modalities"] = ["genomics"]
+    config["training"]["cox"]["covariates"] = ["grade", "age"]
+    proc = snakemake("-n", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "add clinical to modalities" in text and "['age']" in text
+    assert "rule train:" not in text  # stopped before the DAG was built
+
+    config["modalities"] = ["genomics", "clinical"]
+    config["cohort"]["options"]["sep"] = ","
+    proc = snakemake("-n", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    assert proc.returncode != 0 and "unknown option(s) sep" in proc.stdout + proc.stderr

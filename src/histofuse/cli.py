@@ -262,7 +262,7 @@ def cmd_make_folds(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from histofuse.training.cox import COX_MODELS, CoxSettings, train_cox_fold
+    from histofuse.training.cox import COX_MODELS, CoxFeatureSettings, CoxSettings, train_cox_fold
     from histofuse.training.settings import TrainSettings
     from histofuse.training.trainer import train_fold
 
@@ -273,10 +273,15 @@ def cmd_train(args: argparse.Namespace) -> None:
             fold=args.fold,
             tables_dir=Path(args.tables_dir),
             folds_tsv=Path(args.folds),
-            settings=CoxSettings.from_mapping(json.loads(args.cox_settings)),
+            settings=(
+                CoxFeatureSettings.from_mapping(json.loads(args.cox_settings))
+                if args.model == "cox_genomic"
+                else CoxSettings.from_mapping(json.loads(args.cox_settings))
+            ),
             out_checkpoint=Path(args.checkpoint),
             out_predictions=Path(args.predictions),
             out_history=_optional_path(args.history or ""),
+            preprocessing=_optional_path(args.preprocessing or ""),
         )
         return
     settings = TrainSettings.from_mapping(json.loads(args.settings))

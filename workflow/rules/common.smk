@@ -26,6 +26,7 @@ from histofuse.samples import (
     missing_slide_files,
 )
 from histofuse.tables import resolve_slide_paths
+from histofuse.training.cox import check_cox_inputs
 from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -295,7 +296,33 @@ def get_train_settings(wildcards):
     return json.dumps(TRAIN_SETTINGS[wildcards.model], sort_keys=True)
 
 
-COX_SETTINGS = json.dumps(config["training"].get("cox", {}), sort_keys=True)
+COX_SETTINGS = {
+    "cox_clinical": json.dumps(config["training"].get("cox", {}), sort_keys=True),
+    "cox_genomic": json.dumps(config["training"].get("cox_genomic", {}), sort_keys=True),
+}
+
+
+def get_cox_settings(wildcards):
+    """The Cox model's own section (training.cox or training.cox_genomic) as JSON; {} for other models."""
+    return COX_SETTINGS.get(wildcards.model, "{}")
+
+
+def clinical_sheet_columns():
+    """The clinical sheet's columns when known before any job (histofuse's format), else None."""
+    path = config["tables"].get("clinical")
+    if "cox_clinical" not in MODELS or COHORT_FORMAT != "histofuse" or not path or not Path(path).is_file():
+        return None
+    return [c for c in read_sheet(Path(path)).columns if c != "patient_id"]
+
+
+check_cox_inputs(
+    MODELS,
+    modalities=MODALITIES,
+    cox=config["training"].get("cox"),
+    cox_genomic=config["training"].get("cox_genomic"),
+    clinical_columns=clinical_sheet_columns(),
+    source=CONFIG_SOURCE,
+)
 PREPROCESS_SETTINGS = json.dumps(config["preprocessing"], sort_keys=True)
 
 

@@ -33,7 +33,7 @@ CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 SAME_MODEL: tuple[tuple[str, str], ...] = (("mm_baseline", "concat"),)
 """Registry names that build the same model (``concat`` only adds a check that genomics exist):
 training both would show the same numbers twice."""
-_NOT_SETTINGS: tuple[str, ...] = ("models", "cox", "overrides")
+_NOT_SETTINGS: tuple[str, ...] = ("models", "cox", "cox_genomic", "overrides")
 """Keys of the ``training:`` section that are not a trained model's settings."""
 NOT_PER_MODEL: tuple[str, ...] = (*_NOT_SETTINGS, "tasks")
 """Keys of the ``training:`` section that ``training.overrides`` cannot set for one model (the
@@ -315,7 +315,7 @@ class TrainSettings:
 def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The ``training:`` settings of ``model``: the section's, with ``overrides[model]`` on top.
 
-    The section's keys that are not settings (models, cox, overrides) are left out of the result. An override naming a model that
+    The section's keys that are not settings (models, cox, cox_genomic, overrides) are left out of the result. An override naming a model that
     is not trained, an unknown key, a key of :data:`NOT_PER_MODEL` or an invalid value is a
     :class:`ConfigError` naming ``training.overrides.<model>``.
     """
