@@ -298,7 +298,9 @@ def get_train_settings(wildcards):
 
 COX_SETTINGS = {
     "cox_clinical": json.dumps(config["training"].get("cox", {}), sort_keys=True),
-    "cox_genomic": json.dumps(config["training"].get("cox_genomic", {}), sort_keys=True),
+    "cox_genomic": json.dumps(
+        config["training"].get("cox_genomic", {}), sort_keys=True
+    ),
 }
 
 
@@ -310,7 +312,12 @@ def get_cox_settings(wildcards):
 def clinical_sheet_columns():
     """The clinical sheet's columns when known before any job (histofuse's format), else None."""
     path = config["tables"].get("clinical")
-    if "cox_clinical" not in MODELS or COHORT_FORMAT != "histofuse" or not path or not Path(path).is_file():
+    if (
+        "cox_clinical" not in MODELS
+        or COHORT_FORMAT != "histofuse"
+        or not path
+        or not Path(path).is_file()
+    ):
         return None
     return [c for c in read_sheet(Path(path)).columns if c != "patient_id"]
 
