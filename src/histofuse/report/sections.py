@@ -341,5 +341,8 @@ def preparation_section(labels_json: Path, preprocessing_files: Sequence[Path]) 
     """What was done to the user's values on the way in (see :func:`preparation_notes`)."""
     notes = preparation_notes(labels_json, preprocessing_files)
     if not notes:
-        return _note("Reading the tables and fitting the preprocessing changed no value beyond the configured steps.")
+        return _note(
+            "Nothing to note: values were changed only as the cohort format documents (README, \"Cohort formats\") "
+            "and by the configured preprocessing."
+        )
     return _table(["Stage", "What was done"], [[stage, note] for stage, note in notes])
