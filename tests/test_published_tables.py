@@ -157,3 +157,25 @@ def test_cox_covariates_missing_from_the_modalities_stop_the_dry_run(tmp_path: P
     config["cohort"]["options"]["sep"] = ","
     proc = snakemake("-n", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
     assert proc.returncode != 0 and "unknown option(s) sep" in proc.stdout + proc.stderr
+
+
+def test_report_lists_what_preparation_changed(tmp_path: Path) -> None:
+    import json
+
+    from histofuse.report.sections import preparation_notes, preparation_section
+
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"source": "bcnb", "preparation": ["c.xlsx, column 'Ki67': 3 value(s) … multiplied by 100"]}))
+    files = []
+    for fold in range(3):
+        path = tmp_path / f"fold{fold}.json"
+        path.write_text(json.dumps({"fold": fold, "notes": ["genomic columns '*_rnaseq' (12) are already standardised"] if fold < 2 else []}))
+        files.append(path)
+    assert preparation_notes(labels, files) == [
+        ("prepare_tables", "c.xlsx, column 'Ki67': 3 value(s) … multiplied by 100"),
+        ("preprocess (fold 0, 1)", "genomic columns '*_rnaseq' (12) are already standardised"),
+    ]
+    html = preparation_section(labels, files)
+    assert "multiplied by 100" in html and "fold 0, 1" in html
+    labels.write_text(json.dumps({"source": "bcnb"}))
+    assert "Nothing to note" in preparation_section(labels, files[2:])
