@@ -31,14 +31,16 @@ from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
-# Every job runs histofuse with the interpreter Snakemake itself runs in, so jobs find it without
-# the environment on PATH: local jobs, group jobs and cluster jobs (these run Snakemake with the
-# same interpreter). Under `--sdm conda` the job's own environment provides the command instead.
-HISTOFUSE = (
-    "histofuse"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else f"{shlex.quote(sys.executable)} -m histofuse"
-)
+# Every job's `histofuse` is the package of the interpreter Snakemake itself runs in, so jobs find
+# it without the environment on PATH: local jobs, group jobs and cluster jobs (these run Snakemake
+# with the same interpreter and read this file again). A shell function keeps the rules' commands
+# as they read; Snakemake's own strict-mode prefix is kept. Under `--sdm conda` the job's own
+# environment provides the command instead.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(
+        # shell.prefix formats its text as a shell command does: braces doubled
+        f'set -euo pipefail; histofuse() {{{{ {shlex.quote(sys.executable)} -m histofuse "$@"; }}}}; '
+    )
 
 CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 check_plain_data(workflow.configfiles)

@@ -24,7 +24,7 @@ if FEATURES_SOURCE == "precomputed":
             folder=PRECOMPUTED_DIR,
             on_error=ON_ERROR,
         shell:
-            "{HISTOFUSE} import-features --folder {params.folder:q} --slide-id {wildcards.slide:q} "
+            "histofuse import-features --folder {params.folder:q} --slide-id {wildcards.slide:q} "
             "--encoder {wildcards.encoder:q} --on-error {params.on_error} --out {output.features:q} "
             "> {log:q} 2>&1"
 
@@ -63,7 +63,7 @@ else:
             stain_norm=config["features"]["stain_norm"] or "",
             stain_target=config["features"]["stain_target"] or "",
         shell:
-            "{HISTOFUSE} extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
+            "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
             "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error {params.on_error} "
             "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
             "--batch-size {params.batch_size} --num-workers {params.num_workers} "

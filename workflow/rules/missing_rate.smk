@@ -28,7 +28,7 @@ rule missing_rate:
         rates=MISSING_RATE_ARGS,
         wsi="" if USE_WSI else "--no-wsi",
     shell:
-        "{HISTOFUSE} missing-rate --checkpoint '{input.checkpoint}' --fold {wildcards.fold} "
+        "histofuse missing-rate --checkpoint '{input.checkpoint}' --fold {wildcards.fold} "
         "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
         "--folds '{input.folds}' --preprocessing '{input.preprocessing}' {params.rates} "
         "{params.wsi} --threads {threads} --out '{output.table}' > '{log}' 2>&1"
@@ -50,4 +50,4 @@ rule missing_rate_table:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{HISTOFUSE} missing-rate-table --tables {input.tables:q} --out '{output.table}' > '{log}' 2>&1"
+        "histofuse missing-rate-table --tables {input.tables:q} --out '{output.table}' > '{log}' 2>&1"

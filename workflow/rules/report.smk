@@ -31,7 +31,7 @@ rule evaluate:
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
     shell:
-        "{HISTOFUSE} evaluate --predictions {input.predictions:q} --out-folds '{output.folds}' "
+        "histofuse evaluate --predictions {input.predictions:q} --out-folds '{output.folds}' "
         "--out-summary '{output.summary}' --out-comparison '{output.comparison}' "
         "--out-confusion '{output.confusion}' --bootstrap {params.bootstrap} "
         "--seed {params.seed} > '{log}' 2>&1"
@@ -65,7 +65,7 @@ rule attention:
         mpp=get_slide_mpp,
         reader=config["reader"],
     shell:
-        "{HISTOFUSE} attention --slide-id '{wildcards.slide}' --slide '{input.slide}' "
+        "histofuse attention --slide-id '{wildcards.slide}' --slide '{input.slide}' "
         "--features '{input.features}' --checkpoints {input.checkpoints:q} "
         "--slides-table '{input.slides}' --folds '{input.folds}' --out '{output.png}' "
         "--reader {params.reader} --mpp '{params.mpp}' > '{log}' 2>&1"

@@ -39,7 +39,7 @@ rule tile:
         mask=TISSUE_MASK_ARGS,
         tiling=TILING_ARGS,
     shell:
-        "{HISTOFUSE} tile --slide {params.path:q} --slide-id {wildcards.slide:q} --mpp '{params.mpp}' "
+        "histofuse tile --slide {params.path:q} --slide-id {wildcards.slide:q} --mpp '{params.mpp}' "
         "--reader {params.reader} --on-error {params.on_error} {params.mask} {params.tiling} "
         "--mask {output.mask:q} --mask-qc {output.mask_qc:q} --out {output.tiles:q} --qc {output.qc:q} "
         "> {log:q} 2>&1"

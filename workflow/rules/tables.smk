@@ -27,7 +27,7 @@ rule prepare_tables:
         grade_classes=get_grade_classes,
         out_dir=get_output_tables_dir,
     shell:
-        "{HISTOFUSE} prepare-tables {params.optional} --grade-classes {params.grade_classes} "
+        "histofuse prepare-tables {params.optional} --grade-classes {params.grade_classes} "
         "--out-dir '{params.out_dir}' > '{log}' 2>&1"
 
 
@@ -55,7 +55,7 @@ rule make_folds:
         splits=get_cohort_splits_arg,
         tasks=fold_task_args(),
     shell:
-        "{HISTOFUSE} make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
+        "histofuse make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
         "--val-fraction {params.val_fraction} --source {params.source} --stratify {params.stratify} "
         "{params.splits} --tasks {params.tasks} --out '{output.folds}' > '{log}' 2>&1"
 
@@ -82,5 +82,5 @@ rule preprocess:
         tables_dir=get_genomics_dir,
         settings=PREPROCESS_SETTINGS,
     shell:
-        "{HISTOFUSE} preprocess --tables-dir '{params.tables_dir}' --folds '{input.folds}' "
+        "histofuse preprocess --tables-dir '{params.tables_dir}' --folds '{input.folds}' "
         "--fold {wildcards.fold} --settings '{params.settings}' --out '{output.fitted}' > '{log}' 2>&1"

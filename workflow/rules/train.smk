@@ -36,7 +36,7 @@ rule train:
         wsi="" if USE_WSI else "--no-wsi",
         state=f"{RESULTS}/models/{{model}}/fold{{fold}}.state.pt",
     shell:
-        "{HISTOFUSE} train --model {wildcards.model} --fold {wildcards.fold} "
+        "histofuse train --model {wildcards.model} --fold {wildcards.fold} "
         "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
         "--folds '{input.folds}' --settings '{params.settings}' "
         "--checkpoint '{output.checkpoint}' --history '{output.history}' "
