@@ -34,15 +34,15 @@ def test_gbmlgg_example_runs_genomic_and_clinical_baselines(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     jobs = jobs_run(proc)
     assert not {"tile", "extract_features"} & set(jobs)
-    assert jobs["train"] == 6 and jobs["preprocess"] == 3
+    assert jobs["train"] == 9 and jobs["preprocess"] == 3
 
     results = tmp_path / "results"
     summary = pd.read_csv(results / "metrics" / "summary.tsv", sep="\t")
     cindex = summary[(summary["task"] == "survival") & (summary["metric"] == "cindex")].set_index("model")
-    assert set(cindex.index) == {"cox_clinical", "snn"}
+    assert set(cindex.index) == {"cox_clinical", "cox_genomic", "snn"}
     # grade + subtype carry most of the glioma survival signal (published c-index ≈ 0.78)
     assert cindex.loc["cox_clinical", "mean"] > 0.72 and cindex.loc["cox_clinical", "n_folds"] == 3
-    assert cindex.loc["snn", "mean"] > 0.65
+    assert cindex.loc["snn", "mean"] > 0.65 and cindex.loc["cox_genomic", "mean"] > 0.65
     grade_auc = summary[(summary["model"] == "snn") & (summary["task"] == "grade") & (summary["metric"] == "auc")]
     assert float(grade_auc["mean"].iloc[0]) > 0.7
 

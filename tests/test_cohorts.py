@@ -354,7 +354,10 @@ def test_ki67_never_crashes_and_stays_a_percentage(text: str) -> None:
 
 @given(st.decimals(min_value=0, max_value=100, places=2), st.sampled_from(["{}%", "{} %", "{}", "<{}%", ">{}%", "≤{}"]))
 def test_ki67_numbers_parse_to_their_value(number: object, style: str) -> None:
-    assert parse_ki67_text(style.format(number)) == pytest.approx(float(str(number)))
+    value = float(str(number))
+    # a number below 1 without '%' is a fraction (BCNB's 0.3 = 30 %)
+    expected = value * 100 if "%" not in style and 0 < value < 1 else value
+    assert parse_ki67_text(style.format(number)) == pytest.approx(expected)
 
 
 # --- generic tables and the dispatcher ---------------------------------------------------------

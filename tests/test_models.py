@@ -92,6 +92,15 @@ def test_snn_shape_and_lecun_init() -> None:
     assert any(isinstance(layer, nn.AlphaDropout) for layer in snn.network)
 
 
+def test_snn_layer_widths_are_a_builder_option() -> None:
+    default = build_model("snn", n_tiles_dim=8, n_genomic=80, task_spec=SPEC, hidden_dim=64)
+    narrow = build_model("snn", n_tiles_dim=8, n_genomic=80, task_spec=SPEC, hidden_dim=64, hidden_dims=[32, 32])
+    widths = [m.out_features for m in narrow.snn.network if isinstance(m, nn.Linear)]
+    assert widths == [32, 32] and default.snn.out_dim == 64
+    out = narrow(None, genomics=torch.randn(5, 80))
+    assert out["grade"].shape == (5, 3) and out["embedding"].shape == (5, 32)
+
+
 def test_unknown_model_lists_known_models() -> None:
     with pytest.raises(ConfigError, match="mm_baseline"):
         build_model("nope", n_tiles_dim=8, n_genomic=0, task_spec=SPEC)

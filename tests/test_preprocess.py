@@ -130,3 +130,38 @@ def test_any_numeric_column_gives_finite_bounded_outputs(values: list[float | No
     transform = TableTransform.fit(train, clip=10.0)
     out = transform.transform(pd.DataFrame({"x": [probe, np.nan, np.inf]}))
     assert np.isfinite(out).all() and (np.abs(out) <= 10.0).all()
+
+
+def test_log1p_only_where_the_training_values_are_non_negative() -> None:
+    genomics, clinical, rows = _cohort()
+    genomics["CD8A_rnaseq"] = np.linspace(-3.0, 40.0, len(genomics))  # centred somewhere else: not z-scores
+    fitted = _fit(genomics, clinical, rows)
+    by_name = {c.name: c for c in fitted.genomics.numeric}
+    assert by_name["EGFR_rnaseq"].log1p and not by_name["CD8A_rnaseq"].log1p
+    assert any("log1p skipped on 1 column(s)" in n and "CD8A_rnaseq" in n for n in fitted.notes)
+    out = fitted.genomics.transform(genomics.set_index("patient_id"))
+    column = fitted.genomics.output_columns.index("CD8A_rnaseq")
+    # negatives keep their order instead of all becoming log1p(0)
+    assert len(np.unique(out[:5, column])) == 5
+
+
+def test_a_z_scored_group_is_left_as_it_is_and_noted() -> None:
+    genomics, clinical, rows = _cohort(n=60, seed=2)
+    genomics = genomics.drop(columns="EGFR_rnaseq")  # MCAT publishes every expression column as z-scores
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(60, 8))
+    for j in range(8):
+        genomics[f"G{j}_rnaseq"] = (z[:, j] - z[:, j].mean()) / z[:, j].std()
+    fitted = _fit(genomics, clinical, rows)
+    numeric = {c.name: c for c in fitted.genomics.numeric}
+    for j in range(8):
+        column = numeric[f"G{j}_rnaseq"]
+        assert not column.log1p and (column.mean, column.std) == (0.0, 1.0)
+    assert numeric["TP53_cnv"].std != 1.0  # copy-number calls (whole numbers) are not taken for z-scores
+    assert fitted.notes == (
+        "genomic columns '*_rnaseq' (8) are already standardised (training mean ≈ 0, deviation ≈ 1): "
+        "left as they are, without log1p or rescaling",
+    )
+    out = fitted.genomics.transform(genomics.set_index("patient_id"))
+    np.testing.assert_allclose(out[:, fitted.genomics.output_columns.index("G0_rnaseq")], genomics["G0_rnaseq"], atol=1e-6)
+    assert FoldPreprocessing.from_json(fitted.to_json()).notes == fitted.notes

@@ -390,3 +390,12 @@ def test_a_model_listed_twice_is_a_config_error() -> None:
         check_model_list(["mm_baseline", "concat"])
     with pytest.raises(ConfigError, match="abmil more than once"):
         check_model_list(["abmil", "snn", "abmil"])
+
+
+def test_epoch_log_line_names_each_value_once() -> None:
+    from histofuse.training.trainer import epoch_line
+
+    assert epoch_line("snn fold 0", 3, 1.5, 1.4718, "loss", -1.4718) == "snn fold 0 epoch 3: train loss 1.5000, val loss 1.4718"
+    assert epoch_line("snn fold 0", 3, 1.5, 1.4718, "cindex", 0.71) == (
+        "snn fold 0 epoch 3: train loss 1.5000, val loss 1.4718, val cindex 0.7100"
+    )

@@ -24,9 +24,12 @@ TINY = DemoSpec(n_patients=10, n_slides=11, min_side_px=1024, max_side_px=1280, 
 def snakemake(
     *args: str, cwd: Path = REPO, timeout: int = 1500, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the venv's snakemake with ``args`` in ``cwd``; never raises on a failed run."""
+    """Run the venv's snakemake with ``args`` in ``cwd``; never raises on a failed run.
+
+    As the README runs it: by its path, with the venv left off PATH (jobs must not need it there).
+    """
     base_env = os.environ if env is None else env
-    env = {**base_env, "PATH": f"{BIN}{os.pathsep}{base_env.get('PATH', '')}"}
+    env = {**base_env, "PATH": path_without_venv(base_env.get("PATH", ""))}
     return subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=cwd,
@@ -36,6 +39,11 @@ def snakemake(
         timeout=timeout,
         check=False,
     )
+
+
+def path_without_venv(path: str) -> str:
+    """``path`` (a PATH value) without the folder of this interpreter's executables."""
+    return os.pathsep.join(p for p in path.split(os.pathsep) if p and Path(p).resolve() != BIN.resolve())
 
 
 def demo_config(root: Path, cohort: dict[str, Path], **overrides: Any) -> dict[str, Any]:

@@ -251,6 +251,14 @@ def cmd_make_folds(args: argparse.Namespace) -> None:
     if settings.source == "cohort":
         splits = pd.read_csv(args.cohort_splits, sep="\t", dtype={"patient_id": str})
         folds = folds_from_cohort_splits(splits, patients, settings, path=args.cohort_splits)
+    elif settings.source == "files":
+        import json
+
+        from histofuse.cohorts.splits import read_split_files
+
+        files = json.loads(args.split_files)
+        splits = read_split_files(files, patients["patient_id"].astype(str))
+        folds = folds_from_cohort_splits(splits, patients, settings, path=Path(next(iter(files.values()))))
     else:
         folds = make_folds(patients, settings)
     check_fold_labels(folds, patients, tuple(args.tasks), path=args.patients, binary_label=args.binary_label)
@@ -258,7 +266,7 @@ def cmd_make_folds(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from histofuse.training.cox import COX_MODELS, CoxSettings, train_cox_fold
+    from histofuse.training.cox import COX_MODELS, CoxFeatureSettings, CoxSettings, train_cox_fold
     from histofuse.training.settings import TrainSettings
     from histofuse.training.trainer import train_fold
 
@@ -269,10 +277,15 @@ def cmd_train(args: argparse.Namespace) -> None:
             fold=args.fold,
             tables_dir=Path(args.tables_dir),
             folds_tsv=Path(args.folds),
-            settings=CoxSettings.from_mapping(json.loads(args.cox_settings)),
+            settings=(
+                CoxFeatureSettings.from_mapping(json.loads(args.cox_settings))
+                if args.model == "cox_genomic"
+                else CoxSettings.from_mapping(json.loads(args.cox_settings))
+            ),
             out_checkpoint=Path(args.checkpoint),
             out_predictions=Path(args.predictions),
             out_history=_optional_path(args.history or ""),
+            preprocessing=_optional_path(args.preprocessing or ""),
         )
         return
     settings = TrainSettings.from_mapping(json.loads(args.settings))
@@ -465,9 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--source", default="kfold", help="kfold or cohort (the cohort's own split files)")
+    p.add_argument("--source", default="kfold", help="kfold, cohort (the format's split files) or files (folds.files)")
     p.add_argument("--stratify", default="grade", help="label column stratified on, with the event")
     p.add_argument("--cohort-splits", type=Path, default=None, help="cohort_splits.tsv (source cohort)")
+    p.add_argument("--split-files", default="{}", help="folds.files as JSON (source files)")
     p.add_argument("--tasks", nargs="*", default=[], help="training.tasks: each needs labels in every fold")
     p.add_argument("--binary-label", default="aln", help="training.binary_label: the binary task's column")
     p.add_argument("--out", required=True, type=Path)

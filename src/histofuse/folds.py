@@ -3,7 +3,8 @@
 ``source: kfold`` draws k stratified folds (on the primary label and the survival event);
 ``source: cohort`` takes the cohort's own split files (e.g. the 15 PNAS splits of TCGA-GBMLGG or
 MCAT's ``splits_{k}.csv``), uses the first ``k`` of them and carves the validation part out of each
-training part when the file gives none.
+training part when the file gives none; ``source: files`` does the same with split files any
+cohort may give (a folds table or id lists per split, :func:`histofuse.cohorts.splits.read_split_files`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from histofuse.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-FOLD_SOURCES: tuple[str, ...] = ("kfold", "cohort")
+FOLD_SOURCES: tuple[str, ...] = ("kfold", "cohort", "files")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +42,7 @@ class FoldSettings:
                 f"folds.source '{self.source}' is not one of {list(FOLD_SOURCES)}.", column="folds.source"
             )
         if self.k < 1 or (self.source == "kfold" and self.k < 2):
-            raise ConfigError("folds.k must be at least 2 (at least 1 with source: cohort).", column="folds.k")
+            raise ConfigError("folds.k must be at least 2 (at least 1 with source: cohort or files).", column="folds.k")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError("folds.val_fraction must lie in (0, 0.5).", column="folds.val_fraction")
 
@@ -82,9 +83,9 @@ def make_folds(patients: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
             column="folds.k",
             fix="lower folds.k or add patients.",
         )
-    if settings.source == "cohort":
+    if settings.source != "kfold":
         raise ConfigError(
-            "folds.source is 'cohort': the folds come from the cohort's split files.",
+            f"folds.source is '{settings.source}': the folds come from split files.",
             column="folds.source",
             fix="use folds_from_cohort_splits, or set folds.source: kfold.",
         )

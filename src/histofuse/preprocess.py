@@ -3,7 +3,11 @@
 For each table a :class:`TableTransform` is fitted on the training patients' rows and then applied
 unchanged to every patient of the fold (train, validation and test):
 
-* numeric columns: optional ``log1p`` (expression columns, by suffix), median imputation with a
+* genomic column groups (by name suffix) that are z-scored already (MCAT's expression) are
+  detected and left as they are (no ``log1p``, no rescaling); ``log1p`` (expression columns, by
+  suffix) applies only to columns without negative training values; both decisions are logged and
+  kept in the fold's ``notes``;
+* numeric columns: optional ``log1p`` as above, median imputation with a
   missing-indicator column for every column that had missing values in the training part,
   z-scoring with the training mean and standard deviation, clipping to ±``clip`` deviations;
 * categorical columns (text): mode imputation plus indicator, one-hot over the training part's
@@ -137,12 +141,17 @@ class TableTransform:
         train: pd.DataFrame,
         *,
         log1p_columns: Sequence[str] = (),
+        as_is_columns: Sequence[str] = (),
         top_k: int | None = None,
         missing_indicators: bool = True,
         clip: float = 10.0,
     ) -> TableTransform:
-        """Fit on the training rows (one column per feature; NaN / empty = missing)."""
+        """Fit on the training rows (one column per feature; NaN / empty = missing).
+
+        ``as_is_columns`` (already standardised) keep their values: mean 0 and deviation 1 are stored.
+        """
         log1p_set = set(map(str, log1p_columns))
+        as_is = set(map(str, as_is_columns))
         numeric: list[NumericColumn] = []
         categorical: list[CategoricalColumn] = []
         variances: list[float] = []
@@ -168,8 +177,8 @@ class TableTransform:
                         name=name,
                         log1p=use_log,
                         median=median,
-                        mean=float(imputed.mean()),
-                        std=std,
+                        mean=0.0 if name in as_is else float(imputed.mean()),
+                        std=1.0 if name in as_is else std,
                         indicator=missing_indicators and bool(np.isnan(values).any()),
                     )
                 )
@@ -273,6 +282,8 @@ class FoldPreprocessing:
     clinical: TableTransform
     genomic_groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Group name → indices of ``genomics.output_columns`` (a feature may be in several groups)."""
+    notes: tuple[str, ...] = ()
+    """What fitting decided about the user's values that the settings alone do not say."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -283,6 +294,7 @@ class FoldPreprocessing:
                 "genomics": self.genomics.to_dict(),
                 "clinical": self.clinical.to_dict(),
                 "genomic_groups": {k: list(v) for k, v in self.genomic_groups.items()},
+                "notes": list(self.notes),
             },
             indent=1,
         )
@@ -305,6 +317,7 @@ class FoldPreprocessing:
             genomics=TableTransform.from_dict(data["genomics"]),
             clinical=TableTransform.from_dict(data["clinical"]),
             genomic_groups={k: tuple(v) for k, v in data.get("genomic_groups", {}).items()},
+            notes=tuple(data.get("notes", ())),
         )
 
     @classmethod
@@ -326,6 +339,78 @@ def _group_indices(output_columns: Sequence[str], gene_groups: pd.DataFrame | No
         for group in by_feature.get(base, ["ungrouped"]):
             groups.setdefault(group, []).append(index)
     return {group: tuple(indices) for group, indices in sorted(groups.items())}
+
+
+STANDARDISED_MEAN = 0.25
+"""A column group is z-scored already when its columns' median training mean is within ±this …"""
+STANDARDISED_STD = (0.75, 1.33)
+"""… their median training standard deviation within this range …"""
+STANDARDISED_SHARE = 0.9
+"""… this share of its columns has a mean within ±1 and a deviation within 0.5…2, and its values
+are continuous (not all whole numbers, as copy-number calls are) with some below 0."""
+
+
+def column_group(name: str) -> str:
+    """A genomic column's group: its name suffix from the last ``_`` (``TP53_rnaseq`` → ``_rnaseq``)."""
+    return name[name.rfind("_") :] if "_" in name else "(no suffix)"
+
+
+def _numeric_values(frame: pd.DataFrame) -> pd.DataFrame:
+    numeric = [c for c in frame.columns if _is_numeric(frame[c])]
+    values = frame[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+    return values.where(np.isfinite(values))
+
+
+def _looks_standardised(values: pd.DataFrame) -> bool:
+    mean, std = values.mean(), values.std(ddof=0)
+    present = values.stack()
+    return bool(
+        len(present) > 0
+        and (present < 0).any()
+        and (present % 1 != 0).any()
+        and abs(float(mean.median())) <= STANDARDISED_MEAN
+        and STANDARDISED_STD[0] <= float(std.median()) <= STANDARDISED_STD[1]
+        and float(((mean.abs() <= 1.0) & std.between(0.5, 2.0)).mean()) >= STANDARDISED_SHARE
+    )
+
+
+def standardised_groups(train: pd.DataFrame) -> dict[str, list[str]]:
+    """Column groups (by name suffix) already z-scored on the training part: group → its columns.
+
+    The test is on the group as a whole (see :data:`STANDARDISED_MEAN` … :data:`STANDARDISED_SHARE`),
+    so that a small training part does not split a standardised group by chance.
+    """
+    values = _numeric_values(train)
+    groups: dict[str, list[str]] = {}
+    for name in map(str, values.columns):
+        groups.setdefault(column_group(name), []).append(name)
+    return {g: cols for g, cols in groups.items() if len(cols) >= 2 and _looks_standardised(values[cols])}
+
+
+def plan_genomic_columns(train: pd.DataFrame, log1p_suffixes: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Which genomic columns get ``log1p``, which are left as they are, and notes saying why.
+
+    ``log1p`` applies to columns ending with ``log1p_suffixes`` that are non-negative on the training
+    part; an already standardised group is neither logged nor rescaled.
+    """
+    values = _numeric_values(train)
+    as_is_groups = standardised_groups(train)
+    as_is = sorted(c for cols in as_is_groups.values() for c in cols)
+    notes = [
+        f"genomic columns '*{group}' ({len(cols)}) are already standardised (training mean ≈ 0, deviation ≈ 1): "
+        "left as they are, without log1p or rescaling"
+        for group, cols in sorted(as_is_groups.items())
+    ]
+    suffixed = [c for c in map(str, values.columns) if log1p_suffixes and c.endswith(tuple(log1p_suffixes))]
+    candidates = [c for c in suffixed if c not in set(as_is)]
+    negative = [c for c in candidates if (values[c] < 0).any()]
+    if negative:
+        notes.append(
+            f"log1p skipped on {len(negative)} column(s) with negative training values ({', '.join(negative[:5])}"
+            + (" …" if len(negative) > 5 else "")
+            + "): log1p applies to non-negative columns only"
+        )
+    return [c for c in candidates if c not in set(negative)], as_is, notes
 
 
 def fit_fold_preprocessing(
@@ -351,10 +436,13 @@ def fit_fold_preprocessing(
         return indexed.reindex(train_ids)
 
     genomic_train = train_part(genomics)
-    log1p_columns = [c for c in map(str, genomic_train.columns) if c.endswith(settings.log1p_suffixes)] if settings.log1p_suffixes else []
+    log1p_columns, as_is_columns, notes = plan_genomic_columns(genomic_train, settings.log1p_suffixes)
+    for note in notes:
+        log.warning("fold %d: %s", fold, note)
     genomic_transform = TableTransform.fit(
         genomic_train,
         log1p_columns=log1p_columns,
+        as_is_columns=as_is_columns,
         top_k=settings.top_k_genomic,
         missing_indicators=settings.missing_indicators,
         clip=settings.clip,
@@ -375,4 +463,5 @@ def fit_fold_preprocessing(
         genomics=genomic_transform,
         clinical=clinical_transform,
         genomic_groups=_group_indices(genomic_transform.output_columns, gene_groups),
+        notes=tuple(notes),
     )

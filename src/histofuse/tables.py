@@ -5,7 +5,7 @@ Outputs in the tables folder (all written atomically):
 the other class labels as class indices, survival_time in months, event, binary labels),
 ``genomics.parquet`` and ``clinical.parquet`` (patient_id + columns; only patient_id when the
 cohort has no such table or the modality is not used), ``gene_groups.parquet`` (feature, gene,
-group; a feature may belong to several groups), ``labels.json`` (class names per label) and
+group; a feature may belong to several groups), ``labels.json`` (class names per label; under ``preparation`` what reading changed) and
 ``cohort_splits.tsv`` (the cohort's own train/val/test assignments, possibly empty).
 The cohort comes either from histofuse's own sheets (:class:`TableInputs`) or from a published
 format read by :mod:`histofuse.cohorts`. No statistic is fitted here: imputation and scaling
@@ -332,6 +332,8 @@ def write_cohort_tables(
     source = cohort.patients
     patients = pd.DataFrame({"patient_id": source["patient_id"].astype(str)})
     labels: dict[str, Any] = {"survival": {"unit": "months"}, "source": cohort.source}
+    if cohort.notes:
+        labels["preparation"] = list(cohort.notes)
     for name, classes in TEXT_LABELS.items():
         if name in source.columns:
             patients[name] = _class_index(source[name], classes)

@@ -1,11 +1,14 @@
 # Configuration and sample sheets: validated on load; input functions for the rules.
 
 import json
+import shlex
 import shutil
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
+from snakemake.settings.types import DeploymentMethod
 
 from histofuse.config import (
     check_plain_data,
@@ -13,6 +16,8 @@ from histofuse.config import (
     validate_config,
     validate_sheet,
 )
+from histofuse.cohorts.formats import check_format_options
+from histofuse.cohorts.splits import check_split_files
 from histofuse.exclusions import EXCLUSIONS_TSV
 from histofuse.samples import (
     check_data_root,
@@ -22,9 +27,21 @@ from histofuse.samples import (
 )
 from histofuse.slides.tiff_regions import check_region_decoder
 from histofuse.tables import resolve_slide_paths
+from histofuse.training.cox import check_cox_inputs
 from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
+
+# Every job's `histofuse` is the package of the interpreter Snakemake itself runs in, so jobs find
+# it without the environment on PATH: local jobs, group jobs and cluster jobs (these run Snakemake
+# with the same interpreter and read this file again). A shell function keeps the rules' commands
+# as they read; Snakemake's own strict-mode prefix is kept. Under `--sdm conda` the job's own
+# environment provides the command instead.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(
+        # shell.prefix formats its text as a shell command does: braces doubled
+        f'set -euo pipefail; histofuse() {{{{ {shlex.quote(sys.executable)} -m histofuse "$@"; }}}}; '
+    )
 
 CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 check_plain_data(workflow.configfiles)
@@ -54,6 +71,8 @@ if _untrained:
 
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
+if COHORT_FORMAT != "histofuse":
+    check_format_options(COHORT_FORMAT, COHORT_OPTIONS, source=CONFIG_SOURCE)
 MODALITIES = list(config["modalities"])
 SLIDES_SHEET = (
     Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
@@ -286,7 +305,40 @@ def get_train_settings(wildcards):
     return json.dumps(TRAIN_SETTINGS[wildcards.model], sort_keys=True)
 
 
-COX_SETTINGS = json.dumps(config["training"].get("cox", {}), sort_keys=True)
+COX_SETTINGS = {
+    "cox_clinical": json.dumps(config["training"].get("cox", {}), sort_keys=True),
+    "cox_genomic": json.dumps(
+        config["training"].get("cox_genomic", {}), sort_keys=True
+    ),
+}
+
+
+def get_cox_settings(wildcards):
+    """The Cox model's own section (training.cox or training.cox_genomic) as JSON; {} for other models."""
+    return COX_SETTINGS.get(wildcards.model, "{}")
+
+
+def clinical_sheet_columns():
+    """The clinical sheet's columns when known before any job (histofuse's format), else None."""
+    path = config["tables"].get("clinical")
+    if (
+        "cox_clinical" not in MODELS
+        or COHORT_FORMAT != "histofuse"
+        or not path
+        or not Path(path).is_file()
+    ):
+        return None
+    return [c for c in read_sheet(Path(path)).columns if c != "patient_id"]
+
+
+check_cox_inputs(
+    MODELS,
+    modalities=MODALITIES,
+    cox=config["training"].get("cox"),
+    cox_genomic=config["training"].get("cox_genomic"),
+    clinical_columns=clinical_sheet_columns(),
+    source=CONFIG_SOURCE,
+)
 PREPROCESS_SETTINGS = json.dumps(config["preprocessing"], sort_keys=True)
 
 
@@ -296,12 +348,12 @@ def get_train_features(wildcards):
 
 
 def get_cohort_splits_arg(wildcards, input):
-    """make_folds' option naming the cohort's split table, when it reads one."""
-    return (
-        f"--cohort-splits '{input.cohort_splits}'"
-        if "cohort_splits" in input.keys()
-        else ""
-    )
+    """make_folds' options naming the split files it reads, if any."""
+    if "cohort_splits" in input.keys():
+        return f"--cohort-splits '{input.cohort_splits}'"
+    if config["folds"]["source"] == "files":
+        return f"--split-files {shlex.quote(json.dumps(SPLIT_FILES, sort_keys=True))}"
+    return ""
 
 
 def get_genomics_dir(wildcards, input):
@@ -309,11 +361,18 @@ def get_genomics_dir(wildcards, input):
     return str(Path(input.genomics).parent)
 
 
+SPLIT_FILES = dict(config["folds"].get("files") or {})
+if config["folds"]["source"] == "files":
+    check_split_files(SPLIT_FILES, k=config["folds"]["k"], source=CONFIG_SOURCE)
+
+
 def get_fold_inputs(wildcards):
-    """make_folds reads the cohort's own split files when folds.source is cohort."""
+    """make_folds reads the format's split files (source cohort) or folds.files (source files)."""
     inputs = {"patients": f"{RESULTS}/tables/patients.parquet"}
     if config["folds"]["source"] == "cohort":
         inputs["cohort_splits"] = f"{RESULTS}/tables/cohort_splits.tsv"
+    if config["folds"]["source"] == "files":
+        inputs.update({f"split_{key}": path for key, path in SPLIT_FILES.items()})
     return inputs
 
 
@@ -323,6 +382,11 @@ def get_prediction_files(wildcards):
         model=MODELS,
         fold=FOLDS,
     )
+
+
+def get_preprocessing_files(wildcards):
+    """Every fold's fitted preprocessing (the report lists what it changed)."""
+    return expand(f"{RESULTS}/preprocessing/fold{{fold}}.json", fold=FOLDS)
 
 
 def get_history_files(wildcards):

@@ -83,6 +83,7 @@ rule report:
         attention=get_attention_files,
         patients=f"{RESULTS}/tables/patients.parquet",
         folds=f"{RESULTS}/folds/folds.tsv",
+        preprocessing=get_preprocessing_files,
         qc=get_qc_files,
         tiles=get_tile_files,
         features=get_feature_files,

@@ -32,7 +32,7 @@ rule train:
         features_dir=f"{RESULTS}/features/{ENCODER}",
         tables_dir=get_tables_dir,
         settings=get_train_settings,
-        cox=COX_SETTINGS,
+        cox=get_cox_settings,
         wsi="" if USE_WSI else "--no-wsi",
         state=f"{RESULTS}/models/{{model}}/fold{{fold}}.state.pt",
     shell:

@@ -47,6 +47,7 @@ try:
         feature_files=[Path(p) for p in sm.input.features],
         benchmarks_dir=Path(sm.params.benchmarks_dir),
         exclusions_tsv=Path(sm.params.exclusions),
+        preprocessing_files=[Path(p) for p in sm.input.preprocessing],
         config=dict(sm.config),
         title=sm.config["report"]["title"],
     )

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,47 +66,112 @@ LEAKY_NUMERIC = {"Number of lymph node metastases": "lymph_node_metastases"}
 LEAKY_TEXT = {"Surgical": "surgery"}
 LEAKY: tuple[str, ...] = (*LEAKY_NUMERIC, *LEAKY_TEXT)
 
-_KI67_VALUE = re.compile(r"^(?:<=|>=|[<>≤≥~])?\s*(\d+(?:\.\d*)?|\.\d+)\s*%?$")
-_KI67_RANGE = re.compile(r"^(\d+(?:\.\d*)?)\s*%?\s*[-–]\s*(\d+(?:\.\d*)?)\s*%?$")
+_BOUND = r"(?:<=|>=|[<>≤≥~])?"
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_KI67_VALUE = re.compile(rf"^{_BOUND}\s*{_NUMBER}\s*(%?)$")
+_KI67_RANGE = re.compile(rf"^{_NUMBER}\s*(%?)\s*[-–~]\s*{_NUMBER}\s*(%?)$")
+
+KI67_KINDS: tuple[str, ...] = ("percent", "fraction", "range")
+"""How a Ki67 value was read: a percentage (a ``%`` sign, or a number of 1 or more), a fraction
+(a number below 1 without ``%``, times 100) or a range (its midpoint, in either unit)."""
 
 
-def parse_ki67_text(text: str) -> float | None:
-    """Ki67 percentage from text, or None when it cannot be read.
+@dataclass(frozen=True)
+class Ki67Reading:
+    """One Ki67 cell read as a percentage, with how it was read."""
 
-    ``30%``, ``30 %`` and ``30`` → 30 (plain numbers are percentages, never fractions);
-    a bound keeps its value (``<5%`` → 5, ``>90%`` → 90); a range gives its midpoint
-    (``10-20%`` → 15). Values outside 0…100 and any other text give None.
+    percent: float
+    kind: str
+    plain: bool = False
+    full_width: bool = False
+
+
+def _is_fraction(number: float, sign: str) -> bool:
+    return not sign and number < 1.0
+
+
+def read_ki67_text(text: str) -> Ki67Reading | None:
+    """A Ki67 cell as a percentage and how its unit was decided, or None when it cannot be read.
+
+    Full-width characters (``＜5％``) are read as their ASCII forms. ``30%``, ``30 %`` and ``30``
+    → 30 percent; a number below 1 without ``%`` is a fraction (``0.3`` → 30; BCNB writes
+    most values so; ``1`` is 1 %); a bound keeps its value (``<5%`` → 5, ``<0.05`` → 5); a range gives its
+    midpoint (``30-40%`` → 35, ``0.3-0.4`` → 35). Values outside 0…100 % give None.
     """
-    cleaned = str(text).strip()
+    raw = str(text).strip()
+    cleaned = unicodedata.normalize("NFKC", raw).strip()
+    full_width = cleaned != raw
     match = _KI67_VALUE.match(cleaned)
     if match:
-        value = float(match.group(1))
+        number, sign = float(match.group(1)), match.group(2)
+        kind = "fraction" if _is_fraction(number, sign) and number > 0 else "percent"
+        value = number * 100.0 if kind == "fraction" else number
     else:
         match = _KI67_RANGE.match(cleaned)
         if not match:
             return None
-        low, high = float(match.group(1)), float(match.group(2))
+        low, high = float(match.group(1)), float(match.group(3))
         if low > high:
             return None
-        value = (low + high) / 2.0
-    return value if 0.0 <= value <= 100.0 else None
+        signed = bool(match.group(2) or match.group(4))
+        scale = 100.0 if _is_fraction(high, "%" if signed else "") else 1.0
+        kind, value = "range", scale * (low + high) / 2.0
+    if not 0.0 <= value <= 100.0:
+        return None
+    plain = "%" not in cleaned
+    return Ki67Reading(percent=value, kind=kind, plain=plain, full_width=full_width)
+
+
+def parse_ki67_text(text: str) -> float | None:
+    """Ki67 percentage from text (see :func:`read_ki67_text`), or None when it cannot be read."""
+    reading = read_ki67_text(text)
+    return None if reading is None else reading.percent
 
 
 def parse_ki67(
-    values: pd.Series, *, path: Path | str | None = None, column: str = "Ki67", ids: pd.Series | None = None
+    values: pd.Series,
+    *,
+    path: Path | str | None = None,
+    column: str = "Ki67",
+    ids: pd.Series | None = None,
+    notes: list[str] | None = None,
 ) -> pd.Series:
-    """Ki67 percentages (float64); unreadable text becomes missing and is counted in a warning."""
-    parsed = values.map(lambda v: np.nan if pd.isna(v) else parse_ki67_text(v))
+    """Ki67 percentages (float64), the unit decided per value; what was done is logged and noted.
+
+    Unreadable text becomes missing; a column that mixes fractions with percentages written
+    without ``%`` gets a warning naming the rows of each. ``notes`` receives one line per kind of
+    change (fractions scaled, ranges averaged, full-width signs read, unreadable cells).
+    """
+    readings = values.map(lambda v: None if pd.isna(v) else read_ki67_text(v))
+    parsed = readings.map(lambda r: np.nan if r is None else r.percent).astype("float64")
+
+    def rows(mask: pd.Series) -> str:
+        return f"{int(mask.sum())} value(s) ({row_list(values.index[mask], ids, values)})"
+
+    def where(test: Callable[[Ki67Reading], bool]) -> pd.Series:
+        return readings.map(lambda r: r is not None and test(r)).astype(bool)
+
+    fraction = where(lambda r: r.kind == "fraction")
+    plain_percent = where(lambda r: r.kind == "percent" and r.plain and r.percent >= 1.0)
+    ranges, widened = where(lambda r: r.kind == "range"), where(lambda r: r.full_width)
     unreadable = values.notna() & parsed.isna()
-    if unreadable.any():
-        log.warning(
-            "%s, column '%s': %d value(s) are not a readable percentage and are treated as missing: %s",
-            path or "table",
-            column,
-            int(unreadable.sum()),
-            row_list(values.index[unreadable], ids, values),
+    found = {
+        "written as a fraction (below 1, no '%') and multiplied by 100": fraction,
+        "given as a range and replaced by its midpoint": ranges,
+        "written with full-width characters, read as their ASCII forms": widened,
+        "not a readable percentage, treated as missing": unreadable,
+    }
+    lines = [f"{path or 'table'}, column '{column}': {rows(mask)} {what}" for what, mask in found.items() if mask.any()]
+    if fraction.any() and plain_percent.any():
+        lines.append(
+            f"{path or 'table'}, column '{column}': mixed units without '%': {rows(plain_percent)} of 1 or more read "
+            "as percentages beside the fractions; check these rows"
         )
-    return parsed.astype("float64")
+    for line in lines:
+        log.warning("%s", line)
+    if notes is not None:
+        notes.extend(lines)
+    return parsed
 
 
 def _receptor(text: str) -> str | None:
@@ -121,10 +189,51 @@ def _histological_grade(text: str) -> str | None:
     return {"1": "1", "2": "2", "3": "3", "I": "1", "II": "2", "III": "3"}.get(key)
 
 
-def read_bcnb(clinical: str | Path, *, keep_leaky: bool = False) -> CohortTables:
-    """Read a BCNB-style clinical table: ``aln`` label and a clinical table (sorted by patient id)."""
+def column_key(name: str) -> str:
+    """A header as BCNB's columns are matched: full-width forms read as ASCII, case and spaces ignored."""
+    return "".join(unicodedata.normalize("NFKC", str(name)).casefold().split())
+
+
+def match_columns(table: pd.DataFrame, *, path: Path, notes: list[str]) -> pd.DataFrame:
+    """``table`` with its BCNB columns renamed to :data:`COLUMNS`, matched by :func:`column_key`.
+
+    Two headers that match one BCNB column raise ConfigError naming both; renamed headers are noted.
+    """
+    wanted = {column_key(c): c for c in COLUMNS}
+    renames: dict[str, str] = {}
+    for header in table.columns:
+        canonical = wanted.get(column_key(header))
+        if canonical is None:
+            continue
+        twin = next((h for h, c in renames.items() if c == canonical), None)
+        if twin is not None:
+            raise ConfigError(
+                f"columns {twin!r} and {header!r} both match the BCNB column {canonical!r}.",
+                path=path,
+                row=1,
+                column=str(header),
+                fix="remove or rename one of them.",
+            )
+        renames[header] = canonical
+    changed = {h: c for h, c in renames.items() if h != c}
+    if changed:
+        line = f"{path}: BCNB columns matched ignoring case and spaces: " + ", ".join(
+            f"{h!r} as {c!r}" for h, c in changed.items()
+        )
+        log.info("%s", line)
+        notes.append(line)
+    return table.rename(columns=renames)
+
+
+def read_bcnb(clinical: str | Path, *, keep_leaky: bool = False, sep: str | None = None) -> CohortTables:
+    """Read a BCNB-style clinical table: ``aln`` label and a clinical table (sorted by patient id).
+
+    ``clinical``: the published ``.xlsx`` workbook or a delimited text table (``sep`` for a text
+    table whose suffix does not tell its separator). Column names match case- and space-insensitively.
+    """
     path = Path(clinical)
-    table = read_table(path)
+    notes: list[str] = []
+    table = match_columns(read_table(path, sep=sep), path=path, notes=notes)
     require_columns(table, list(COLUMNS), path=path, what="BCNB clinical table")
     extra = [c for c in table.columns if c not in COLUMNS]
     if extra:
@@ -164,25 +273,25 @@ def read_bcnb(clinical: str | Path, *, keep_leaky: bool = False) -> CohortTables
             ids=ids,
         )
     )
-    out["ki67"] = parse_ki67(table["Ki67"], path=path, column="Ki67", ids=ids)
+    out["ki67"] = parse_ki67(table["Ki67"], path=path, column="Ki67", ids=ids, notes=notes)
     if keep_leaky:
         leaky_numbers = numeric_columns(table, list(LEAKY_NUMERIC), path=path, ids=ids)
         for column, name in LEAKY_NUMERIC.items():
             out[name] = leaky_numbers[column]
         for column, name in LEAKY_TEXT.items():
             out[name] = text_column(table[column])
-        log.warning("%s: keeping columns that give the ALN label away, as asked: %s", path, ", ".join(LEAKY))
+        line = f"{path}: keeping columns that give the ALN label away, as asked: {', '.join(LEAKY)}"
     else:
-        log.warning(
-            "%s: dropping columns that give the ALN label away (known only after axillary surgery): %s "
-            "(keep_leaky=True keeps them)",
-            path,
-            ", ".join(LEAKY),
+        line = (
+            f"{path}: dropping columns that give the ALN label away (known only after axillary surgery): "
+            f"{', '.join(LEAKY)} (keep_leaky: true keeps them)"
         )
+    log.warning("%s", line)
+    notes.append(line)
     patients = patients.sort_values("patient_id").reset_index(drop=True)
     out = out.sort_values("patient_id").reset_index(drop=True)
     log.info("%s: %d patients, %d with ALN metastasis", path, len(patients), int(patients["aln"].sum()))
-    return CohortTables(patients=patients, clinical=out, source=SOURCE)
+    return CohortTables(patients=patients, clinical=out, source=SOURCE, notes=tuple(notes))
 
 
 def _as_float(values: pd.Series) -> pd.Series:

@@ -40,12 +40,11 @@ def _reader(format: str) -> Callable[..., CohortTables]:
     return READERS[format]
 
 
-def read_cohort(format: str, **paths_and_options: Any) -> CohortTables:
-    """Read a cohort in the named format; unknown formats and unknown or missing options raise ConfigError."""
-    reader = _reader(format)
+def check_format_options(format: str, options: Any, *, source: str | None = None) -> None:
+    """Raise ConfigError for an unknown format, or options it does not take or lacks (before any job)."""
     parameters = format_parameters(format)
-    unknown = sorted(set(paths_and_options) - set(parameters))
-    missing = sorted(name for name, required in parameters.items() if required and name not in paths_and_options)
+    unknown = sorted(set(options) - set(parameters))
+    missing = sorted(name for name, required in parameters.items() if required and name not in options)
     if unknown or missing:
         problems = []
         if unknown:
@@ -55,7 +54,13 @@ def read_cohort(format: str, **paths_and_options: Any) -> CohortTables:
         described = ", ".join(f"{name}{'' if required else ' (optional)'}" for name, required in parameters.items())
         raise ConfigError(
             f"format {format!r}: {'; '.join(problems)}.",
-            column="format",
+            path=source,
+            column="cohort.options",
             fix=f"the {format!r} format takes: {described}.",
         )
-    return reader(**paths_and_options)
+
+
+def read_cohort(format: str, **paths_and_options: Any) -> CohortTables:
+    """Read a cohort in the named format; unknown formats and unknown or missing options raise ConfigError."""
+    check_format_options(format, paths_and_options)
+    return _reader(format)(**paths_and_options)

@@ -64,7 +64,8 @@ class CohortTables:
     ``genomics``: ``patient_id`` + float64 columns. ``clinical``: ``patient_id`` + float64 or
     ``string`` columns. ``slides``: ``slide_id, patient_id``. ``gene_groups``: ``gene, group`` (a
     gene may belong to several groups). ``splits``: ``patient_id, fold, split`` with split in
-    train / val / test. ``source``: the format read.
+    train / val / test. ``source``: the format read. ``notes``: what reading changed in the
+    user's values (one line each), for the preparation log and the report.
     """
 
     patients: pd.DataFrame
@@ -74,6 +75,7 @@ class CohortTables:
     gene_groups: pd.DataFrame | None = None
     splits: pd.DataFrame | None = None
     source: str
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:

@@ -1,4 +1,7 @@
-"""Read a delimited cohort table as text cells, whatever its line endings or compression.
+"""Read a delimited cohort table (or an Excel workbook's first sheet) as text cells.
+
+Delimited tables are read whatever their line endings or compression; ``.xlsx`` / ``.xlsm``
+workbooks (as BCNB publishes its clinical table) with openpyxl.
 
 Every frame returned here is indexed by the row number in the file (the header is row 1, the
 first data row is row 2), so errors raised later can name the rows a user sees in an editor.
@@ -26,6 +29,7 @@ MISSING_TOKENS: frozenset[str] = frozenset({"", "NA"})
 
 _SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
 _COMPRESSIONS = (".zip", ".gz")
+EXCEL_SUFFIXES: tuple[str, ...] = (".xlsx", ".xlsm")
 
 
 def _table_suffix(path: Path) -> str:
@@ -42,8 +46,8 @@ def separator_for(path: Path) -> str:
         raise ConfigError(
             f"cannot tell the field separator from the file name (suffix '{suffix or 'none'}').",
             path=path,
-            fix=f"name the file with one of {', '.join(sorted(_SEPARATORS))} (optionally + .zip or .gz), "
-            "or give the separator explicitly.",
+            fix=f"name the file with one of {', '.join(sorted(_SEPARATORS))} (optionally + .zip or .gz) or "
+            f"{' / '.join(EXCEL_SUFFIXES)} for an Excel workbook, or give the separator explicitly.",
         )
     return _SEPARATORS[suffix]
 
@@ -92,18 +96,11 @@ def read_text(path: str | Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_table(path: str | Path, *, sep: str | None = None) -> pd.DataFrame:
-    """Read a delimited table as stripped text cells, indexed by file row number (header = 1).
-
-    Blank lines are skipped (the row numbers of later rows still match the file). Duplicate or
-    ragged headers raise ConfigError. An unnamed header cell (an index column written by pandas)
-    is kept under the name ``""``.
-    """
-    path = Path(path)
+def _delimited_cells(path: Path, sep: str | None) -> pd.DataFrame:
     separator = sep if sep is not None else separator_for(path)
     text = read_text(path)
     try:
-        raw = pd.read_csv(
+        return pd.read_csv(
             io.StringIO(text),
             sep=separator,
             header=None,
@@ -120,6 +117,63 @@ def read_table(path: str | Path, *, sep: str | None = None) -> pd.DataFrame:
             path=path,
             fix="check that every row has as many fields as the header and that quotes are balanced.",
         ) from err
+
+
+def _excel_text(value: object) -> str:
+    """A workbook cell as the text a user sees: whole numbers without ``.0``, empty cells empty."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _excel_cells(path: Path, sep: str | None) -> pd.DataFrame:
+    """The first sheet's cells as text; other sheets are named in a warning and not read."""
+    if sep is not None:
+        raise ConfigError(
+            f"a field separator ({sep!r}) was given for an Excel workbook.",
+            path=path,
+            fix="remove the 'sep' option (it applies to delimited text tables only).",
+        )
+    if not path.is_file():
+        raise ConfigError("table does not exist.", path=path, fix="correct the path.")
+    try:
+        import openpyxl  # noqa: F401  (pandas' reader for .xlsx)
+    except ImportError as err:  # pragma: no cover - openpyxl is pinned in requirements/lock.txt
+        raise ConfigError(
+            "reading an .xlsx workbook needs openpyxl, which is not installed.",
+            path=path,
+            fix="install the pinned requirements (make install), or save the sheet as CSV.",
+        ) from err
+    try:
+        sheets = pd.read_excel(path, sheet_name=None, header=None, dtype=object, engine="openpyxl")
+    except Exception as err:  # openpyxl raises many kinds for a damaged workbook
+        raise ConfigError(
+            f"cannot read the Excel workbook ({type(err).__name__}: {err}).",
+            path=path,
+            fix="open and re-save it in Excel, or save the sheet as CSV.",
+        ) from err
+    if not sheets:
+        raise ConfigError("the workbook has no sheet.", path=path, fix="add a sheet with a header row.")
+    names = list(sheets)
+    if len(names) > 1:
+        log.warning("%s: reading sheet %r; other sheets are not read: %s", path, names[0], ", ".join(map(repr, names[1:])))
+    cells = sheets[names[0]]
+    if cells.empty:
+        raise ConfigError("the table is empty.", path=path, fix="add a header line and rows.")
+    return cells.map(_excel_text)
+
+
+def read_table(path: str | Path, *, sep: str | None = None) -> pd.DataFrame:
+    """Read a delimited table as stripped text cells, indexed by file row number (header = 1).
+
+    Blank lines are skipped (the row numbers of later rows still match the file). Duplicate or
+    ragged headers raise ConfigError. An unnamed header cell (an index column written by pandas)
+    is kept under the name ``""``.
+    """
+    path = Path(path)
+    raw = _excel_cells(path, sep) if path.suffix.lower() in EXCEL_SUFFIXES else _delimited_cells(path, sep)
     raw = raw.fillna("").apply(lambda column: column.str.strip())
     header = [str(name) for name in raw.iloc[0]]
     seen: dict[str, int] = {}

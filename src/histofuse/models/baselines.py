@@ -59,13 +59,21 @@ class SlideABMIL(nn.Module):
 class GenomicSNN(nn.Module):
     """Self-normalising network over all genomic features → task heads (genomics only)."""
 
-    def __init__(self, *, n_genomic: int, task_spec: TaskSpec, hidden_dim: int, dropout: float) -> None:
+    def __init__(
+        self,
+        *,
+        n_genomic: int,
+        task_spec: TaskSpec,
+        hidden_dim: int,
+        dropout: float,
+        hidden_dims: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.n_genomic = n_genomic
         self.snn = SelfNormalizingNetwork(
-            in_dim=n_genomic, hidden_dims=(hidden_dim, hidden_dim), dropout=dropout
+            in_dim=n_genomic, hidden_dims=tuple(hidden_dims or (hidden_dim, hidden_dim)), dropout=dropout
         )
-        self.heads = TaskHeads(hidden_dim, task_spec)
+        self.heads = TaskHeads(self.snn.out_dim, task_spec)
 
     def forward(
         self,
@@ -151,14 +159,17 @@ def build_snn(
     n_clinical: int = 0,
     gene_groups: Sequence[Sequence[int]] | None = None,
     subspaces: Mapping[str, Sequence[int]] | None = None,
+    hidden_dims: Sequence[int] | None = None,
 ) -> GenomicSNN:
-    """Builder for ``snn`` (genomics only)."""
+    """Builder for ``snn`` (genomics only); ``hidden_dims`` (model_options) sets the layer widths."""
     if n_genomic < 1:
         raise ConfigError(
             "model 'snn' reads genomics, but no genomic feature is available.",
             fix="provide a genomics table, or remove 'snn' from the models to train.",
         )
-    return GenomicSNN(n_genomic=n_genomic, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout)
+    return GenomicSNN(
+        n_genomic=n_genomic, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout, hidden_dims=hidden_dims
+    )
 
 
 @register_model("clinical")

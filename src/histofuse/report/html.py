@@ -565,10 +565,11 @@ def build_report(
     attention_pngs: Sequence[Path] = (),
     benchmarks_dir: Path | None = None,
     exclusions_tsv: Path | None = None,
+    preprocessing_files: Sequence[Path] = (),
 ) -> None:
     """Write one self-contained HTML report to ``out_html`` (atomically).
 
-    Sections: cohort, slides QC, feature extraction, one per task (survival, then each
+    Sections: cohort, data preparation (what reading and preprocessing changed), slides QC, feature extraction, one per task (survival, then each
     classification task), training, attention, missing-modality robustness, exclusions and
     provenance. ``summary_tsv``, ``folds_tsv_metrics``, ``comparison_tsv`` and ``confusion_tsv``
     are the outputs of :func:`histofuse.evaluate.run_evaluate`; ``folds_tsv`` is the fold
@@ -617,6 +618,11 @@ def build_report(
             "cohort",
             "Cohort",
             _cohort_section(tables_dir=tables_dir, folds_tsv=Path(folds_tsv), classes=class_names),
+        ),
+        (
+            "preparation",
+            "Data preparation",
+            sections.preparation_section(tables_dir / "labels.json", [Path(p) for p in preprocessing_files]),
         ),
         ("slides-qc", "Slides QC", _qc_section(qc_pngs, tiles)),
         (

@@ -21,6 +21,7 @@ __all__ = [
     "METRIC_NAMES",
     "attention_section",
     "exclusions_section",
+    "preparation_section",
     "robustness_section",
     "task_section",
     "throughput_block",
@@ -315,3 +316,33 @@ def throughput_block(
             _note("Wall time of each slide's job from Snakemake's benchmark files, start-up included."),
         ]
     )
+
+
+def preparation_notes(labels_json: Path, preprocessing_files: Sequence[Path]) -> list[tuple[str, str]]:
+    """(stage, note) pairs: what reading the tables and each fold's preprocessing changed in the values.
+
+    A preprocessing note shared by several folds is listed once, with the folds it concerns.
+    """
+    import json
+
+    notes: list[tuple[str, str]] = []
+    if Path(labels_json).is_file():
+        notes += [("prepare_tables", str(n)) for n in json.loads(Path(labels_json).read_text()).get("preparation", [])]
+    folds_of: dict[str, list[str]] = {}
+    for path in preprocessing_files:
+        data = json.loads(Path(path).read_text())
+        for note in data.get("notes", []):
+            folds_of.setdefault(str(note), []).append(str(data.get("fold")))
+    notes += [(f"preprocess (fold {', '.join(folds)})", note) for note, folds in folds_of.items()]
+    return notes
+
+
+def preparation_section(labels_json: Path, preprocessing_files: Sequence[Path]) -> str:
+    """What was done to the user's values on the way in (see :func:`preparation_notes`)."""
+    notes = preparation_notes(labels_json, preprocessing_files)
+    if not notes:
+        return _note(
+            "Nothing to note: values were changed only as the cohort format documents (README, \"Cohort formats\") "
+            "and by the configured preprocessing."
+        )
+    return _table(["Stage", "What was done"], [[stage, note] for stage, note in notes])

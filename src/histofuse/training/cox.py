@@ -1,4 +1,8 @@
-"""A penalised Cox proportional-hazards model on a few patient-level covariates (lifelines).
+"""Penalised Cox proportional-hazards baselines (lifelines).
+
+``cox_clinical``: Cox on a few patient-level covariates. ``cox_genomic``: ridge / elastic-net Cox
+on the genomic and/or clinical features as the fold's preprocessing outputs them (the comparator
+researchers report beside genomic networks; ``training.cox_genomic``).
 
 The classic clinical baseline of the glioma papers: Cox regression on grade and histomolecular
 subtype (or any label / clinical columns). Covariates are looked up in ``patients.parquet`` (class
@@ -25,14 +29,15 @@ import torch
 
 from histofuse.errors import ConfigError, HistofuseError
 from histofuse.io import atomic_path
-from histofuse.preprocess import TableTransform
+from histofuse.preprocess import FoldPreprocessing, TableTransform
 from histofuse.training.data import read_fold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COX_MODELS", "CoxSettings", "train_cox_fold"]
+__all__ = ["COX_MODELS", "CoxFeatureSettings", "CoxSettings", "check_cox_inputs", "train_cox_fold"]
 
-COX_MODELS: tuple[str, ...] = ("cox_clinical",)
+COX_MODELS: tuple[str, ...] = ("cox_clinical", "cox_genomic")
+COX_INPUTS: tuple[str, ...] = ("genomics", "clinical")
 CHECKPOINT_FORMAT = "histofuse-cox-1"
 _LABEL_COLUMNS = ("grade", "diagnosis", "subtype", "aln", "molecular_grade4")
 
@@ -62,6 +67,86 @@ class CoxSettings:
         return cls(**values)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CoxFeatureSettings:
+    """Config section ``training.cox_genomic``: the penalised Cox model on preprocessed features."""
+
+    inputs: tuple[str, ...] = ("genomics",)
+    """Tables whose preprocessed features enter the model: genomics and/or clinical."""
+    penalizer: float = 0.1
+    """Penalty strength (lifelines' ``penalizer``; the features are z-scored on the fold's training part)."""
+    l1_ratio: float = 0.0
+    """Share of L1 in the penalty: 0 = ridge, 1 = lasso, between = elastic net."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        bad = [i for i in self.inputs if i not in COX_INPUTS] or ([] if self.inputs else ["(none)"])
+        if bad or len(set(self.inputs)) != len(self.inputs):
+            raise ConfigError(
+                f"training.cox_genomic.inputs must list genomics and/or clinical once each, got {list(self.inputs)}.",
+                column="training.cox_genomic.inputs",
+            )
+        if not self.penalizer > 0:
+            raise ConfigError("training.cox_genomic.penalizer must be > 0 (many features).", column="training.cox_genomic.penalizer")
+        if not 0.0 <= self.l1_ratio <= 1.0:
+            raise ConfigError("training.cox_genomic.l1_ratio must lie in [0, 1].", column="training.cox_genomic.l1_ratio")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> CoxFeatureSettings:
+        values = dict(mapping or {})
+        unknown = sorted(set(values) - {"inputs", "penalizer", "l1_ratio"})
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in training.cox_genomic.", column="training.cox_genomic")
+        return cls(**values)
+
+
+def check_cox_inputs(
+    models: Sequence[str],
+    *,
+    modalities: Sequence[str],
+    cox: Mapping[str, Any] | None,
+    cox_genomic: Mapping[str, Any] | None,
+    clinical_columns: Sequence[str] | None = None,
+    source: str | None = None,
+) -> None:
+    """Before any job: the Cox models' inputs are data the chosen modalities provide.
+
+    ``clinical_columns``: the clinical table's columns when known before any job (histofuse's own
+    clinical sheet); then every clinical covariate must be one of them.
+    """
+    if "cox_clinical" in models:
+        settings = CoxSettings.from_mapping(cox)
+        clinical = [c for c in settings.covariates if c not in _LABEL_COLUMNS]
+        if clinical and "clinical" not in modalities:
+            raise ConfigError(
+                f"training.cox.covariates {clinical} are clinical columns, but modalities {list(modalities)} leave "
+                "the clinical table out.",
+                path=source,
+                column="training.cox.covariates",
+                fix=f"add clinical to modalities (modalities: {[*modalities, 'clinical']}), or use only labels "
+                f"({', '.join(_LABEL_COLUMNS)}) as covariates.",
+            )
+        absent = [c for c in clinical if clinical_columns is not None and c not in clinical_columns]
+        if absent:
+            raise ConfigError(
+                f"training.cox.covariates {absent} are not columns of the clinical table (its columns: "
+                f"{list(clinical_columns or [])[:20]}).",
+                path=source,
+                column="training.cox.covariates",
+                fix="name clinical columns that the table holds, or labels (" + ", ".join(_LABEL_COLUMNS) + ").",
+            )
+    if "cox_genomic" in models:
+        missing = [i for i in CoxFeatureSettings.from_mapping(cox_genomic).inputs if i not in modalities]
+        if missing:
+            raise ConfigError(
+                f"cox_genomic uses {missing} (training.cox_genomic.inputs), which modalities {list(modalities)} leave out.",
+                path=source,
+                column="training.cox_genomic.inputs",
+                fix=f"add {' and '.join(missing)} to modalities, or set training.cox_genomic.inputs to tables the "
+                "modalities provide.",
+            )
+
+
 def _covariate_frame(tables_dir: Path, patients: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
     clinical_path = tables_dir / "clinical.parquet"
     clinical = pd.read_parquet(clinical_path) if clinical_path.exists() else pd.DataFrame({"patient_id": []})
@@ -79,9 +164,35 @@ def _covariate_frame(tables_dir: Path, patients: pd.DataFrame, covariates: Seque
                 f"(clinical columns: {list(clinical.columns)[:20]}).",
                 path=clinical_path,
                 column="training.cox.covariates",
-                fix="name columns that the cohort's tables hold.",
+                fix="name columns that the cohort's tables hold"
+                + ("; with no clinical column, add clinical to modalities." if clinical.columns.empty else "."),
             )
     return frame
+
+
+def _feature_design(
+    tables_dir: Path, patients: pd.DataFrame, preprocessing: Path, inputs: Sequence[str], *, fold: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The preprocessed genomic and/or clinical features of the fold's patients (fold preprocessing)."""
+    fitted = FoldPreprocessing.read(preprocessing)
+    if fitted.fold != fold:
+        raise HistofuseError(f"{preprocessing} is fold {fitted.fold}'s preprocessing, not fold {fold}'s.", path=preprocessing)
+    train_ids = set(fitted.train_patients)
+    blocks = []
+    for name in inputs:
+        transform = getattr(fitted, name)
+        table = pd.read_parquet(tables_dir / f"{name}.parquet")
+        rows = table.assign(patient_id=table["patient_id"].astype(str)).set_index("patient_id").reindex(patients.index)
+        blocks.append(pd.DataFrame(transform.transform(rows), columns=[f"{name}:{c}" for c in transform.output_columns], index=patients.index))
+    design = pd.concat(blocks, axis=1)
+    if design.shape[1] == 0:
+        raise HistofuseError(
+            f"fold {fold}: the preprocessing of {list(inputs)} leaves no feature for cox_genomic.",
+            path=preprocessing,
+            fix="check that the cohort has genomic / clinical data, or change training.cox_genomic.inputs.",
+        )
+    log.info("fold %d: %d features from %s (%d training patients in the preprocessing)", fold, design.shape[1], list(inputs), len(train_ids))
+    return design, {"inputs": list(inputs), "preprocessing": str(preprocessing), "features": list(design.columns)}
 
 
 def train_cox_fold(
@@ -90,12 +201,17 @@ def train_cox_fold(
     fold: int,
     tables_dir: Path,
     folds_tsv: Path,
-    settings: CoxSettings,
+    settings: CoxSettings | CoxFeatureSettings,
     out_checkpoint: Path,
     out_predictions: Path,
     out_history: Path | None = None,
+    preprocessing: Path | None = None,
 ) -> None:
-    """Fit the Cox model on the fold's training part; predict every patient of the fold."""
+    """Fit the Cox model on the fold's training part; predict every patient of the fold.
+
+    :class:`CoxSettings`: covariates from the patients / clinical tables (``cox_clinical``);
+    :class:`CoxFeatureSettings`: the fold's preprocessed features (``cox_genomic``, needs ``preprocessing``).
+    """
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
 
@@ -111,10 +227,18 @@ def train_cox_fold(
             fix="rebuild the folds from the current patient table.",
         )
     patients = patients.loc[rows["patient_id"]]
-    covariates = _covariate_frame(tables_dir, patients, settings.covariates)
     is_train = (rows["split"] == "train").to_numpy()
-    transform = TableTransform.fit(covariates.loc[is_train])
-    design = pd.DataFrame(transform.transform(covariates), columns=transform.output_columns, index=patients.index)
+    if isinstance(settings, CoxFeatureSettings):
+        if preprocessing is None:
+            raise HistofuseError(f"{model_name} needs the fold's preprocessing file.", fix="pass --preprocessing.")
+        design, described = _feature_design(tables_dir, patients, Path(preprocessing), settings.inputs, fold=fold)
+        fitter_options: dict[str, float] = {"penalizer": settings.penalizer, "l1_ratio": settings.l1_ratio}
+    else:
+        covariates = _covariate_frame(tables_dir, patients, settings.covariates)
+        transform = TableTransform.fit(covariates.loc[is_train])
+        design = pd.DataFrame(transform.transform(covariates), columns=transform.output_columns, index=patients.index)
+        described = {"covariates": list(settings.covariates), "transform": json.dumps(transform.to_dict())}
+        fitter_options = {"penalizer": settings.penalizer}
 
     time = patients["survival_time"].to_numpy(dtype=np.float64, na_value=np.nan)
     event = patients["event"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -122,7 +246,7 @@ def train_cox_fold(
     if usable.sum() < 2 or event[usable].sum() < 1:
         raise HistofuseError(f"fold {fold}: too few training patients with a survival time and an event for a Cox model.")
     train = design.loc[usable].assign(_time=time[usable], _event=event[usable])
-    fitter = CoxPHFitter(penalizer=settings.penalizer)
+    fitter = CoxPHFitter(**fitter_options)
     try:
         fitter.fit(train, duration_col="_time", event_col="_event")
     except ConvergenceError as exc:
@@ -155,9 +279,8 @@ def train_cox_fold(
         "format": CHECKPOINT_FORMAT,
         "model_name": model_name,
         "fold": fold,
-        "covariates": list(settings.covariates),
-        "penalizer": settings.penalizer,
-        "transform": json.dumps(transform.to_dict()),
+        **described,
+        **fitter_options,
         "coefficients": {str(k): float(v) for k, v in fitter.params_.items()},
         "n_train": int(usable.sum()),
     }

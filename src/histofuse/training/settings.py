@@ -59,7 +59,7 @@ MIN_BATCH: dict[str, tuple[int, str]] = {
 SAME_MODEL: tuple[tuple[str, str], ...] = (("mm_baseline", "concat"),)
 """Registry names that build the same model (``concat`` only adds a check that genomics exist):
 training both would show the same numbers twice."""
-_NOT_SETTINGS: tuple[str, ...] = ("models", "cox", "overrides")
+_NOT_SETTINGS: tuple[str, ...] = ("models", "cox", "cox_genomic", "overrides")
 """Keys of the ``training:`` section that are not a trained model's settings."""
 NOT_PER_MODEL: tuple[str, ...] = (*_NOT_SETTINGS, "tasks")
 """Keys of the ``training:`` section that ``training.overrides`` cannot set for one model (the
@@ -347,7 +347,7 @@ class TrainSettings:
 def model_training_section(section: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The ``training:`` settings of ``model``: the section's, then the model's preset, then ``overrides[model]``.
 
-    The section's keys that are not settings (models, cox, overrides) are left out of the result.
+    The section's keys that are not settings (models, cox, cox_genomic, overrides) are left out of the result.
     The preset (:data:`MODEL_PRESETS`) replaces the section's values for that model; every value
     it replaces is logged. An override naming a model that is not trained, an unknown key, a key
     of :data:`NOT_PER_MODEL`, an invalid value or a ``batch_size`` below the model's minimum

@@ -291,6 +291,12 @@ class _Run:
         return float(np.mean(losses)) if losses else math.nan
 
 
+def epoch_line(description: str, epoch: int, train_loss: float, val_loss: float, monitor: str, score: float) -> str:
+    """One epoch's log line: the losses, and the monitored validation metric unless it is the loss."""
+    line = f"{description} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+    return line if monitor == "loss" else f"{line}, val {monitor} {score:.4f}"
+
+
 def _labelled(data: FoldData, split: str) -> npt.NDArray[np.int64]:
     return np.array([i for i in data.indices(split) if data.has_label(int(i))], dtype=np.int64)
 
@@ -333,7 +339,7 @@ def _fit(
         )
         state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": score})
         progress.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        logger.info("%s epoch %d: train %.4f, val loss %.4f, val %s %.4f", description, epoch, train_loss, val_loss, settings.monitor, score)
+        logger.info("%s", epoch_line(description, epoch, train_loss, val_loss, settings.monitor, score))
         improved = val_indices.size == 0 or (math.isfinite(score) and score > state.best_score)
         if improved:
             state.best_model = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
