@@ -186,32 +186,20 @@ def cmd_exclusions(args: argparse.Namespace) -> None:
 def cmd_prepare_tables(args: argparse.Namespace) -> None:
     import json
 
-    from histofuse.tables import TableInputs, prepare_tables, write_cohort_tables
+    from histofuse.tables import prepare_cohort_tables
 
-    modalities = tuple(args.modalities)
-    if args.format != "histofuse":
-        from histofuse.cohorts import read_cohort
-
-        options = json.loads(args.format_options)
-        cohort = read_cohort(args.format, **options)
-        write_cohort_tables(
-            cohort, Path(args.out_dir), slides_sheet=args.slides, modalities=modalities, gene_groups=args.gene_groups
-        )
-        return
-    if args.patients is None:
-        raise HistofuseError(
-            "the histofuse format needs a patients sheet.", fix="set samples.patients in the config."
-        )
-    inputs = TableInputs(
+    prepare_cohort_tables(
+        cohort_format=args.format,
+        format_options=json.loads(args.format_options) if args.format != "histofuse" else {},
         slides=args.slides,
         patients=args.patients,
         genomics=args.genomics,
         gene_groups=args.gene_groups,
         clinical=args.clinical,
         grade_classes=tuple(args.grade_classes),
-        modalities=modalities,
+        modalities=tuple(args.modalities),
+        out_dir=Path(args.out_dir),
     )
-    prepare_tables(inputs, Path(args.out_dir))
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from histofuse.config import read_sheet
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path, write_text_atomic
+from histofuse.notes import NOTES_FILE, collect_warnings, write_notes
 
 if TYPE_CHECKING:
     from histofuse.cohorts import CohortTables
@@ -53,13 +54,24 @@ class TableInputs:
 
 
 def _row_list(
-    frame: pd.DataFrame, mask: pd.Series, id_column: str, limit: int = 10, *, value_column: str | None = None
+    frame: pd.DataFrame,
+    mask: pd.Series,
+    id_column: str,
+    limit: int = 10,
+    *,
+    value_column: str | None = None,
+    quote: bool = False,
 ) -> str:
-    """``row N (id)`` of the masked rows (header = row 1), with the cell of ``value_column`` when given."""
+    """``row N (id)`` of the masked rows (header = row 1), with the cell of ``value_column`` when given.
+
+    ``quote``: show the id quoted (``row 6 ('CMU-1')``), for ids that are the problem.
+    """
     rows = [
-        f"row {i + 2} ({frame.at[i, id_column]})" + (f" = {frame.at[i, value_column]!r}" if value_column else "")
+        f"row {i + 2} ({frame.at[i, id_column]!r})" if quote else f"row {i + 2} ({frame.at[i, id_column]})"
         for i in frame.index[mask]
     ]
+    if value_column:
+        rows = [f"{text} = {frame.at[i, value_column]!r}" for text, i in zip(rows, frame.index[mask], strict=True)]
     more = f" … and {len(rows) - limit} more" if len(rows) > limit else ""
     return ", ".join(rows[:limit]) + more
 
@@ -103,10 +115,20 @@ def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
                 "or drop the column.",
             )
         out[str(column)] = values.astype("float64")
-    unknown = ~out["patient_id"].isin(known_patients)
+    return _drop_unknown_patients(out, known_patients, path=path)
+
+
+def _drop_unknown_patients(frame: pd.DataFrame, known_patients: pd.Index, *, path: Path) -> pd.DataFrame:
+    """The rows of known patients; the others are left out with a warning naming their rows and ids."""
+    unknown = ~frame["patient_id"].isin(known_patients)
     if unknown.any():
-        log.warning("%s: %d row(s) for patients not in the patients sheet are ignored", path, int(unknown.sum()))
-    return out.loc[~unknown].reset_index(drop=True)
+        log.warning(
+            "%s: %d row(s) for patients not in the patients sheet are left out: %s",
+            path,
+            int(unknown.sum()),
+            _row_list(frame, unknown, "patient_id", quote=True),
+        )
+    return frame.loc[~unknown].reset_index(drop=True)
 
 
 def _clinical_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
@@ -138,7 +160,7 @@ def _clinical_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
             )
         if not bad.any():
             out[column] = numeric.astype("float64")
-    return out.loc[out["patient_id"].isin(known_patients)].reset_index(drop=True)
+    return _drop_unknown_patients(out, known_patients, path=path)
 
 
 def build_patients(frame: pd.DataFrame, *, path: Path, grade_classes: Sequence[str]) -> pd.DataFrame:
@@ -249,6 +271,48 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
         ", ".join(f"{k} ({len(v)})" for k, v in modalities.items()),
     )
     return outputs
+
+
+def prepare_cohort_tables(
+    *,
+    cohort_format: str,
+    format_options: dict[str, Any],
+    slides: Path | None,
+    patients: Path | None,
+    out_dir: Path,
+    genomics: Path | None = None,
+    gene_groups: Path | None = None,
+    clinical: Path | None = None,
+    grade_classes: tuple[str, ...] = ("2", "3", "4"),
+    modalities: tuple[str, ...] = MODALITIES,
+) -> list[str]:
+    """Prepare the tables of a cohort in any format; the warnings about its input, also in ``notes.tsv``.
+
+    Histofuse's own sheets go through :func:`prepare_tables`, a published format through
+    :func:`histofuse.cohorts.read_cohort` and :func:`write_cohort_tables`.
+    """
+    out_dir = Path(out_dir)
+    with collect_warnings() as notes:
+        if cohort_format != "histofuse":
+            from histofuse.cohorts import read_cohort
+
+            cohort = read_cohort(cohort_format, **format_options)
+            write_cohort_tables(cohort, out_dir, slides_sheet=slides, modalities=modalities, gene_groups=gene_groups)
+        else:
+            if patients is None:
+                raise ConfigError("the histofuse format needs a patients sheet.", fix="set samples.patients in the config.")
+            inputs = TableInputs(
+                slides=slides,
+                patients=patients,
+                genomics=genomics,
+                gene_groups=gene_groups,
+                clinical=clinical,
+                grade_classes=grade_classes,
+                modalities=modalities,
+            )
+            prepare_tables(inputs, out_dir)
+    write_notes(out_dir / NOTES_FILE, notes)
+    return notes
 
 
 def _gene_groups(path: Path | None, features: pd.Index) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 # Configuration and sample sheets: validated on load; input functions for the rules.
 
 import json
+import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +21,7 @@ from histofuse.samples import (
     check_weights_file,
     missing_slide_files,
 )
-from histofuse.tables import resolve_slide_paths
+from histofuse.tables import prepare_cohort_tables, resolve_slide_paths
 from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -31,6 +32,15 @@ validate_config(
     config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE
 )
 ON_ERROR = config["on_error"]
+# Settings that never change a good slide's outputs: on_error decides only what happens to a slide
+# that fails, features.num_workers only how many processes read tiles. The per-slide jobs read them
+# from the environment, not from params, so that changing them does not rerun finished slides
+# (Snakemake reruns a job whose params changed). Jobs that Snakemake runs in a process of its own
+# (cluster jobs) parse this file again and set them the same way.
+os.environ.update(
+    HISTOFUSE_ON_ERROR=ON_ERROR,
+    HISTOFUSE_NUM_WORKERS=str(config["features"]["num_workers"]),
+)
 
 RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
@@ -132,7 +142,8 @@ EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
 
 
 def get_final_output():
-    """The default targets: the report, the metrics, the excluded slides and, when asked, the missing-rate table."""
+    """The default targets: the report, the metrics, the excluded slides, the missing-rate table
+    when asked, and every per-slide and per-fold file (:func:`get_intermediate_files`)."""
     targets = [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
@@ -140,7 +151,39 @@ def get_final_output():
     ]
     if MISSING_RATE_MODELS:
         targets.append(f"{RESULTS}/metrics/missing_rate.tsv")
-    return targets
+    return targets + get_intermediate_files()
+
+
+# The outputs of prepare_tables (tables.smk), in the tables folder.
+TABLE_FILES = (
+    "patients.parquet",
+    "slides.parquet",
+    "genomics.parquet",
+    "gene_groups.parquet",
+    "clinical.parquet",
+    "labels.json",
+    "cohort_splits.tsv",
+    "notes.tsv",
+)
+
+
+def get_intermediate_files():
+    """Every per-slide and per-fold output, so that one a user deletes is made again.
+
+    Snakemake looks for missing files only among the targets and the inputs of jobs that run: a
+    deleted features file whose report is up to date would otherwise stay missing ("Nothing to be
+    done"). As a target it is rebuilt, and every job that reads it runs again after it.
+    """
+    files = get_feature_files(None) + get_attention_files(None)
+    if FEATURES_SOURCE == "extract":
+        files += expand(f"{RESULTS}/masks/{{slide}}.png", slide=SLIDE_IDS)
+        files += get_qc_files(None) + get_tile_files(None)
+        files += expand(f"{RESULTS}/qc/tiles/{{slide}}.png", slide=SLIDE_IDS)
+    files += expand(f"{RESULTS}/tables/{{name}}", name=TABLE_FILES) + [f"{RESULTS}/folds/folds.tsv"]
+    files += expand(f"{RESULTS}/preprocessing/fold{{fold}}.json", fold=FOLDS)
+    files += expand(f"{RESULTS}/models/{{model}}/fold{{fold}}.pt", model=MODELS, fold=FOLDS)
+    files += get_history_files(None) + get_prediction_files(None) + get_missing_rate_files(None)
+    return files
 
 
 def get_slide_path(wildcards):
@@ -244,6 +287,36 @@ def get_table_inputs(wildcards):
         if value:
             inputs[key] = value
     return inputs
+
+
+def check_cohort_tables():
+    """Every check of the cohort's tables, before any job: they are prepared into a temporary folder.
+
+    A bad table stops the run here with its message; the notes about the input (ids stripped of
+    surrounding whitespace, rows of patients the cohort does not have…) are printed. prepare_tables
+    writes the same notes to tables/notes.tsv for the report. Jobs that Snakemake runs in a process
+    of their own (cluster jobs) skip this.
+    """
+    import tempfile
+
+    from snakemake.logging import logger
+
+    inputs = get_table_inputs(None)
+    with tempfile.TemporaryDirectory(prefix="histofuse-tables-") as tmp:
+        notes = prepare_cohort_tables(
+            cohort_format=COHORT_FORMAT,
+            format_options=COHORT_OPTIONS,
+            slides=Path(inputs["slides"]) if "slides" in inputs else None,
+            patients=Path(inputs["patients"]) if "patients" in inputs else None,
+            genomics=Path(inputs["genomics"]) if "genomics" in inputs else None,
+            gene_groups=Path(inputs["gene_groups"]) if "gene_groups" in inputs else None,
+            clinical=Path(inputs["clinical"]) if "clinical" in inputs else None,
+            grade_classes=tuple(str(c) for c in config["labels"]["grade_classes"]),
+            modalities=tuple(MODALITIES),
+            out_dir=Path(tmp),
+        )
+    for note in notes:
+        logger.warning(f"histofuse: {note}")
 
 
 def get_table_args(wildcards, input):
@@ -393,3 +466,7 @@ def extract_threads():
     if gpu_request(config["features"]["device"]):
         return 1 + int(config["features"]["num_workers"])
     return 1
+
+
+if workflow.is_main_process:
+    check_cohort_tables()

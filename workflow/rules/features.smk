@@ -22,10 +22,9 @@ if FEATURES_SOURCE == "precomputed":
             runtime=10,
         params:
             folder=PRECOMPUTED_DIR,
-            on_error=ON_ERROR,
         shell:
             "histofuse import-features --folder {params.folder:q} --slide-id {wildcards.slide:q} "
-            "--encoder {wildcards.encoder:q} --on-error {params.on_error} --out {output.features:q} "
+            "--encoder {wildcards.encoder:q} --on-error \"$HISTOFUSE_ON_ERROR\" --out {output.features:q} "
             "> {log:q} 2>&1"
 
 else:
@@ -49,12 +48,10 @@ else:
             gpu=gpu_request(config["features"]["device"]),
         params:
             path=get_slide_path,
-            on_error=ON_ERROR,
             mpp=get_slide_mpp,
             reader=config["reader"],
             weights=ENCODER_WEIGHTS,
             batch_size=config["features"]["batch_size"],
-            num_workers=config["features"]["num_workers"],
             device=config["features"]["device"],
             precision=config["features"]["precision"],
             region_px=config["features"]["region_px"],
@@ -64,9 +61,9 @@ else:
             stain_target=config["features"]["stain_target"] or "",
         shell:
             "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
-            "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error {params.on_error} "
+            "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error \"$HISTOFUSE_ON_ERROR\" "
             "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
-            "--batch-size {params.batch_size} --num-workers {params.num_workers} "
+            "--batch-size {params.batch_size} --num-workers \"$HISTOFUSE_NUM_WORKERS\" "
             "--device {params.device} --precision {params.precision} --threads {threads} "
             "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
             "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "
