@@ -409,3 +409,148 @@ def test_problems_stop_when_the_dag_is_built(case: str, tmp_path: Path) -> None:
     for part in expected:
         assert part in text, (part, text[-3000:])
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------- input accepted silently, now reported
+
+
+def test_a_column_named_twice_is_refused_with_both_positions(cohort: dict[str, Path], tmp_path: Path) -> None:
+    frame = pd.read_csv(cohort["genomics"], sep="\t", dtype=str)
+    frame["PTEN_cnv"] = ["0", "1", "0"]
+    frame.to_csv(cohort["genomics"], sep="\t", index=False)
+    text = cohort["genomics"].read_text().replace("PTEN_cnv", "TP53_mut", 1)
+    cohort["genomics"].write_text(text)
+    with pytest.raises(ConfigError) as err:
+        prepare_tables(TableInputs(slides=None, **cohort), tmp_path / "out")
+    message = str(err.value)
+    assert str(cohort["genomics"]) in message and "'TP53_mut' (columns 2, 3)" in message and "Fix:" in message
+    assert not (tmp_path / "out" / "genomics.parquet").exists()
+
+
+def test_a_column_named_twice_in_a_published_table_is_refused(tmp_path: Path) -> None:
+    from histofuse.cohorts.reading import read_table
+
+    path = tmp_path / "clinical.csv"
+    path.write_text("case_id,age,sex,age\nC1,50,F,51\n")
+    with pytest.raises(ConfigError, match=r"'age' \(columns 2, 4\)"):
+        read_table(path)
+
+
+def test_whitespace_around_ids_is_removed_with_a_note_naming_them(
+    cohort: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from histofuse.notes import read_notes
+    from histofuse.tables import prepare_cohort_tables
+
+    for table, row, padded in (("genomics", 1, "P2 "), ("patients", 2, " P3")):
+        frame = pd.read_csv(cohort[table], sep="\t", dtype=str)
+        frame.loc[row, "patient_id"] = padded
+        frame.to_csv(cohort[table], sep="\t", index=False)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=None, out_dir=out, **cohort)
+    assert pd.read_parquet(out / "genomics.parquet")["patient_id"].tolist() == ["P1", "P2", "P3"]
+    assert pd.read_parquet(out / "patients.parquet")["patient_id"].tolist() == ["P1", "P2", "P3"]
+    assert any(str(cohort["genomics"]) in n and "'P2 ' (row 3)" in n for n in notes), notes
+    assert any(str(cohort["patients"]) in n and "' P3' (row 4)" in n for n in notes), notes
+    assert read_notes(out / "notes.tsv") == notes and "'P2 ' (row 3)" in caplog.text
+
+
+def test_whitespace_around_ids_of_a_published_table_is_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from histofuse.cohorts.checks import patient_ids
+    from histofuse.cohorts.reading import read_table
+
+    path = tmp_path / "clinical.csv"
+    path.write_text("case_id,age\nC1,50\nC2 ,61\n")
+    with caplog.at_level("WARNING"):
+        ids = patient_ids(read_table(path), "case_id", path=path)
+    assert ids.tolist() == ["C1", "C2"] and "'C2 ' (row 3)" in caplog.text and str(path) in caplog.text
+
+
+@pytest.mark.parametrize("table", ["genomics", "clinical"])
+def test_rows_of_unknown_patients_are_listed_by_id(table: str, cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    frame = pd.read_csv(cohort[table], sep="\t", dtype=str)
+    frame.loc[2, "patient_id"] = "P9"
+    frame.to_csv(cohort[table], sep="\t", index=False)
+    notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path, **cohort)
+    assert any(str(cohort[table]) in n and "row 4 ('P9')" in n and "left out" in n for n in notes), notes
+    assert "P9" not in set(pd.read_parquet(tmp_path / f"{table}.parquet")["patient_id"])
+
+
+# ------------------------------------------------------------------------- what the messages measure
+
+
+def _scattered(tmp: Path) -> Path:
+    """Thin stripes of tissue: the mask finds some, but no tile is half tissue."""
+    image = np.full((2048, 2048, 3), 240, dtype=np.uint8)
+    for x in range(0, 2048, 48):
+        image[:, x : x + 16] = (190, 90, 150)
+    path = tmp / "stripes.tiff"
+    write_pyramidal_tiff(path, image, mpp=0.5, levels=3)
+    return path
+
+
+def test_no_tissue_message_agrees_with_the_measured_mask(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import re
+
+    job = _job(_scattered(tmp_path), tmp_path / "out")
+    with caplog.at_level("INFO"), pytest.raises(SlideError) as err:
+        run_tile_job(job, mask_settings=MASK, settings=TilingSettings(mpp=0.5, tile_px=256))
+    logged = re.search(r"tissue (\d+\.\d) %", caplog.text)
+    assert logged is not None and float(logged.group(1)) > 0
+    message = str(err.value)
+    assert f"covers {logged.group(1)} %" in message and "empty" not in message
+
+
+def test_under_stop_the_qc_thumbnail_the_message_names_is_kept(small_slide: Path, tmp_path: Path) -> None:
+    job = _job(_blank(tmp_path, small_slide), tmp_path / "out")
+    with pytest.raises(SlideError) as err:
+        run_tile_job(job, mask_settings=MASK, settings=TILING, on_error="stop")
+    for output in (job.mask, job.mask_qc):  # what Snakemake deletes of a failed job
+        output.unlink(missing_ok=True)
+    assert str(job.failed_qc) in str(err.value) and job.failed_qc.stat().st_size > 0
+    assert job.failed_qc.parent != job.mask_qc.parent
+
+
+# --------------------------------------------------------------------- models without input for a patient
+
+
+def test_a_slides_only_model_leaves_out_patients_without_tile_features(tmp_path: Path) -> None:
+    import dataclasses
+
+    from histofuse.left_out import read_left_out
+    from histofuse.training.trainer import NO_TILE_FEATURES, train_fold
+    from test_training import EMPTY_PATIENTS, FAST, _make_cohort
+
+    cohort = _make_cohort(tmp_path / "cohort")
+    fold = pd.read_csv(cohort["folds_tsv"], sep="\t").query("fold == 0")
+    assert set(EMPTY_PATIENTS) <= set(fold["patient_id"])
+    for model_name, left_out in (("abmil", set(EMPTY_PATIENTS)), ("snn", set())):
+        out = tmp_path / model_name
+        train_fold(
+            model_name=model_name, fold=0, settings=dataclasses.replace(FAST, epochs=2), **cohort,
+            out_checkpoint=out / "m.pt", out_predictions=out / "p.parquet", out_history=None,
+        )
+        predicted = set(pd.read_parquet(out / "p.parquet")["patient_id"])
+        assert predicted == set(fold["patient_id"]) - left_out
+        recorded = read_left_out(out / "p.parquet")
+        assert set(recorded["patient_id"]) == left_out and (recorded["reason"] == NO_TILE_FEATURES).all()
+
+
+def test_the_report_counts_the_patients_each_model_left_out(tmp_path: Path) -> None:
+    from histofuse.left_out import write_predictions
+    from histofuse.report.sections import input_notes_section
+
+    files = []
+    for model, left in (("abmil", ["P1", "P2"]), ("snn", [])):
+        path = tmp_path / model / "fold0.parquet"
+        path.parent.mkdir()
+        left_out = pd.DataFrame({"patient_id": left, "split": ["test", "train"][: len(left)], "reason": ["no slide"] * len(left)})
+        write_predictions(pd.DataFrame({"patient_id": ["P3"], "model": [model]}), path, left_out=left_out)
+        assert pd.read_parquet(path)["patient_id"].tolist() == ["P3"]
+        files.append(path)
+    html = input_notes_section(["genomics.tsv: 1 row(s) for patients not in the patients sheet are left out: row 4 ('P9')"], files)
+    assert "row 4 (&#x27;P9&#x27;)" in html or "row 4 ('P9')" in html
+    assert "<td>abmil</td><td>no slide</td><td>2</td><td>1</td>" in html.replace("\n", "") and "<td>snn</td>" not in html
