@@ -392,12 +392,21 @@ def _project(tmp_path: Path) -> tuple[Path, dict]:
     return sheet, config
 
 
-@pytest.mark.parametrize("case", ["misspelt_key", "missing_slide"])
+@pytest.mark.parametrize("case", ["misspelt_key", "missing_slide", "duplicate_column", "text_in_numbers"])
 def test_problems_stop_when_the_dag_is_built(case: str, tmp_path: Path) -> None:
     sheet, config = _project(tmp_path)
     if case == "misspelt_key":
         config["tilling"] = {"mpp": 0.5}
         expected = ["'tilling' -> 'tiling'"]
+    elif case in ("duplicate_column", "text_in_numbers"):
+        genomics = tmp_path / "genomics.tsv"
+        if case == "duplicate_column":
+            genomics.write_text("patient_id\tTP53_cnv\tTP53_cnv\nP1\t1\t0\nP2\t0\t1\n")
+            expected = [str(genomics), "'TP53_cnv' (columns 2, 3)", "Fix:"]
+        else:
+            genomics.write_text("patient_id\tTP53_cnv\nP1\t1\nP2\tunknown\n")
+            expected = [str(genomics), "row 3 (P2) = 'unknown'", "Fix:"]
+        config["tables"]["genomics"] = str(genomics)
     else:
         _sheet(sheet, {"slide_id": ["S1", "S2"], "patient_id": ["P1", "P2"], "path": ["s1.svs", "gone é.svs"]})
         expected = [str(sheet), f"row 3 (S2: {tmp_path / 'gone é.svs'})", "Fix:"]
@@ -554,3 +563,36 @@ def test_the_report_counts_the_patients_each_model_left_out(tmp_path: Path) -> N
     html = input_notes_section(["genomics.tsv: 1 row(s) for patients not in the patients sheet are left out: row 4 ('P9')"], files)
     assert "row 4 (&#x27;P9&#x27;)" in html or "row 4 ('P9')" in html
     assert "<td>abmil</td><td>no slide</td><td>2</td><td>1</td>" in html.replace("\n", "") and "<td>snn</td>" not in html
+
+
+@pytest.mark.slow
+def test_a_failed_slide_keeps_its_qc_and_skip_reruns_only_it(tmp_path: Path) -> None:
+    """Under stop the message's thumbnail outlives Snakemake's clean-up; then `on_error: skip` (as the
+    message suggests) tiles only the failed slide again."""
+    from histofuse.demo import DemoSpec
+    from workflow_support import demo_config, jobs_run, make_cohort, slides_run, write_config
+
+    cohort = make_cohort(tmp_path, DemoSpec(n_patients=2, n_slides=2, min_side_px=1024, max_side_px=1024, seed=3))
+    blank = cohort["slides_dir"] / "blank.tiff"
+    write_pyramidal_tiff(blank, np.full((1024, 1024, 3), 244, dtype=np.uint8), mpp=0.5, levels=2)
+    sheet = pd.read_csv(cohort["slides_sheet"], sep="\t")
+    patient = sheet["patient_id"].iloc[0]
+    pd.concat([sheet, pd.DataFrame({"slide_id": ["WHITE-1"], "patient_id": [patient], "path": [str(blank)]})]).to_csv(
+        cohort["slides_sheet"], sep="\t", index=False
+    )
+    config_path = write_config(tmp_path / "config.yaml", demo_config(tmp_path, cohort))
+    args = ("--cores", "2", "--configfile", str(config_path), "--until", "tile")
+
+    stopped = snakemake(*args, timeout=600)
+    assert stopped.returncode != 0
+    log = (tmp_path / "results" / "logs" / "tile" / "WHITE-1.log").read_text()
+    kept = tmp_path / "results" / "qc" / "failed" / "WHITE-1.png"
+    assert str(kept) in log and kept.stat().st_size > 0, log[-2000:]
+    assert not (tmp_path / "results" / "qc" / "WHITE-1.png").exists()  # the job's own output was removed
+    assert slides_run(stopped, "tile") == set(sheet["slide_id"]) | {"WHITE-1"}
+
+    write_config(config_path, demo_config(tmp_path, cohort, on_error="skip"))
+    skipped = snakemake(*args, timeout=600)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert slides_run(skipped, "tile") == {"WHITE-1"} and jobs_run(skipped)["tile"] == 1
+    assert (tmp_path / "results" / "qc" / "WHITE-1.png").is_file() and not kept.exists()
