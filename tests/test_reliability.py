@@ -596,3 +596,48 @@ def test_a_failed_slide_keeps_its_qc_and_skip_reruns_only_it(tmp_path: Path) -> 
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     assert slides_run(skipped, "tile") == {"WHITE-1"} and jobs_run(skipped)["tile"] == 1
     assert (tmp_path / "results" / "qc" / "WHITE-1.png").is_file() and not kept.exists()
+
+
+# ------------------------------------------------------- settings every job builds, checked at DAG build
+
+
+def _validated(**changes: dict) -> dict:
+    config = _config()
+    for section, values in changes.items():
+        config[section] = {**config[section], **values} if isinstance(config.get(section), dict) else values
+    return validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source="my.yaml")
+
+
+@pytest.mark.parametrize(
+    "changes,key",
+    [
+        ({"tiling": {"tile_px": 256, "overlap_px": 256}}, "tiling.overlap_px"),
+        ({"features": {"stain_norm": "macenko", "stain_target": None}}, "features.stain_target"),
+        ({"features": {"stain_norm": "macenko", "stain_target": "absent/target.png"}}, "features.stain_target"),
+        ({"features": {"encoder": "no_such_encoder"}}, "features.encoder"),
+        ({"features": {"source": "precomputed", "precomputed_dir": "absent/folder"}}, "features.precomputed_dir"),
+    ],
+)
+def test_slide_settings_stop_before_any_job(changes: dict, key: str) -> None:
+    from histofuse.stage_settings import check_slide_settings
+
+    check_slide_settings(_validated(), source="my.yaml")
+    with pytest.raises(ConfigError) as err:
+        check_slide_settings(_validated(**changes), source="my.yaml")
+    assert "my.yaml" in str(err.value) and f"'{key}'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "changes,key",
+    [
+        ({"labels": {"grade_classes": ["2", "2", "4"]}}, "labels.grade_classes"),
+        ({"training": {"models": ["cox"], "cox": {"covariates": []}}}, "training.cox.covariates"),
+    ],
+)
+def test_cohort_settings_stop_before_any_job(changes: dict, key: str) -> None:
+    from histofuse.stage_settings import check_cohort_settings
+
+    check_cohort_settings(_validated(), source="my.yaml")
+    with pytest.raises(ConfigError) as err:
+        check_cohort_settings(_validated(**changes), source="my.yaml")
+    assert "my.yaml" in str(err.value) and f"'{key}'" in str(err.value)

@@ -21,6 +21,7 @@ from histofuse.samples import (
     check_weights_file,
     missing_slide_files,
 )
+from histofuse.stage_settings import check_cohort_settings, check_slide_settings
 from histofuse.tables import prepare_cohort_tables, resolve_slide_paths
 from histofuse.training.settings import check_model_list, model_training_section
 
@@ -206,6 +207,11 @@ def get_slide_mpp(wildcards):
 ENCODER_WEIGHTS = str(config["features"].get("weights") or "")
 if USE_WSI and config["features"]["source"] == "extract":
     check_weights_file(ENCODER_WEIGHTS, source=CONFIG_SOURCE)
+# The settings every per-slide and per-fold job builds, built once here: a bad value stops the run
+# before any job instead of failing once per job.
+if USE_WSI:
+    check_slide_settings(config, source=CONFIG_SOURCE)
+check_cohort_settings(config, source=CONFIG_SOURCE)
 # The tile rule's mask and tiling options, formatted once (they are the same for every slide).
 _MASK = config["tissue_mask"]
 TISSUE_MASK_ARGS = (
