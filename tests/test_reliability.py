@@ -641,3 +641,22 @@ def test_cohort_settings_stop_before_any_job(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         check_cohort_settings(_validated(**changes), source="my.yaml")
     assert "my.yaml" in str(err.value) and f"'{key}'" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["NaN", "inf"])
+def test_nan_or_inf_in_a_sheet_number_is_refused(value: str, tmp_path: Path) -> None:
+    sheet = _sheet(tmp_path / "slides.tsv", {"slide_id": ["S1"], "patient_id": ["P1"], "path": ["a.svs"], "mpp": [value]})
+    with pytest.raises(ConfigError) as err:
+        validate_sheet(read_sheet(sheet), schema_path=SCHEMAS / "slides.schema.yaml", path=sheet, id_column="slide_id")
+    assert str(sheet) in str(err.value) and "row 2 (slide_id=S1), column 'mpp'" in str(err.value)
+
+
+def test_unread_or_half_given_patient_columns_are_noted(cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    frame = pd.read_csv(cohort["patients"], sep="\t", dtype=str).rename(columns={"grade": "Grade"})
+    frame.loc[1, "event"] = None
+    frame.to_csv(cohort["patients"], sep="\t", index=False)
+    notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path, **cohort)
+    assert any("'Grade' (did you mean 'grade'?)" in n and str(cohort["patients"]) in n for n in notes), notes
+    assert any("row 3 (P2)" in n and "no survival label" in n for n in notes), notes

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,10 +184,30 @@ def _coerce(value: Any, types: list[str]) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             return value
+        if not np.isfinite(number):  # NaN and inf are text to the schema, not numbers
+            return value
         if "integer" in types and number.is_integer():
             return int(number)
         return number
     return value
+
+
+def note_unread_columns(frame: pd.DataFrame, known: Sequence[str], *, path: str | Path) -> None:
+    """Warn about columns of a sheet that the pipeline does not read (a misspelt label column's labels
+    would otherwise be missing without a word), with the closest known name."""
+    props = list(known)
+    unread = [str(c) for c in frame.columns if str(c) not in props]
+    if unread:
+        hints = [
+            f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, list(props), n=1)) else repr(name)
+            for name in unread
+        ]
+        log.warning(
+            "%s: column(s) not read: %s; the sheet's columns are %s",
+            path,
+            ", ".join(hints),
+            ", ".join(props),
+        )
 
 
 def validate_sheet(frame: pd.DataFrame, *, schema_path: str | Path, path: str | Path, id_column: str) -> pd.DataFrame:

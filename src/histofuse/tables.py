@@ -27,7 +27,7 @@ import pandas as pd
 
 from typing import TYPE_CHECKING, Any
 
-from histofuse.config import read_sheet
+from histofuse.config import note_unread_columns, read_sheet
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path, write_text_atomic
 from histofuse.notes import NOTES_FILE, collect_warnings, write_notes
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("wsi", "genomics", "clinical")
+PATIENT_COLUMNS: tuple[str, ...] = ("patient_id", "grade", "survival_months", "event")
+"""The columns of histofuse's patients sheet (workflow/schemas/patients.schema.yaml)."""
+SLIDE_COLUMNS: tuple[str, ...] = ("slide_id", "patient_id", "path", "mpp")
+"""The columns of the slides sheet (workflow/schemas/slides.schema.yaml)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +90,12 @@ def resolve_slide_paths(slides: pd.DataFrame, sheet: Path) -> pd.DataFrame:
     base = sheet.parent
     out["path"] = [str(p if Path(p).is_absolute() else Path(os.path.normpath(base / p))) for p in out["path"]]
     return out
+
+
+def _read_slides(sheet: Path) -> pd.DataFrame:
+    frame = read_sheet(sheet)
+    note_unread_columns(frame, SLIDE_COLUMNS, path=sheet)
+    return resolve_slide_paths(frame, sheet)
 
 
 def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
@@ -186,6 +196,13 @@ def build_patients(frame: pd.DataFrame, *, path: Path, grade_classes: Sequence[s
         [None if pd.isna(v) else int(float(v)) for v in frame.get("event", pd.Series([None] * len(frame)))],
         dtype="Int64",
     )
+    half = out["survival_time"].isna() != out["event"].isna()
+    if half.any():
+        log.warning(
+            "%s: survival_months or event given without the other in %s: these patients have no survival label",
+            path,
+            _row_list(frame, half, "patient_id"),
+        )
     return out
 
 
@@ -206,6 +223,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     """Read, check and type the cohort tables; write them to ``out_dir``."""
     patients_raw = read_sheet(inputs.patients)
+    note_unread_columns(patients_raw, PATIENT_COLUMNS, path=inputs.patients)
     patients = build_patients(patients_raw, path=inputs.patients, grade_classes=inputs.grade_classes)
     known = pd.Index(patients["patient_id"])
     outputs = {"patients": out_dir / "patients.parquet", "labels": out_dir / "labels.json"}
@@ -213,7 +231,7 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     _check_modalities(inputs.modalities)
     modalities: dict[str, set[str]] = {}
     if inputs.slides is not None and "wsi" in inputs.modalities:
-        slides = resolve_slide_paths(read_sheet(inputs.slides), inputs.slides)
+        slides = _read_slides(inputs.slides)
         unknown = ~slides["patient_id"].isin(known)
         if unknown.any():
             raise ConfigError(
@@ -418,7 +436,7 @@ def write_cohort_tables(
     covered: set[str] = set()
     slides = _EMPTY_SLIDES
     if slides_sheet is not None and "wsi" in modalities:
-        slides = resolve_slide_paths(read_sheet(slides_sheet), slides_sheet)
+        slides = _read_slides(slides_sheet)
         unknown = ~slides["patient_id"].astype(str).isin(known)
         if unknown.any():
             raise ConfigError(

@@ -15,6 +15,7 @@ from histofuse.config import (
     validate_sheet,
 )
 from histofuse.exclusions import EXCLUSIONS_TSV
+from histofuse.notes import collect_warnings
 from histofuse.samples import (
     check_data_root,
     check_slide_patients,
@@ -79,29 +80,41 @@ if COHORT_FORMAT == "histofuse" and PATIENTS_SHEET is None:
 # Slides are tiled and encoded only when the models use them and the cohort has them.
 USE_WSI = "wsi" in MODALITIES and SLIDES_SHEET is not None
 
-slides = (
-    resolve_slide_paths(
-        validate_sheet(
-            read_sheet(SLIDES_SHEET),
-            schema_path=SCHEMAS / "slides.schema.yaml",
-            path=SLIDES_SHEET,
-            id_column="slide_id",
-        ),
-        SLIDES_SHEET,
-    ).set_index("slide_id", drop=False)
-    if USE_WSI
-    else pd.DataFrame({"slide_id": [], "patient_id": [], "path": []})
-)
-patients = (
-    validate_sheet(
-        read_sheet(PATIENTS_SHEET),
-        schema_path=SCHEMAS / "patients.schema.yaml",
-        path=PATIENTS_SHEET,
-        id_column="patient_id",
-    )
-    if PATIENTS_SHEET is not None
-    else None
-)
+
+def read_sample_sheets():
+    """The slides sheet (checked, paths resolved; empty without slides) and the patients sheet (or None).
+
+    The readers' notes (ids stripped of whitespace…) are collected and dropped here: they are
+    printed once, by check_cohort_tables, which reads the same sheets again.
+    """
+    with collect_warnings():
+        slides = (
+            resolve_slide_paths(
+                validate_sheet(
+                    read_sheet(SLIDES_SHEET),
+                    schema_path=SCHEMAS / "slides.schema.yaml",
+                    path=SLIDES_SHEET,
+                    id_column="slide_id",
+                ),
+                SLIDES_SHEET,
+            ).set_index("slide_id", drop=False)
+            if USE_WSI
+            else pd.DataFrame({"slide_id": [], "patient_id": [], "path": []})
+        )
+        patients = (
+            validate_sheet(
+                read_sheet(PATIENTS_SHEET),
+                schema_path=SCHEMAS / "patients.schema.yaml",
+                path=PATIENTS_SHEET,
+                id_column="patient_id",
+            )
+            if PATIENTS_SHEET is not None
+            else None
+        )
+    return slides, patients
+
+
+slides, patients = read_sample_sheets()
 # Problems of the sheets stop the run here, before any job; a missing slide file under
 # on_error: skip is left to its tiling job, which records the slide as excluded. With precomputed
 # features the slide files themselves are never read.
