@@ -660,3 +660,22 @@ def test_unread_or_half_given_patient_columns_are_noted(cohort: dict[str, Path],
     notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path, **cohort)
     assert any("'Grade' (did you mean 'grade'?)" in n and str(cohort["patients"]) in n for n in notes), notes
     assert any("row 3 (P2)" in n and "no survival label" in n for n in notes), notes
+
+
+def test_slides_without_precomputed_features_stop_before_any_job(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from histofuse.features.precomputed import check_precomputed_folder
+
+    folder = tmp_path / "clam"
+    (folder / "h5_files").mkdir(parents=True)
+    for slide in ("S1", "S3"):
+        (folder / "h5_files" / f"{slide}.h5").write_bytes(b"")
+    (folder / "S3.h5").write_bytes(b"")
+    check_precomputed_folder(["S1"], folder, "uni", on_error="stop")
+    with pytest.raises(ConfigError) as err:
+        check_precomputed_folder(["S1", "S2", "S3"], folder, "uni", on_error="stop")
+    message = str(err.value)
+    assert str(folder) in message and "no file for 1 slide(s): S2" in message and "several files for 1 slide(s): S3" in message
+    assert "h5_files/{slide}.h5" in message and "on_error: skip" in message
+    with caplog.at_level("WARNING"):
+        check_precomputed_folder(["S1", "S2"], folder, "uni", on_error="skip")
+    assert "S2" in caplog.text

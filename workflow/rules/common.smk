@@ -22,6 +22,7 @@ from histofuse.samples import (
     check_weights_file,
     missing_slide_files,
 )
+from histofuse.features.precomputed import check_precomputed_folder
 from histofuse.stage_settings import check_cohort_settings, check_slide_settings
 from histofuse.tables import prepare_cohort_tables, resolve_slide_paths
 from histofuse.training.settings import check_model_list, model_training_section
@@ -242,6 +243,8 @@ TILING_ARGS = (
 # extract: masks, tiles and extract_features; precomputed: import_features only (features.smk)
 FEATURES_SOURCE = config["features"]["source"]
 PRECOMPUTED_DIR = str(config["features"].get("precomputed_dir") or "")
+if USE_WSI and FEATURES_SOURCE == "precomputed":
+    check_precomputed_folder(SLIDE_IDS, Path(PRECOMPUTED_DIR), ENCODER, on_error=ON_ERROR)
 
 
 def get_feature_files(wildcards):
