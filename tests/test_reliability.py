@@ -679,3 +679,16 @@ def test_slides_without_precomputed_features_stop_before_any_job(tmp_path: Path,
     with caplog.at_level("WARNING"):
         check_precomputed_folder(["S1", "S2"], folder, "uni", on_error="skip")
     assert "S2" in caplog.text
+
+
+def test_genes_the_group_list_and_the_table_do_not_share_are_noted(cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    groups = tmp_path / "groups.csv"
+    groups.write_text("gene,group\nTP53,tumour\nBRCA1,tumour\n")
+    frame = pd.read_csv(cohort["genomics"], sep="\t", dtype=str).assign(CD8A_rnaseq=["1", "2", "3"])
+    frame.to_csv(cohort["genomics"], sep="\t", index=False)
+    notes = prepare_cohort_tables(
+        cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path / "out", **{**cohort, "gene_groups": groups}
+    )
+    assert any("no column for: BRCA1" in n for n in notes) and any("'ungrouped'): CD8A" in n for n in notes), notes

@@ -342,7 +342,21 @@ def _gene_groups(path: Path | None, features: pd.Index) -> pd.DataFrame:
     groups = read_sheet(path)
     if not {"gene", "group"} <= set(groups.columns):
         raise ConfigError("gene groups need columns 'gene,group'.", path=path, fix="add a header line 'gene,group'.")
+    _note_unmatched_genes(set(groups["gene"].astype(str)), set(frame["gene"]), path=path)
     return _expand_groups(frame, groups)
+
+
+def _note_unmatched_genes(listed: set[str], measured: set[str], *, path: Path) -> None:
+    """Warn about genes of the list the genomics table lacks, and measured genes the list leaves ungrouped."""
+    if not measured:
+        return
+    for what, genes in (
+        ("genes of the list that the genomic table has no column for", listed - measured),
+        ("genes of the genomic table that no group lists (they go to 'ungrouped')", measured - listed),
+    ):
+        if genes:
+            shown = ", ".join(sorted(genes)[:10]) + (f" … and {len(genes) - 10} more" if len(genes) > 10 else "")
+            log.warning("%s: %d %s: %s", path, len(genes), what, shown)
 
 
 def _expand_groups(frame: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
