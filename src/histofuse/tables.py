@@ -500,7 +500,17 @@ def write_cohort_tables(
     write_text_atomic(outputs["labels"], json.dumps(labels, indent=2))
     splits = cohort.splits
     if splits is not None:
-        splits = splits[splits["patient_id"].isin(patients["patient_id"])]
+        known_split = splits["patient_id"].isin(patients["patient_id"])
+        if not known_split.all():
+            from histofuse.cohorts.checks import id_list
+
+            log.warning(
+                "%s cohort splits: %d row(s) for patients not in the cohort are left out: %s",
+                cohort.source,
+                int((~known_split).sum()),
+                id_list(splits.loc[~known_split, "patient_id"].unique()),
+            )
+        splits = splits[known_split]
     outputs["splits"] = write_cohort_splits(splits, out_dir)
     log.info("tables (%s format): %d patients; modalities used: %s", cohort.source, len(patients), list(modalities))
     return outputs
