@@ -158,7 +158,8 @@ EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
 
 def get_final_output():
     """The default targets: the report, the metrics, the excluded slides, the missing-rate table
-    when asked, and every per-slide and per-fold file (:func:`get_intermediate_files`)."""
+    when asked, and every per-slide and per-fold file (:func:`get_intermediate_files`).
+    """
     targets = [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
@@ -194,10 +195,18 @@ def get_intermediate_files():
         files += expand(f"{RESULTS}/masks/{{slide}}.png", slide=SLIDE_IDS)
         files += get_qc_files(None) + get_tile_files(None)
         files += expand(f"{RESULTS}/qc/tiles/{{slide}}.png", slide=SLIDE_IDS)
-    files += expand(f"{RESULTS}/tables/{{name}}", name=TABLE_FILES) + [f"{RESULTS}/folds/folds.tsv"]
+    files += expand(f"{RESULTS}/tables/{{name}}", name=TABLE_FILES) + [
+        f"{RESULTS}/folds/folds.tsv"
+    ]
     files += expand(f"{RESULTS}/preprocessing/fold{{fold}}.json", fold=FOLDS)
-    files += expand(f"{RESULTS}/models/{{model}}/fold{{fold}}.pt", model=MODELS, fold=FOLDS)
-    files += get_history_files(None) + get_prediction_files(None) + get_missing_rate_files(None)
+    files += expand(
+        f"{RESULTS}/models/{{model}}/fold{{fold}}.pt", model=MODELS, fold=FOLDS
+    )
+    files += (
+        get_history_files(None)
+        + get_prediction_files(None)
+        + get_missing_rate_files(None)
+    )
     return files
 
 
@@ -244,7 +253,9 @@ TILING_ARGS = (
 FEATURES_SOURCE = config["features"]["source"]
 PRECOMPUTED_DIR = str(config["features"].get("precomputed_dir") or "")
 if USE_WSI and FEATURES_SOURCE == "precomputed":
-    check_precomputed_folder(SLIDE_IDS, Path(PRECOMPUTED_DIR), ENCODER, on_error=ON_ERROR)
+    check_precomputed_folder(
+        SLIDE_IDS, Path(PRECOMPUTED_DIR), ENCODER, on_error=ON_ERROR
+    )
 
 
 def get_feature_files(wildcards):
@@ -331,7 +342,9 @@ def check_cohort_tables():
             slides=Path(inputs["slides"]) if "slides" in inputs else None,
             patients=Path(inputs["patients"]) if "patients" in inputs else None,
             genomics=Path(inputs["genomics"]) if "genomics" in inputs else None,
-            gene_groups=Path(inputs["gene_groups"]) if "gene_groups" in inputs else None,
+            gene_groups=(
+                Path(inputs["gene_groups"]) if "gene_groups" in inputs else None
+            ),
             clinical=Path(inputs["clinical"]) if "clinical" in inputs else None,
             grade_classes=tuple(str(c) for c in config["labels"]["grade_classes"]),
             modalities=tuple(MODALITIES),

@@ -24,7 +24,7 @@ if FEATURES_SOURCE == "precomputed":
             folder=PRECOMPUTED_DIR,
         shell:
             "histofuse import-features --folder {params.folder:q} --slide-id {wildcards.slide:q} "
-            "--encoder {wildcards.encoder:q} --on-error \"$HISTOFUSE_ON_ERROR\" --out {output.features:q} "
+            '--encoder {wildcards.encoder:q} --on-error "$HISTOFUSE_ON_ERROR" --out {output.features:q} '
             "> {log:q} 2>&1"
 
 else:
@@ -63,7 +63,7 @@ else:
             "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
             "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error \"$HISTOFUSE_ON_ERROR\" "
             "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
-            "--batch-size {params.batch_size} --num-workers \"$HISTOFUSE_NUM_WORKERS\" "
+            '--batch-size {params.batch_size} --num-workers "$HISTOFUSE_NUM_WORKERS" '
             "--device {params.device} --precision {params.precision} --threads {threads} "
             "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
             "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "

@@ -39,6 +39,6 @@ rule tile:
         tiling=TILING_ARGS,
     shell:
         "histofuse tile --slide {params.path:q} --slide-id {wildcards.slide:q} --mpp '{params.mpp}' "
-        "--reader {params.reader} --on-error \"$HISTOFUSE_ON_ERROR\" {params.mask} {params.tiling} "
+        '--reader {params.reader} --on-error "$HISTOFUSE_ON_ERROR" {params.mask} {params.tiling} '
         "--mask {output.mask:q} --mask-qc {output.mask_qc:q} --out {output.tiles:q} --qc {output.qc:q} "
         "> {log:q} 2>&1"
