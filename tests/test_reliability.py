@@ -392,10 +392,16 @@ def _project(tmp_path: Path) -> tuple[Path, dict]:
     return sheet, config
 
 
-@pytest.mark.parametrize("case", ["misspelt_key", "missing_slide", "duplicate_column", "text_in_numbers"])
+@pytest.mark.parametrize("case", ["misspelt_key", "missing_slide", "duplicate_column", "text_in_numbers", "no_label"])
 def test_problems_stop_when_the_dag_is_built(case: str, tmp_path: Path) -> None:
     sheet, config = _project(tmp_path)
-    if case == "misspelt_key":
+    if case == "no_label":
+        ids = ["P1", "P2", "P3", "P4"]
+        _sheet(sheet, {"slide_id": [f"S{i}" for i in range(4)], "patient_id": ids, "path": ["s1.svs"] * 4})
+        patients = _sheet(tmp_path / "patients.tsv", {"patient_id": ids, "grade": [""] * 4})
+        config.update(folds={"k": 2}, training={"tasks": ["grade"]})
+        expected = [str(patients), "task 'grade'", "training.tasks"]
+    elif case == "misspelt_key":
         config["tilling"] = {"mpp": 0.5}
         expected = ["'tilling' -> 'tiling'"]
     elif case in ("duplicate_column", "text_in_numbers"):

@@ -224,20 +224,18 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_make_folds(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from histofuse.folds import FoldSettings, check_fold_labels, folds_from_cohort_splits, make_folds, write_folds
+    from histofuse.folds import FoldSettings, folds_for_tables, write_folds
 
     settings = FoldSettings(
         k=args.k, seed=args.seed, val_fraction=args.val_fraction, source=args.source, stratify=args.stratify
     )
-    patients = pd.read_parquet(args.patients)
-    if settings.source == "cohort":
-        splits = pd.read_csv(args.cohort_splits, sep="\t", dtype={"patient_id": str})
-        folds = folds_from_cohort_splits(splits, patients, settings, path=args.cohort_splits)
-    else:
-        folds = make_folds(patients, settings)
-    check_fold_labels(folds, patients, tuple(args.tasks), path=args.patients, binary_label=args.binary_label)
+    folds = folds_for_tables(
+        Path(args.patients),
+        settings,
+        tasks=tuple(args.tasks),
+        binary_label=args.binary_label,
+        cohort_splits=None if args.cohort_splits is None else Path(args.cohort_splits),
+    )
     write_folds(folds, Path(args.out))
 
 

@@ -201,6 +201,32 @@ def check_fold_labels(
         )
 
 
+def folds_for_tables(
+    patients_parquet: Path,
+    settings: FoldSettings,
+    *,
+    tasks: tuple[str, ...],
+    binary_label: str = "aln",
+    cohort_splits: Path | None = None,
+    source: str | Path | None = None,
+) -> pd.DataFrame:
+    """The folds of the prepared patients table (or of the cohort's own splits), with their labels checked.
+
+    ``source``: the file a label problem is reported against (default: ``patients_parquet``), e.g. the
+    patients sheet when the folds are tried out before any job.
+    """
+    patients = pd.read_parquet(patients_parquet)
+    if settings.source == "cohort":
+        if cohort_splits is None:
+            raise ConfigError("folds.source is cohort but no cohort splits were given.", column="folds.source")
+        splits = pd.read_csv(cohort_splits, sep="\t", dtype={"patient_id": str})
+        folds = folds_from_cohort_splits(splits, patients, settings, path=cohort_splits)
+    else:
+        folds = make_folds(patients, settings)
+    check_fold_labels(folds, patients, tasks, path=source or patients_parquet, binary_label=binary_label)
+    return folds
+
+
 def write_folds(folds: pd.DataFrame, path: Path) -> None:
     """Write folds as TSV atomically."""
     with atomic_path(path) as tmp:

@@ -23,6 +23,7 @@ from histofuse.samples import (
     missing_slide_files,
 )
 from histofuse.features.precomputed import check_precomputed_folder
+from histofuse.folds import FoldSettings, folds_for_tables
 from histofuse.stage_settings import check_cohort_settings, check_slide_settings
 from histofuse.tables import prepare_cohort_tables, resolve_slide_paths
 from histofuse.training.settings import check_model_list, model_training_section
@@ -325,7 +326,8 @@ def get_table_inputs(wildcards):
 def check_cohort_tables():
     """Every check of the cohort's tables, before any job: they are prepared into a temporary folder.
 
-    A bad table stops the run here with its message; the notes about the input (ids stripped of
+    The folds are made from them too, so that a task whose labels a fold lacks stops here. A bad
+    table stops the run here with its message; the notes about the input (ids stripped of
     surrounding whitespace, rows of patients the cohort does not have…) are printed. prepare_tables
     writes the same notes to tables/notes.tsv for the report. Jobs that Snakemake runs in a process
     of their own (cluster jobs) skip this.
@@ -349,6 +351,15 @@ def check_cohort_tables():
             grade_classes=tuple(str(c) for c in config["labels"]["grade_classes"]),
             modalities=tuple(MODALITIES),
             out_dir=Path(tmp),
+        )
+        folds = config["folds"]
+        folds_for_tables(
+            Path(tmp) / "patients.parquet",
+            FoldSettings(**{key: folds[key] for key in ("k", "seed", "val_fraction", "source", "stratify")}),
+            tasks=tuple(config["training"]["tasks"]),
+            binary_label=config["training"]["binary_label"],
+            cohort_splits=Path(tmp) / "cohort_splits.tsv",
+            source=inputs.get("patients") or CONFIG_SOURCE,
         )
     for note in notes:
         logger.warning(f"histofuse: {note}")
