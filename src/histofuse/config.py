@@ -198,10 +198,8 @@ def note_unread_columns(frame: pd.DataFrame, known: Sequence[str], *, path: str 
     props = list(known)
     unread = [str(c) for c in frame.columns if str(c) not in props]
     if unread:
-        hints = [
-            f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, list(props), n=1)) else repr(name)
-            for name in unread
-        ]
+        closest = {name: difflib.get_close_matches(name, props, n=1) for name in unread}
+        hints = [f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name) for name, close in closest.items()]
         log.warning(
             "%s: column(s) not read: %s; the sheet's columns are %s",
             path,

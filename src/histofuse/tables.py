@@ -318,7 +318,9 @@ def prepare_cohort_tables(
             write_cohort_tables(cohort, out_dir, slides_sheet=slides, modalities=modalities, gene_groups=gene_groups)
         else:
             if patients is None:
-                raise ConfigError("the histofuse format needs a patients sheet.", fix="set samples.patients in the config.")
+                raise ConfigError(
+                    "the histofuse format needs a patients sheet.", fix="set samples.patients in the config."
+                )
             inputs = TableInputs(
                 slides=slides,
                 patients=patients,

@@ -57,10 +57,13 @@ def check_precomputed_folder(slide_ids: list[str], folder: str | Path, encoder: 
     ``skip`` a warning, and their import jobs record them as excluded.
     """
     counts = {slide: sum(path.is_file() for path in candidate_paths(folder, slide, encoder)) for slide in slide_ids}
-    parts = []
-    for what, slides in (("no file", [s for s, n in counts.items() if n == 0]), ("several files", [s for s, n in counts.items() if n > 1])):
-        if slides:
-            parts.append(f"{what} for {len(slides)} slide(s): {', '.join(sorted(slides)[:10])}" + (" …" if len(slides) > 10 else ""))
+    absent = sorted(slide for slide, n in counts.items() if n == 0)
+    several = sorted(slide for slide, n in counts.items() if n > 1)
+    parts = [
+        f"{what} for {len(slides)} slide(s): {', '.join(slides[:10])}" + (" …" if len(slides) > 10 else "")
+        for what, slides in (("no file", absent), ("several files", several))
+        if slides
+    ]
     if not parts:
         return
     problem = "; ".join(parts)

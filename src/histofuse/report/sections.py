@@ -292,7 +292,8 @@ def input_notes_section(notes: Sequence[str], prediction_files: Sequence[Path]) 
         rows = [[model, reason, _fmt_count(r.patients), _fmt_count(r.test)] for (model, reason), r in counts.iterrows()]
         parts.append(_note("Patients a model has no input for are neither trained on nor predicted by it."))
         parts.append(_table(["Model", "Why", "Patients left out", "of them test patients (all folds)"], rows))
-        shown = [[str(v) for v in r] for r in left_out[["model", "fold", "patient_id", "split", "reason"]].itertuples(index=False)]
+        columns = ["model", "fold", "patient_id", "split", "reason"]
+        shown = [[str(value) for value in row] for row in left_out[columns].itertuples(index=False)]
         parts.append(_table(["Model", "Fold", "Patient", "Split", "Why"], shown[:200]))
     else:
         parts.append(_note("Every model predicted every patient of its folds."))
