@@ -698,3 +698,20 @@ def test_genes_the_group_list_and_the_table_do_not_share_are_noted(cohort: dict[
         cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path / "out", **{**cohort, "gene_groups": groups}
     )
     assert any("no column for: BRCA1" in n for n in notes) and any("'ungrouped'): CD8A" in n for n in notes), notes
+
+
+def test_attention_of_an_excluded_slide_says_why(tmp_path: Path) -> None:
+    """The report's first slides may include an excluded one: its attention image is a note, not a failure."""
+    from PIL import Image
+
+    from histofuse.exclusions import Exclusion, write_excluded_features
+    from histofuse.report.attention import write_attention_png
+
+    features = tmp_path / "S1.h5"
+    record = Exclusion(slide="S1", stage="tile", file="s1.svs", reason="OpenSlide cannot read this slide.", fix="re-export it.")
+    write_excluded_features(features, record, encoder="efficientnet_lite0")
+    out = tmp_path / "S1.png"
+    write_attention_png(slide_id="S1", slide_path=tmp_path / "s1.svs", features_h5=features, checkpoints={},
+                        slides_table=tmp_path / "absent.parquet", folds_tsv=tmp_path / "absent.tsv", out_png=out)
+    with Image.open(out) as image:
+        assert image.size[0] > 100
