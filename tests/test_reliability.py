@@ -715,3 +715,12 @@ def test_attention_of_an_excluded_slide_says_why(tmp_path: Path) -> None:
                         slides_table=tmp_path / "absent.parquet", folds_tsv=tmp_path / "absent.tsv", out_png=out)
     with Image.open(out) as image:
         assert image.size[0] > 100
+
+
+def test_one_file_under_two_slide_ids_is_noted(cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    slides = _sheet(tmp_path / "slides.tsv", {"slide_id": ["S1", "S2", "S3"], "patient_id": ["P1", "P2", "P3"],
+                                              "path": ["a.svs", "b.svs", "a.svs"]})
+    notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=slides, out_dir=tmp_path / "out", **cohort)
+    assert any("row 2 (S1) = " in n and "row 4 (S3) = " in n and "several slide ids" in n for n in notes), notes

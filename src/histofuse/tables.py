@@ -95,7 +95,15 @@ def resolve_slide_paths(slides: pd.DataFrame, sheet: Path) -> pd.DataFrame:
 def _read_slides(sheet: Path) -> pd.DataFrame:
     frame = read_sheet(sheet)
     note_unread_columns(frame, SLIDE_COLUMNS, path=sheet)
-    return resolve_slide_paths(frame, sheet)
+    slides = resolve_slide_paths(frame, sheet)
+    repeated = slides["path"].duplicated(keep=False)
+    if repeated.any():
+        log.warning(
+            "%s: the same file under several slide ids (each is processed, and counts, once per id): %s",
+            sheet,
+            _row_list(slides, repeated, "slide_id", value_column="path"),
+        )
+    return slides
 
 
 def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
