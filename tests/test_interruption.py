@@ -224,7 +224,8 @@ def _start(project: Path, log: Path) -> subprocess.Popen:
 
 
 def test_a_second_run_on_the_same_results_refuses(tmp_path: Path) -> None:
-    project = _project(tmp_path, DemoSpec(n_patients=3, n_slides=3, min_side_px=1024, max_side_px=1280, seed=1))
+    # big enough for two folds: they are made when the DAG is built, before the lock is taken
+    project = _project(tmp_path, DemoSpec(n_patients=6, n_slides=6, min_side_px=1024, max_side_px=1280, seed=1))
     first = _start(project, tmp_path / "first.log")
     try:
         _wait_for(lambda: any((project / ".snakemake" / "locks").glob("*")), first, "the first run took its lock")

@@ -124,17 +124,19 @@ def test_import_command(tmp_path: Path) -> None:
 
 
 def test_workflow_with_precomputed_features_runs_no_slide_stages(tmp_path: Path) -> None:
-    """A dry run on a 3-slide cohort: import_features replaces tile and extract_features."""
+    """A dry run on an 8-slide cohort: import_features replaces tile and extract_features.
+
+    The cohort is big enough for its two folds: they are made when the DAG is built."""
     from workflow_support import snakemake
 
     (tmp_path / "slides.tsv").write_text(
-        "slide_id\tpatient_id\tpath\n" + "".join(f"S{i}\tP{i}\tS{i}.svs\n" for i in range(3))
+        "slide_id\tpatient_id\tpath\n" + "".join(f"S{i}\tP{i}\tS{i}.svs\n" for i in range(8))
     )
     (tmp_path / "patients.tsv").write_text(
-        "patient_id\tgrade\tsurvival_months\tevent\n" + "".join(f"P{i}\t{2 + i}\t{10 * (i + 1)}\t{i % 2}\n" for i in range(3))
+        "patient_id\tgrade\tsurvival_months\tevent\n" + "".join(f"P{i}\t{2 + i % 3}\t{10 * (i + 1)}\t{int(i % 4 != 3)}\n" for i in range(8))
     )
     folder = tmp_path / "trident_job"
-    for i in range(3):
+    for i in range(8):
         _write(folder / f"features_{ENCODER}" / f"S{i}.h5", seed=i)
     config = {
         "results": str(tmp_path / "results"),

@@ -392,12 +392,27 @@ def _project(tmp_path: Path) -> tuple[Path, dict]:
     return sheet, config
 
 
-@pytest.mark.parametrize("case", ["misspelt_key", "missing_slide"])
+@pytest.mark.parametrize("case", ["misspelt_key", "missing_slide", "duplicate_column", "text_in_numbers", "no_label"])
 def test_problems_stop_when_the_dag_is_built(case: str, tmp_path: Path) -> None:
     sheet, config = _project(tmp_path)
-    if case == "misspelt_key":
+    if case == "no_label":
+        ids = ["P1", "P2", "P3", "P4"]
+        _sheet(sheet, {"slide_id": [f"S{i}" for i in range(4)], "patient_id": ids, "path": ["s1.svs"] * 4})
+        patients = _sheet(tmp_path / "patients.tsv", {"patient_id": ids, "grade": [""] * 4})
+        config.update(folds={"k": 2}, training={"tasks": ["grade"]})
+        expected = [str(patients), "task 'grade'", "training.tasks"]
+    elif case == "misspelt_key":
         config["tilling"] = {"mpp": 0.5}
         expected = ["'tilling' -> 'tiling'"]
+    elif case in ("duplicate_column", "text_in_numbers"):
+        genomics = tmp_path / "genomics.tsv"
+        if case == "duplicate_column":
+            genomics.write_text("patient_id\tTP53_cnv\tTP53_cnv\nP1\t1\t0\nP2\t0\t1\n")
+            expected = [str(genomics), "'TP53_cnv' (columns 2, 3)", "Fix:"]
+        else:
+            genomics.write_text("patient_id\tTP53_cnv\nP1\t1\nP2\tunknown\n")
+            expected = [str(genomics), "row 3 (P2) = 'unknown'", "Fix:"]
+        config["tables"]["genomics"] = str(genomics)
     else:
         _sheet(sheet, {"slide_id": ["S1", "S2"], "patient_id": ["P1", "P2"], "path": ["s1.svs", "gone é.svs"]})
         expected = [str(sheet), f"row 3 (S2: {tmp_path / 'gone é.svs'})", "Fix:"]
@@ -409,3 +424,303 @@ def test_problems_stop_when_the_dag_is_built(case: str, tmp_path: Path) -> None:
     for part in expected:
         assert part in text, (part, text[-3000:])
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------- input accepted silently, now reported
+
+
+def test_a_column_named_twice_is_refused_with_both_positions(cohort: dict[str, Path], tmp_path: Path) -> None:
+    frame = pd.read_csv(cohort["genomics"], sep="\t", dtype=str)
+    frame["PTEN_cnv"] = ["0", "1", "0"]
+    frame.to_csv(cohort["genomics"], sep="\t", index=False)
+    text = cohort["genomics"].read_text().replace("PTEN_cnv", "TP53_mut", 1)
+    cohort["genomics"].write_text(text)
+    with pytest.raises(ConfigError) as err:
+        prepare_tables(TableInputs(slides=None, **cohort), tmp_path / "out")
+    message = str(err.value)
+    assert str(cohort["genomics"]) in message and "'TP53_mut' (columns 2, 3)" in message and "Fix:" in message
+    assert not (tmp_path / "out" / "genomics.parquet").exists()
+
+
+def test_a_column_named_twice_in_a_published_table_is_refused(tmp_path: Path) -> None:
+    from histofuse.cohorts.reading import read_table
+
+    path = tmp_path / "clinical.csv"
+    path.write_text("case_id,age,sex,age\nC1,50,F,51\n")
+    with pytest.raises(ConfigError, match=r"'age' \(columns 2, 4\)"):
+        read_table(path)
+
+
+def test_whitespace_around_ids_is_removed_with_a_note_naming_them(
+    cohort: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from histofuse.notes import read_notes
+    from histofuse.tables import prepare_cohort_tables
+
+    for table, row, padded in (("genomics", 1, "P2 "), ("patients", 2, " P3")):
+        frame = pd.read_csv(cohort[table], sep="\t", dtype=str)
+        frame.loc[row, "patient_id"] = padded
+        frame.to_csv(cohort[table], sep="\t", index=False)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=None, out_dir=out, **cohort)
+    assert pd.read_parquet(out / "genomics.parquet")["patient_id"].tolist() == ["P1", "P2", "P3"]
+    assert pd.read_parquet(out / "patients.parquet")["patient_id"].tolist() == ["P1", "P2", "P3"]
+    assert any(str(cohort["genomics"]) in n and "'P2 ' (row 3)" in n for n in notes), notes
+    assert any(str(cohort["patients"]) in n and "' P3' (row 4)" in n for n in notes), notes
+    assert read_notes(out / "notes.tsv") == notes and "'P2 ' (row 3)" in caplog.text
+
+
+def test_whitespace_around_ids_of_a_published_table_is_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from histofuse.cohorts.checks import patient_ids
+    from histofuse.cohorts.reading import read_table
+
+    path = tmp_path / "clinical.csv"
+    path.write_text("case_id,age\nC1,50\nC2 ,61\n")
+    with caplog.at_level("WARNING"):
+        ids = patient_ids(read_table(path), "case_id", path=path)
+    assert ids.tolist() == ["C1", "C2"] and "'C2 ' (row 3)" in caplog.text and str(path) in caplog.text
+
+
+@pytest.mark.parametrize("table", ["genomics", "clinical"])
+def test_rows_of_unknown_patients_are_listed_by_id(table: str, cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    frame = pd.read_csv(cohort[table], sep="\t", dtype=str)
+    frame.loc[2, "patient_id"] = "P9"
+    frame.to_csv(cohort[table], sep="\t", index=False)
+    notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path, **cohort)
+    assert any(str(cohort[table]) in n and "row 4 ('P9')" in n and "left out" in n for n in notes), notes
+    assert "P9" not in set(pd.read_parquet(tmp_path / f"{table}.parquet")["patient_id"])
+
+
+# ------------------------------------------------------------------------- what the messages measure
+
+
+def _scattered(tmp: Path) -> Path:
+    """Thin stripes of tissue: the mask finds some, but no tile is half tissue."""
+    image = np.full((2048, 2048, 3), 240, dtype=np.uint8)
+    for x in range(0, 2048, 48):
+        image[:, x : x + 16] = (190, 90, 150)
+    path = tmp / "stripes.tiff"
+    write_pyramidal_tiff(path, image, mpp=0.5, levels=3)
+    return path
+
+
+def test_no_tissue_message_agrees_with_the_measured_mask(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import re
+
+    job = _job(_scattered(tmp_path), tmp_path / "out")
+    with caplog.at_level("INFO"), pytest.raises(SlideError) as err:
+        run_tile_job(job, mask_settings=MASK, settings=TilingSettings(mpp=0.5, tile_px=256))
+    logged = re.search(r"tissue (\d+\.\d) %", caplog.text)
+    assert logged is not None and float(logged.group(1)) > 0
+    message = str(err.value)
+    assert f"covers {logged.group(1)} %" in message and "empty" not in message
+
+
+def test_under_stop_the_qc_thumbnail_the_message_names_is_kept(small_slide: Path, tmp_path: Path) -> None:
+    job = _job(_blank(tmp_path, small_slide), tmp_path / "out")
+    with pytest.raises(SlideError) as err:
+        run_tile_job(job, mask_settings=MASK, settings=TILING, on_error="stop")
+    for output in (job.mask, job.mask_qc):  # what Snakemake deletes of a failed job
+        output.unlink(missing_ok=True)
+    assert str(job.failed_qc) in str(err.value) and job.failed_qc.stat().st_size > 0
+    assert job.failed_qc.parent != job.mask_qc.parent
+
+
+# --------------------------------------------------------------------- models without input for a patient
+
+
+def test_a_slides_only_model_leaves_out_patients_without_tile_features(tmp_path: Path) -> None:
+    import dataclasses
+
+    from histofuse.left_out import read_left_out
+    from histofuse.training.trainer import NO_TILE_FEATURES, train_fold
+    from test_training import EMPTY_PATIENTS, FAST, _make_cohort
+
+    cohort = _make_cohort(tmp_path / "cohort")
+    fold = pd.read_csv(cohort["folds_tsv"], sep="\t").query("fold == 0")
+    assert set(EMPTY_PATIENTS) <= set(fold["patient_id"])
+    for model_name, left_out in (("abmil", set(EMPTY_PATIENTS)), ("snn", set())):
+        out = tmp_path / model_name
+        train_fold(
+            model_name=model_name, fold=0, settings=dataclasses.replace(FAST, epochs=2), **cohort,
+            out_checkpoint=out / "m.pt", out_predictions=out / "p.parquet", out_history=None,
+        )
+        predicted = set(pd.read_parquet(out / "p.parquet")["patient_id"])
+        assert predicted == set(fold["patient_id"]) - left_out
+        recorded = read_left_out(out / "p.parquet")
+        assert set(recorded["patient_id"]) == left_out and (recorded["reason"] == NO_TILE_FEATURES).all()
+
+
+def test_the_report_counts_the_patients_each_model_left_out(tmp_path: Path) -> None:
+    from histofuse.left_out import write_predictions
+    from histofuse.report.sections import input_notes_section
+
+    files = []
+    for model, left in (("abmil", ["P1", "P2"]), ("snn", [])):
+        path = tmp_path / model / "fold0.parquet"
+        path.parent.mkdir()
+        left_out = pd.DataFrame({"patient_id": left, "split": ["test", "train"][: len(left)], "reason": ["no slide"] * len(left)})
+        write_predictions(pd.DataFrame({"patient_id": ["P3"], "model": [model]}), path, left_out=left_out)
+        assert pd.read_parquet(path)["patient_id"].tolist() == ["P3"]
+        files.append(path)
+    html = input_notes_section(["genomics.tsv: 1 row(s) for patients not in the patients sheet are left out: row 4 ('P9')"], files)
+    assert "row 4 (&#x27;P9&#x27;)" in html or "row 4 ('P9')" in html
+    assert "<td>abmil</td><td>no slide</td><td>2</td><td>1</td>" in html.replace("\n", "") and "<td>snn</td>" not in html
+
+
+@pytest.mark.slow
+def test_a_failed_slide_keeps_its_qc_and_skip_reruns_only_it(tmp_path: Path) -> None:
+    """Under stop the message's thumbnail outlives Snakemake's clean-up; then `on_error: skip` (as the
+    message suggests) tiles only the failed slide again."""
+    from histofuse.demo import DemoSpec
+    from workflow_support import demo_config, jobs_run, make_cohort, slides_run, write_config
+
+    cohort = make_cohort(tmp_path, DemoSpec(n_patients=2, n_slides=2, min_side_px=1024, max_side_px=1024, seed=3))
+    blank = cohort["slides_dir"] / "blank.tiff"
+    write_pyramidal_tiff(blank, np.full((1024, 1024, 3), 244, dtype=np.uint8), mpp=0.5, levels=2)
+    sheet = pd.read_csv(cohort["slides_sheet"], sep="\t")
+    patient = sheet["patient_id"].iloc[0]
+    pd.concat([sheet, pd.DataFrame({"slide_id": ["WHITE-1"], "patient_id": [patient], "path": [str(blank)]})]).to_csv(
+        cohort["slides_sheet"], sep="\t", index=False
+    )
+    config_path = write_config(tmp_path / "config.yaml", demo_config(tmp_path, cohort))
+    args = ("--cores", "2", "--configfile", str(config_path), "--until", "tile")
+
+    stopped = snakemake(*args, timeout=600)
+    assert stopped.returncode != 0
+    log = (tmp_path / "results" / "logs" / "tile" / "WHITE-1.log").read_text()
+    kept = tmp_path / "results" / "qc" / "failed" / "WHITE-1.png"
+    assert str(kept) in log and kept.stat().st_size > 0, log[-2000:]
+    assert not (tmp_path / "results" / "qc" / "WHITE-1.png").exists()  # the job's own output was removed
+    assert slides_run(stopped, "tile") == set(sheet["slide_id"]) | {"WHITE-1"}
+
+    write_config(config_path, demo_config(tmp_path, cohort, on_error="skip"))
+    skipped = snakemake(*args, timeout=600)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert slides_run(skipped, "tile") == {"WHITE-1"} and jobs_run(skipped)["tile"] == 1
+    assert (tmp_path / "results" / "qc" / "WHITE-1.png").is_file() and not kept.exists()
+
+
+# ------------------------------------------------------- settings every job builds, checked at DAG build
+
+
+def _validated(**changes: dict) -> dict:
+    config = _config()
+    for section, values in changes.items():
+        config[section] = {**config[section], **values} if isinstance(config.get(section), dict) else values
+    return validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source="my.yaml")
+
+
+@pytest.mark.parametrize(
+    "changes,key",
+    [
+        ({"tiling": {"tile_px": 256, "overlap_px": 256}}, "tiling.overlap_px"),
+        ({"features": {"stain_norm": "macenko", "stain_target": None}}, "features.stain_target"),
+        ({"features": {"stain_norm": "macenko", "stain_target": "absent/target.png"}}, "features.stain_target"),
+        ({"features": {"encoder": "no_such_encoder"}}, "features.encoder"),
+        ({"features": {"source": "precomputed", "precomputed_dir": "absent/folder"}}, "features.precomputed_dir"),
+    ],
+)
+def test_slide_settings_stop_before_any_job(changes: dict, key: str) -> None:
+    from histofuse.stage_settings import check_slide_settings
+
+    check_slide_settings(_validated(), source="my.yaml")
+    with pytest.raises(ConfigError) as err:
+        check_slide_settings(_validated(**changes), source="my.yaml")
+    assert "my.yaml" in str(err.value) and f"'{key}'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "changes,key",
+    [
+        ({"labels": {"grade_classes": ["2", "2", "4"]}}, "labels.grade_classes"),
+        ({"training": {"models": ["cox"], "cox": {"covariates": []}}}, "training.cox.covariates"),
+    ],
+)
+def test_cohort_settings_stop_before_any_job(changes: dict, key: str) -> None:
+    from histofuse.stage_settings import check_cohort_settings
+
+    check_cohort_settings(_validated(), source="my.yaml")
+    with pytest.raises(ConfigError) as err:
+        check_cohort_settings(_validated(**changes), source="my.yaml")
+    assert "my.yaml" in str(err.value) and f"'{key}'" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["NaN", "inf"])
+def test_nan_or_inf_in_a_sheet_number_is_refused(value: str, tmp_path: Path) -> None:
+    sheet = _sheet(tmp_path / "slides.tsv", {"slide_id": ["S1"], "patient_id": ["P1"], "path": ["a.svs"], "mpp": [value]})
+    with pytest.raises(ConfigError) as err:
+        validate_sheet(read_sheet(sheet), schema_path=SCHEMAS / "slides.schema.yaml", path=sheet, id_column="slide_id")
+    assert str(sheet) in str(err.value) and "row 2 (slide_id=S1), column 'mpp'" in str(err.value)
+
+
+def test_unread_or_half_given_patient_columns_are_noted(cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    frame = pd.read_csv(cohort["patients"], sep="\t", dtype=str).rename(columns={"grade": "Grade"})
+    frame.loc[1, "event"] = None
+    frame.to_csv(cohort["patients"], sep="\t", index=False)
+    notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path, **cohort)
+    assert any("'Grade' (did you mean 'grade'?)" in n and str(cohort["patients"]) in n for n in notes), notes
+    assert any("row 3 (P2)" in n and "no survival label" in n for n in notes), notes
+
+
+def test_slides_without_precomputed_features_stop_before_any_job(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from histofuse.features.precomputed import check_precomputed_folder
+
+    folder = tmp_path / "clam"
+    (folder / "h5_files").mkdir(parents=True)
+    for slide in ("S1", "S3"):
+        (folder / "h5_files" / f"{slide}.h5").write_bytes(b"")
+    (folder / "S3.h5").write_bytes(b"")
+    check_precomputed_folder(["S1"], folder, "uni", on_error="stop")
+    with pytest.raises(ConfigError) as err:
+        check_precomputed_folder(["S1", "S2", "S3"], folder, "uni", on_error="stop")
+    message = str(err.value)
+    assert str(folder) in message and "no file for 1 slide(s): S2" in message and "several files for 1 slide(s): S3" in message
+    assert "h5_files/{slide}.h5" in message and "on_error: skip" in message
+    with caplog.at_level("WARNING"):
+        check_precomputed_folder(["S1", "S2"], folder, "uni", on_error="skip")
+    assert "S2" in caplog.text
+
+
+def test_genes_the_group_list_and_the_table_do_not_share_are_noted(cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    groups = tmp_path / "groups.csv"
+    groups.write_text("gene,group\nTP53,tumour\nBRCA1,tumour\n")
+    frame = pd.read_csv(cohort["genomics"], sep="\t", dtype=str).assign(CD8A_rnaseq=["1", "2", "3"])
+    frame.to_csv(cohort["genomics"], sep="\t", index=False)
+    notes = prepare_cohort_tables(
+        cohort_format="histofuse", format_options={}, slides=None, out_dir=tmp_path / "out", **{**cohort, "gene_groups": groups}
+    )
+    assert any("no column for: BRCA1" in n for n in notes) and any("'ungrouped'): CD8A" in n for n in notes), notes
+
+
+def test_attention_of_an_excluded_slide_says_why(tmp_path: Path) -> None:
+    """The report's first slides may include an excluded one: its attention image is a note, not a failure."""
+    from PIL import Image
+
+    from histofuse.exclusions import Exclusion, write_excluded_features
+    from histofuse.report.attention import write_attention_png
+
+    features = tmp_path / "S1.h5"
+    record = Exclusion(slide="S1", stage="tile", file="s1.svs", reason="OpenSlide cannot read this slide.", fix="re-export it.")
+    write_excluded_features(features, record, encoder="efficientnet_lite0")
+    out = tmp_path / "S1.png"
+    write_attention_png(slide_id="S1", slide_path=tmp_path / "s1.svs", features_h5=features, checkpoints={},
+                        slides_table=tmp_path / "absent.parquet", folds_tsv=tmp_path / "absent.tsv", out_png=out)
+    with Image.open(out) as image:
+        assert image.size[0] > 100
+
+
+def test_one_file_under_two_slide_ids_is_noted(cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.tables import prepare_cohort_tables
+
+    slides = _sheet(tmp_path / "slides.tsv", {"slide_id": ["S1", "S2", "S3"], "patient_id": ["P1", "P2", "P3"],
+                                              "path": ["a.svs", "b.svs", "a.svs"]})
+    notes = prepare_cohort_tables(cohort_format="histofuse", format_options={}, slides=slides, out_dir=tmp_path / "out", **cohort)
+    assert any("row 2 (S1) = " in n and "row 4 (S3) = " in n and "several slide ids" in n for n in notes), notes

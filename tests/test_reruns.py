@@ -150,3 +150,27 @@ def test_interrupted_run_resumes_without_redoing_finished_slides(base: Path, tmp
     assert slides_run(proc, "extract_features") == unfinished
     assert not slides_run(proc, "tile")
     assert (results / "report.html").is_file()
+
+
+@pytest.mark.parametrize("output", ["masks/{slide}.png", "tiles/{slide}.h5", "features/efficientnet_lite0/{slide}.h5"])
+def test_a_deleted_per_slide_file_is_made_again(output: str, base: Path, tmp_path: Path) -> None:
+    """A file a user deletes comes back on the next run, and what reads it runs again after it."""
+    clone(base, tmp_path)
+    slide = pd.read_csv(tmp_path / "cohort" / "slides_base.tsv", sep="\t")["slide_id"].iloc[0]
+    path = tmp_path / "results" / output.format(slide=slide)
+    path.unlink()
+
+    proc = run(tmp_path)
+    assert path.is_file(), proc.stdout[-3000:]
+    assert slides_run(proc, "extract_features") == {slide}
+    assert slides_run(proc, "tile") == (set() if output.startswith("features") else {slide})
+    assert {"exclusions", "train", "evaluate", "report"} <= set(jobs_run(proc))
+
+
+def test_switching_on_error_keeps_finished_slides(base: Path, tmp_path: Path) -> None:
+    """on_error changes what a failing slide does, never a good slide's outputs: nothing reruns."""
+    config = clone(base, tmp_path)
+    config["on_error"] = "skip"
+    write_config(tmp_path / "project.yaml", config)
+    ran = jobs_run(run(tmp_path))
+    assert set(ran) <= {"all"}, ran

@@ -190,32 +190,20 @@ def cmd_exclusions(args: argparse.Namespace) -> None:
 def cmd_prepare_tables(args: argparse.Namespace) -> None:
     import json
 
-    from histofuse.tables import TableInputs, prepare_tables, write_cohort_tables
+    from histofuse.tables import prepare_cohort_tables
 
-    modalities = tuple(args.modalities)
-    if args.format != "histofuse":
-        from histofuse.cohorts import read_cohort
-
-        options = json.loads(args.format_options)
-        cohort = read_cohort(args.format, **options)
-        write_cohort_tables(
-            cohort, Path(args.out_dir), slides_sheet=args.slides, modalities=modalities, gene_groups=args.gene_groups
-        )
-        return
-    if args.patients is None:
-        raise HistofuseError(
-            "the histofuse format needs a patients sheet.", fix="set samples.patients in the config."
-        )
-    inputs = TableInputs(
+    prepare_cohort_tables(
+        cohort_format=args.format,
+        format_options=json.loads(args.format_options) if args.format != "histofuse" else {},
         slides=args.slides,
         patients=args.patients,
         genomics=args.genomics,
         gene_groups=args.gene_groups,
         clinical=args.clinical,
         grade_classes=tuple(args.grade_classes),
-        modalities=modalities,
+        modalities=tuple(args.modalities),
+        out_dir=Path(args.out_dir),
     )
-    prepare_tables(inputs, Path(args.out_dir))
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
@@ -240,28 +228,21 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_make_folds(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from histofuse.folds import FoldSettings, check_fold_labels, folds_from_cohort_splits, make_folds, write_folds
+    from histofuse.folds import FoldSettings, folds_for_tables, write_folds
 
     settings = FoldSettings(
         k=args.k, seed=args.seed, val_fraction=args.val_fraction, source=args.source, stratify=args.stratify
     )
-    patients = pd.read_parquet(args.patients)
-    if settings.source == "cohort":
-        splits = pd.read_csv(args.cohort_splits, sep="\t", dtype={"patient_id": str})
-        folds = folds_from_cohort_splits(splits, patients, settings, path=args.cohort_splits)
-    elif settings.source == "files":
-        import json
+    import json
 
-        from histofuse.cohorts.splits import read_split_files
-
-        files = json.loads(args.split_files)
-        splits = read_split_files(files, patients["patient_id"].astype(str))
-        folds = folds_from_cohort_splits(splits, patients, settings, path=Path(next(iter(files.values()))))
-    else:
-        folds = make_folds(patients, settings)
-    check_fold_labels(folds, patients, tuple(args.tasks), path=args.patients, binary_label=args.binary_label)
+    folds = folds_for_tables(
+        Path(args.patients),
+        settings,
+        tasks=tuple(args.tasks),
+        binary_label=args.binary_label,
+        cohort_splits=None if args.cohort_splits is None else Path(args.cohort_splits),
+        split_files=json.loads(args.split_files) if args.split_files else None,
+    )
     write_folds(folds, Path(args.out))
 
 

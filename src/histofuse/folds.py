@@ -9,6 +9,8 @@ cohort may give (a folds table or id lists per split, :func:`histofuse.cohorts.s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +202,42 @@ def check_fold_labels(
             fix="fill in the labels in the patients sheet, or remove the task from training.tasks "
             "(with folds.source: kfold, folds.stratify on that label spreads the labelled patients over the folds).",
         )
+
+
+def folds_for_tables(
+    patients_parquet: Path,
+    settings: FoldSettings,
+    *,
+    tasks: tuple[str, ...],
+    binary_label: str = "aln",
+    cohort_splits: Path | None = None,
+    split_files: Mapping[str, str | Path] | None = None,
+    source: str | Path | None = None,
+) -> pd.DataFrame:
+    """The folds of the prepared patients table (or of the cohort's own splits, or of ``folds.files``),
+    with their labels checked.
+
+    ``source``: the file a label problem is reported against (default: ``patients_parquet``), e.g. the
+    patients sheet when the folds are tried out before any job.
+    """
+    patients = pd.read_parquet(patients_parquet)
+    if settings.source == "cohort":
+        if cohort_splits is None:
+            raise ConfigError("folds.source is cohort but no cohort splits were given.", column="folds.source")
+        splits = pd.read_csv(cohort_splits, sep="\t", dtype={"patient_id": str})
+        folds = folds_from_cohort_splits(splits, patients, settings, path=cohort_splits)
+    elif settings.source == "files":
+        from histofuse.cohorts.splits import read_split_files
+
+        if not split_files:
+            raise ConfigError("folds.source is files but folds.files names no file.", column="folds.files")
+        splits = read_split_files(split_files, patients["patient_id"].astype(str))
+        first = Path(next(iter(split_files.values())))
+        folds = folds_from_cohort_splits(splits, patients, settings, path=first)
+    else:
+        folds = make_folds(patients, settings)
+    check_fold_labels(folds, patients, tasks, path=source or patients_parquet, binary_label=binary_label)
+    return folds
 
 
 def write_folds(folds: pd.DataFrame, path: Path) -> None:

@@ -27,9 +27,10 @@ import pandas as pd
 
 from typing import TYPE_CHECKING, Any
 
-from histofuse.config import read_sheet
+from histofuse.config import note_unread_columns, read_sheet
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path, write_text_atomic
+from histofuse.notes import NOTES_FILE, collect_warnings, write_notes
 
 if TYPE_CHECKING:
     from histofuse.cohorts import CohortTables
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("wsi", "genomics", "clinical")
+PATIENT_COLUMNS: tuple[str, ...] = ("patient_id", "grade", "survival_months", "event")
+"""The columns of histofuse's patients sheet (workflow/schemas/patients.schema.yaml)."""
+SLIDE_COLUMNS: tuple[str, ...] = ("slide_id", "patient_id", "path", "mpp")
+"""The columns of the slides sheet (workflow/schemas/slides.schema.yaml)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +58,24 @@ class TableInputs:
 
 
 def _row_list(
-    frame: pd.DataFrame, mask: pd.Series, id_column: str, limit: int = 10, *, value_column: str | None = None
+    frame: pd.DataFrame,
+    mask: pd.Series,
+    id_column: str,
+    limit: int = 10,
+    *,
+    value_column: str | None = None,
+    quote: bool = False,
 ) -> str:
-    """``row N (id)`` of the masked rows (header = row 1), with the cell of ``value_column`` when given."""
+    """``row N (id)`` of the masked rows (header = row 1), with the cell of ``value_column`` when given.
+
+    ``quote``: show the id quoted (``row 6 ('CMU-1')``), for ids that are the problem.
+    """
     rows = [
-        f"row {i + 2} ({frame.at[i, id_column]})" + (f" = {frame.at[i, value_column]!r}" if value_column else "")
+        f"row {i + 2} ({frame.at[i, id_column]!r})" if quote else f"row {i + 2} ({frame.at[i, id_column]})"
         for i in frame.index[mask]
     ]
+    if value_column:
+        rows = [f"{text} = {frame.at[i, value_column]!r}" for text, i in zip(rows, frame.index[mask], strict=True)]
     more = f" … and {len(rows) - limit} more" if len(rows) > limit else ""
     return ", ".join(rows[:limit]) + more
 
@@ -74,6 +90,20 @@ def resolve_slide_paths(slides: pd.DataFrame, sheet: Path) -> pd.DataFrame:
     base = sheet.parent
     out["path"] = [str(p if Path(p).is_absolute() else Path(os.path.normpath(base / p))) for p in out["path"]]
     return out
+
+
+def _read_slides(sheet: Path) -> pd.DataFrame:
+    frame = read_sheet(sheet)
+    note_unread_columns(frame, SLIDE_COLUMNS, path=sheet)
+    slides = resolve_slide_paths(frame, sheet)
+    repeated = slides["path"].duplicated(keep=False)
+    if repeated.any():
+        log.warning(
+            "%s: the same file under several slide ids (each is processed, and counts, once per id): %s",
+            sheet,
+            _row_list(slides, repeated, "slide_id", value_column="path"),
+        )
+    return slides
 
 
 def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
@@ -103,10 +133,20 @@ def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
                 "or drop the column.",
             )
         out[str(column)] = values.astype("float64")
-    unknown = ~out["patient_id"].isin(known_patients)
+    return _drop_unknown_patients(out, known_patients, path=path)
+
+
+def _drop_unknown_patients(frame: pd.DataFrame, known_patients: pd.Index, *, path: Path) -> pd.DataFrame:
+    """The rows of known patients; the others are left out with a warning naming their rows and ids."""
+    unknown = ~frame["patient_id"].isin(known_patients)
     if unknown.any():
-        log.warning("%s: %d row(s) for patients not in the patients sheet are ignored", path, int(unknown.sum()))
-    return out.loc[~unknown].reset_index(drop=True)
+        log.warning(
+            "%s: %d row(s) for patients not in the patients sheet are left out: %s",
+            path,
+            int(unknown.sum()),
+            _row_list(frame, unknown, "patient_id", quote=True),
+        )
+    return frame.loc[~unknown].reset_index(drop=True)
 
 
 def _clinical_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
@@ -138,7 +178,7 @@ def _clinical_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
             )
         if not bad.any():
             out[column] = numeric.astype("float64")
-    return out.loc[out["patient_id"].isin(known_patients)].reset_index(drop=True)
+    return _drop_unknown_patients(out, known_patients, path=path)
 
 
 def build_patients(frame: pd.DataFrame, *, path: Path, grade_classes: Sequence[str]) -> pd.DataFrame:
@@ -164,6 +204,13 @@ def build_patients(frame: pd.DataFrame, *, path: Path, grade_classes: Sequence[s
         [None if pd.isna(v) else int(float(v)) for v in frame.get("event", pd.Series([None] * len(frame)))],
         dtype="Int64",
     )
+    half = out["survival_time"].isna() != out["event"].isna()
+    if half.any():
+        log.warning(
+            "%s: survival_months or event given without the other in %s: these patients have no survival label",
+            path,
+            _row_list(frame, half, "patient_id"),
+        )
     return out
 
 
@@ -184,6 +231,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     """Read, check and type the cohort tables; write them to ``out_dir``."""
     patients_raw = read_sheet(inputs.patients)
+    note_unread_columns(patients_raw, PATIENT_COLUMNS, path=inputs.patients)
     patients = build_patients(patients_raw, path=inputs.patients, grade_classes=inputs.grade_classes)
     known = pd.Index(patients["patient_id"])
     outputs = {"patients": out_dir / "patients.parquet", "labels": out_dir / "labels.json"}
@@ -191,7 +239,7 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     _check_modalities(inputs.modalities)
     modalities: dict[str, set[str]] = {}
     if inputs.slides is not None and "wsi" in inputs.modalities:
-        slides = resolve_slide_paths(read_sheet(inputs.slides), inputs.slides)
+        slides = _read_slides(inputs.slides)
         unknown = ~slides["patient_id"].isin(known)
         if unknown.any():
             raise ConfigError(
@@ -251,6 +299,50 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
     return outputs
 
 
+def prepare_cohort_tables(
+    *,
+    cohort_format: str,
+    format_options: dict[str, Any],
+    slides: Path | None,
+    patients: Path | None,
+    out_dir: Path,
+    genomics: Path | None = None,
+    gene_groups: Path | None = None,
+    clinical: Path | None = None,
+    grade_classes: tuple[str, ...] = ("2", "3", "4"),
+    modalities: tuple[str, ...] = MODALITIES,
+) -> list[str]:
+    """Prepare the tables of a cohort in any format; the warnings about its input, also in ``notes.tsv``.
+
+    Histofuse's own sheets go through :func:`prepare_tables`, a published format through
+    :func:`histofuse.cohorts.read_cohort` and :func:`write_cohort_tables`.
+    """
+    out_dir = Path(out_dir)
+    with collect_warnings() as notes:
+        if cohort_format != "histofuse":
+            from histofuse.cohorts import read_cohort
+
+            cohort = read_cohort(cohort_format, **format_options)
+            write_cohort_tables(cohort, out_dir, slides_sheet=slides, modalities=modalities, gene_groups=gene_groups)
+        else:
+            if patients is None:
+                raise ConfigError(
+                    "the histofuse format needs a patients sheet.", fix="set samples.patients in the config."
+                )
+            inputs = TableInputs(
+                slides=slides,
+                patients=patients,
+                genomics=genomics,
+                gene_groups=gene_groups,
+                clinical=clinical,
+                grade_classes=grade_classes,
+                modalities=modalities,
+            )
+            prepare_tables(inputs, out_dir)
+    write_notes(out_dir / NOTES_FILE, notes)
+    return notes
+
+
 def _gene_groups(path: Path | None, features: pd.Index) -> pd.DataFrame:
     """Map each genomic feature to its gene and group (``ungrouped`` when no list is given)."""
     frame = pd.DataFrame({"feature": list(map(str, features)), "gene": [_gene_of(str(f)) for f in features]})
@@ -260,7 +352,21 @@ def _gene_groups(path: Path | None, features: pd.Index) -> pd.DataFrame:
     groups = read_sheet(path)
     if not {"gene", "group"} <= set(groups.columns):
         raise ConfigError("gene groups need columns 'gene,group'.", path=path, fix="add a header line 'gene,group'.")
+    _note_unmatched_genes(set(groups["gene"].astype(str)), set(frame["gene"]), path=path)
     return _expand_groups(frame, groups)
+
+
+def _note_unmatched_genes(listed: set[str], measured: set[str], *, path: Path) -> None:
+    """Warn about genes of the list the genomics table lacks, and measured genes the list leaves ungrouped."""
+    if not measured:
+        return
+    for what, genes in (
+        ("genes of the list that the genomic table has no column for", listed - measured),
+        ("genes of the genomic table that no group lists (they go to 'ungrouped')", measured - listed),
+    ):
+        if genes:
+            shown = ", ".join(sorted(genes)[:10]) + (f" … and {len(genes) - 10} more" if len(genes) > 10 else "")
+            log.warning("%s: %d %s: %s", path, len(genes), what, shown)
 
 
 def _expand_groups(frame: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
@@ -356,7 +462,7 @@ def write_cohort_tables(
     covered: set[str] = set()
     slides = _EMPTY_SLIDES
     if slides_sheet is not None and "wsi" in modalities:
-        slides = resolve_slide_paths(read_sheet(slides_sheet), slides_sheet)
+        slides = _read_slides(slides_sheet)
         unknown = ~slides["patient_id"].astype(str).isin(known)
         if unknown.any():
             raise ConfigError(
@@ -406,7 +512,17 @@ def write_cohort_tables(
     write_text_atomic(outputs["labels"], json.dumps(labels, indent=2))
     splits = cohort.splits
     if splits is not None:
-        splits = splits[splits["patient_id"].isin(patients["patient_id"])]
+        known_split = splits["patient_id"].isin(patients["patient_id"])
+        if not known_split.all():
+            from histofuse.cohorts.checks import id_list
+
+            log.warning(
+                "%s cohort splits: %d row(s) for patients not in the cohort are left out: %s",
+                cohort.source,
+                int((~known_split).sum()),
+                id_list(splits.loc[~known_split, "patient_id"].unique()),
+            )
+        splits = splits[known_split]
     outputs["splits"] = write_cohort_splits(splits, out_dir)
     log.info("tables (%s format): %d patients; modalities used: %s", cohort.source, len(patients), list(modalities))
     return outputs

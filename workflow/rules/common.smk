@@ -1,6 +1,7 @@
 # Configuration and sample sheets: validated on load; input functions for the rules.
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -19,14 +20,18 @@ from histofuse.config import (
 from histofuse.cohorts.formats import check_format_options
 from histofuse.cohorts.splits import check_split_files
 from histofuse.exclusions import EXCLUSIONS_TSV
+from histofuse.notes import collect_warnings
 from histofuse.samples import (
     check_data_root,
     check_slide_patients,
     check_weights_file,
     missing_slide_files,
 )
+from histofuse.features.precomputed import check_precomputed_folder
+from histofuse.folds import FoldSettings, folds_for_tables
 from histofuse.slides.tiff_regions import check_region_decoder
-from histofuse.tables import resolve_slide_paths
+from histofuse.stage_settings import check_cohort_settings, check_slide_settings
+from histofuse.tables import prepare_cohort_tables, resolve_slide_paths
 from histofuse.training.cox import check_cox_inputs
 from histofuse.training.settings import check_model_list, model_training_section
 
@@ -49,6 +54,15 @@ validate_config(
     config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE
 )
 ON_ERROR = config["on_error"]
+# Settings that never change a good slide's outputs: on_error decides only what happens to a slide
+# that fails, features.num_workers only how many processes read tiles. The per-slide jobs read them
+# from the environment, not from params, so that changing them does not rerun finished slides
+# (Snakemake reruns a job whose params changed). Jobs that Snakemake runs in a process of its own
+# (cluster jobs) parse this file again and set them the same way.
+os.environ.update(
+    HISTOFUSE_ON_ERROR=ON_ERROR,
+    HISTOFUSE_NUM_WORKERS=str(config["features"]["num_workers"]),
+)
 
 RESULTS = config["results"].rstrip("/")
 ENCODER = config["features"]["encoder"]
@@ -88,29 +102,41 @@ if COHORT_FORMAT == "histofuse" and PATIENTS_SHEET is None:
 # Slides are tiled and encoded only when the models use them and the cohort has them.
 USE_WSI = "wsi" in MODALITIES and SLIDES_SHEET is not None
 
-slides = (
-    resolve_slide_paths(
-        validate_sheet(
-            read_sheet(SLIDES_SHEET),
-            schema_path=SCHEMAS / "slides.schema.yaml",
-            path=SLIDES_SHEET,
-            id_column="slide_id",
-        ),
-        SLIDES_SHEET,
-    ).set_index("slide_id", drop=False)
-    if USE_WSI
-    else pd.DataFrame({"slide_id": [], "patient_id": [], "path": []})
-)
-patients = (
-    validate_sheet(
-        read_sheet(PATIENTS_SHEET),
-        schema_path=SCHEMAS / "patients.schema.yaml",
-        path=PATIENTS_SHEET,
-        id_column="patient_id",
-    )
-    if PATIENTS_SHEET is not None
-    else None
-)
+
+def read_sample_sheets():
+    """The slides sheet (checked, paths resolved; empty without slides) and the patients sheet (or None).
+
+    The readers' notes (ids stripped of whitespace…) are collected and dropped here: they are
+    printed once, by check_cohort_tables, which reads the same sheets again.
+    """
+    with collect_warnings():
+        slides = (
+            resolve_slide_paths(
+                validate_sheet(
+                    read_sheet(SLIDES_SHEET),
+                    schema_path=SCHEMAS / "slides.schema.yaml",
+                    path=SLIDES_SHEET,
+                    id_column="slide_id",
+                ),
+                SLIDES_SHEET,
+            ).set_index("slide_id", drop=False)
+            if USE_WSI
+            else pd.DataFrame({"slide_id": [], "patient_id": [], "path": []})
+        )
+        patients = (
+            validate_sheet(
+                read_sheet(PATIENTS_SHEET),
+                schema_path=SCHEMAS / "patients.schema.yaml",
+                path=PATIENTS_SHEET,
+                id_column="patient_id",
+            )
+            if PATIENTS_SHEET is not None
+            else None
+        )
+    return slides, patients
+
+
+slides, patients = read_sample_sheets()
 # Problems of the sheets stop the run here, before any job; a missing slide file under
 # on_error: skip is left to its tiling job, which records the slide as excluded. With precomputed
 # features the slide files themselves are never read.
@@ -152,7 +178,9 @@ EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
 
 
 def get_final_output():
-    """The default targets: the report, the metrics, the excluded slides and, when asked, the missing-rate table."""
+    """The default targets: the report, the metrics, the excluded slides, the missing-rate table
+    when asked, and every per-slide and per-fold file (:func:`get_intermediate_files`).
+    """
     targets = [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
@@ -160,7 +188,47 @@ def get_final_output():
     ]
     if MISSING_RATE_MODELS:
         targets.append(f"{RESULTS}/metrics/missing_rate.tsv")
-    return targets
+    return targets + get_intermediate_files()
+
+
+# The outputs of prepare_tables (tables.smk), in the tables folder.
+TABLE_FILES = (
+    "patients.parquet",
+    "slides.parquet",
+    "genomics.parquet",
+    "gene_groups.parquet",
+    "clinical.parquet",
+    "labels.json",
+    "cohort_splits.tsv",
+    "notes.tsv",
+)
+
+
+def get_intermediate_files():
+    """Every per-slide and per-fold output, so that one a user deletes is made again.
+
+    Snakemake looks for missing files only among the targets and the inputs of jobs that run: a
+    deleted features file whose report is up to date would otherwise stay missing ("Nothing to be
+    done"). As a target it is rebuilt, and every job that reads it runs again after it.
+    """
+    files = get_feature_files(None) + get_attention_files(None)
+    if FEATURES_SOURCE == "extract":
+        files += expand(f"{RESULTS}/masks/{{slide}}.png", slide=SLIDE_IDS)
+        files += get_qc_files(None) + get_tile_files(None)
+        files += expand(f"{RESULTS}/qc/tiles/{{slide}}.png", slide=SLIDE_IDS)
+    files += expand(f"{RESULTS}/tables/{{name}}", name=TABLE_FILES) + [
+        f"{RESULTS}/folds/folds.tsv"
+    ]
+    files += expand(f"{RESULTS}/preprocessing/fold{{fold}}.json", fold=FOLDS)
+    files += expand(
+        f"{RESULTS}/models/{{model}}/fold{{fold}}.pt", model=MODELS, fold=FOLDS
+    )
+    files += (
+        get_history_files(None)
+        + get_prediction_files(None)
+        + get_missing_rate_files(None)
+    )
+    return files
 
 
 def get_slide_path(wildcards):
@@ -189,6 +257,11 @@ if USE_WSI and config["features"]["source"] == "extract":
         device=config["features"]["device"],
         stain_norm=config["features"]["stain_norm"],
     )
+# The settings every per-slide and per-fold job builds, built once here: a bad value stops the run
+# before any job instead of failing once per job.
+if USE_WSI:
+    check_slide_settings(config, source=CONFIG_SOURCE)
+check_cohort_settings(config, source=CONFIG_SOURCE)
 # The tile rule's mask and tiling options, formatted once (they are the same for every slide).
 _MASK = config["tissue_mask"]
 TISSUE_MASK_ARGS = (
@@ -206,6 +279,10 @@ TILING_ARGS = (
 # extract: masks, tiles and extract_features; precomputed: import_features only (features.smk)
 FEATURES_SOURCE = config["features"]["source"]
 PRECOMPUTED_DIR = str(config["features"].get("precomputed_dir") or "")
+if USE_WSI and FEATURES_SOURCE == "precomputed":
+    check_precomputed_folder(
+        SLIDE_IDS, Path(PRECOMPUTED_DIR), ENCODER, on_error=ON_ERROR
+    )
 
 
 def get_feature_files(wildcards):
@@ -270,6 +347,49 @@ def get_table_inputs(wildcards):
         if value:
             inputs[key] = value
     return inputs
+
+
+def check_cohort_tables():
+    """Every check of the cohort's tables, before any job: they are prepared into a temporary folder.
+
+    The folds are made from them too, so that a task whose labels a fold lacks stops here. A bad
+    table stops the run here with its message; the notes about the input (ids stripped of
+    surrounding whitespace, rows of patients the cohort does not have…) are printed. prepare_tables
+    writes the same notes to tables/notes.tsv for the report. Jobs that Snakemake runs in a process
+    of their own (cluster jobs) skip this.
+    """
+    import tempfile
+
+    from snakemake.logging import logger
+
+    inputs = get_table_inputs(None)
+    with tempfile.TemporaryDirectory(prefix="histofuse-tables-") as tmp:
+        notes = prepare_cohort_tables(
+            cohort_format=COHORT_FORMAT,
+            format_options=COHORT_OPTIONS,
+            slides=Path(inputs["slides"]) if "slides" in inputs else None,
+            patients=Path(inputs["patients"]) if "patients" in inputs else None,
+            genomics=Path(inputs["genomics"]) if "genomics" in inputs else None,
+            gene_groups=(
+                Path(inputs["gene_groups"]) if "gene_groups" in inputs else None
+            ),
+            clinical=Path(inputs["clinical"]) if "clinical" in inputs else None,
+            grade_classes=tuple(str(c) for c in config["labels"]["grade_classes"]),
+            modalities=tuple(MODALITIES),
+            out_dir=Path(tmp),
+        )
+        folds = config["folds"]
+        folds_for_tables(
+            Path(tmp) / "patients.parquet",
+            FoldSettings(**{key: folds[key] for key in ("k", "seed", "val_fraction", "source", "stratify")}),
+            tasks=tuple(config["training"]["tasks"]),
+            binary_label=config["training"]["binary_label"],
+            cohort_splits=Path(tmp) / "cohort_splits.tsv",
+            split_files=dict(folds.get("files") or {}) or None,
+            source=inputs.get("patients") or CONFIG_SOURCE,
+        )
+    for note in notes:
+        logger.warning(f"histofuse: {note}")
 
 
 def get_table_args(wildcards, input):
@@ -464,3 +584,7 @@ def extract_threads():
     if gpu_request(config["features"]["device"]):
         return 1 + int(config["features"]["num_workers"])
     return 1
+
+
+if workflow.is_main_process:
+    check_cohort_tables()

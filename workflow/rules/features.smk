@@ -24,10 +24,9 @@ if FEATURES_SOURCE == "precomputed":
             runtime=10,
         params:
             folder=PRECOMPUTED_DIR,
-            on_error=ON_ERROR,
         shell:
             "histofuse import-features --folder {params.folder:q} --slide-id {wildcards.slide:q} "
-            "--encoder {wildcards.encoder:q} --on-error {params.on_error} --out {output.features:q} "
+            '--encoder {wildcards.encoder:q} --on-error "$HISTOFUSE_ON_ERROR" --out {output.features:q} '
             "> {log:q} 2>&1"
 
 else:
@@ -51,12 +50,10 @@ else:
             gpu=gpu_request(config["features"]["device"]),
         params:
             path=get_slide_path,
-            on_error=ON_ERROR,
             mpp=get_slide_mpp,
             reader=config["reader"],
             weights=ENCODER_WEIGHTS,
             batch_size=config["features"]["batch_size"],
-            num_workers=config["features"]["num_workers"],
             device=config["features"]["device"],
             precision=config["features"]["precision"],
             region_px=config["features"]["region_px"],
@@ -68,9 +65,9 @@ else:
             server_idle_s=config["features"]["server_idle_s"],
         shell:
             "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
-            "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error {params.on_error} "
+            "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error \"$HISTOFUSE_ON_ERROR\" "
             "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
-            "--batch-size {params.batch_size} --num-workers {params.num_workers} "
+            '--batch-size {params.batch_size} --num-workers "$HISTOFUSE_NUM_WORKERS" '
             "--device {params.device} --precision {params.precision} --threads {threads} "
             "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
             "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "

@@ -82,6 +82,7 @@ rule report:
         missing_rate=get_missing_rate_table,
         attention=get_attention_files,
         patients=f"{RESULTS}/tables/patients.parquet",
+        notes=f"{RESULTS}/tables/notes.tsv",
         folds=f"{RESULTS}/folds/folds.tsv",
         preprocessing=get_preprocessing_files,
         qc=get_qc_files,

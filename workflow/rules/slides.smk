@@ -35,11 +35,10 @@ rule tile:
         path=get_slide_path,
         mpp=get_slide_mpp,
         reader=config["reader"],
-        on_error=ON_ERROR,
         mask=TISSUE_MASK_ARGS,
         tiling=TILING_ARGS,
     shell:
         "histofuse tile --slide {params.path:q} --slide-id {wildcards.slide:q} --mpp '{params.mpp}' "
-        "--reader {params.reader} --on-error {params.on_error} {params.mask} {params.tiling} "
+        '--reader {params.reader} --on-error "$HISTOFUSE_ON_ERROR" {params.mask} {params.tiling} '
         "--mask {output.mask:q} --mask-qc {output.mask_qc:q} --out {output.tiles:q} --qc {output.qc:q} "
         "> {log:q} 2>&1"

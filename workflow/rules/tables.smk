@@ -12,6 +12,7 @@ rule prepare_tables:
         clinical=f"{RESULTS}/tables/clinical.parquet",
         labels=f"{RESULTS}/tables/labels.json",
         cohort_splits=f"{RESULTS}/tables/cohort_splits.tsv",
+        notes=f"{RESULTS}/tables/notes.tsv",
     log:
         f"{RESULTS}/logs/prepare_tables.log",
     benchmark:

@@ -6,6 +6,7 @@ ConfigError naming the file, the column, the offending rows with their ids, and 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from histofuse.cohorts.reading import PADDED
 from histofuse.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ROW_LIMIT = 10
 """How many offending rows an error message lists before summarising the rest."""
@@ -55,7 +59,11 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], *, path: Path |
 
 
 def patient_ids(frame: pd.DataFrame, column: str, *, path: Path | str, unique: bool = True) -> pd.Series:
-    """The id column as text; missing ids (and duplicates when ``unique``) raise ConfigError."""
+    """The id column as text; missing ids (and duplicates when ``unique``) raise ConfigError.
+
+    Ids that had surrounding whitespace in the file (stripped by :func:`read_table`) are logged as a
+    warning, quoted as written, with their rows.
+    """
     ids = frame[column]
     missing = ids.isna()
     if missing.any():
@@ -66,6 +74,16 @@ def patient_ids(frame: pd.DataFrame, column: str, *, path: Path | str, unique: b
             fix="fill in the id or delete the rows.",
         )
     ids = ids.astype(str)
+    padded = frame.attrs.get(PADDED, {}).get(column, {})
+    if padded:
+        log.warning(
+            "%s: column '%s': surrounding whitespace removed from %d id(s): %s",
+            path,
+            column,
+            len(padded),
+            ", ".join(f"{text!r} (row {row})" for row, text in list(padded.items())[:ROW_LIMIT])
+            + (f" … and {len(padded) - ROW_LIMIT} more" if len(padded) > ROW_LIMIT else ""),
+        )
     if unique:
         duplicated = ids.duplicated(keep=False)
         if duplicated.any():

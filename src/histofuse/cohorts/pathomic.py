@@ -101,9 +101,14 @@ def _grade_data(path: Path, patients: pd.DataFrame, days: pd.Series, keep_leaky:
             column=ID,
             fix="use the grade_data.csv and all_dataset.csv of the same release.",
         )
-    absent = int((~patients["patient_id"].isin(ids)).sum())
-    if absent:
-        log.warning("%s: %d patient(s) of the genomic table have no row here; their grade and subtype are missing", path, absent)
+    absent = patients["patient_id"][~patients["patient_id"].isin(ids)]
+    if len(absent):
+        log.warning(
+            "%s: %d patient(s) of the genomic table have no row here; their grade and subtype are missing: %s",
+            path,
+            len(absent),
+            id_list(absent),
+        )
     by_id = pd.Series(patients.index, index=patients["patient_id"])
     mine = by_id.reindex(ids).to_numpy()
 

@@ -5,7 +5,8 @@ workbooks (as BCNB publishes its clinical table) with openpyxl.
 
 Every frame returned here is indexed by the row number in the file (the header is row 1, the
 first data row is row 2), so errors raised later can name the rows a user sees in an editor.
-Cells are stripped of surrounding whitespace; an empty cell or ``NA`` is missing (``pd.NA``).
+Cells are stripped of surrounding whitespace (the cells as written are kept in ``frame.attrs``,
+for the note on changed ids); an empty cell or ``NA`` is missing (``pd.NA``).
 Any other text, ``NaN`` and ``inf`` included, is kept as written and judged by the reader that
 knows what the column holds.
 """
@@ -20,12 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from histofuse.config import check_unique_columns
 from histofuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MISSING_TOKENS: frozenset[str] = frozenset({"", "NA"})
 """Cell texts that mean "missing"; anything else (``NaN``, ``inf``, ``n/a``…) is a value to check."""
+
+PADDED = "padded_cells"
+"""``frame.attrs`` key of :func:`read_table`: column → {file row: the cell as written} for every cell
+that had surrounding whitespace, so that a reader can say which ids it changed."""
 
 _SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
 _COMPRESSIONS = (".zip", ".gz")
@@ -94,6 +100,16 @@ def read_text(path: str | Path) -> str:
             fix="save the table as UTF-8 (in Excel: 'CSV UTF-8').",
         ) from err
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _padded_cells(written: pd.DataFrame, frame: pd.DataFrame) -> dict[str, dict[int, str]]:
+    """Column → {file row: cell as written} for the cells that stripping changed."""
+    changed = (written != frame.fillna("")) & frame.notna()
+    return {
+        str(column): {int(row): str(written.at[row, column]) for row in frame.index[changed[column]]}
+        for column in frame.columns
+        if changed[column].any()
+    }
 
 
 def _delimited_cells(path: Path, sep: str | None) -> pd.DataFrame:
@@ -174,23 +190,16 @@ def read_table(path: str | Path, *, sep: str | None = None) -> pd.DataFrame:
     """
     path = Path(path)
     raw = _excel_cells(path, sep) if path.suffix.lower() in EXCEL_SUFFIXES else _delimited_cells(path, sep)
-    raw = raw.fillna("").apply(lambda column: column.str.strip())
+    written = raw.fillna("")
+    raw = written.apply(lambda column: column.str.strip())
     header = [str(name) for name in raw.iloc[0]]
-    seen: dict[str, int] = {}
-    for name in header:
-        seen[name] = seen.get(name, 0) + 1
-    duplicated = [name for name, count in seen.items() if count > 1]
-    if duplicated:
-        raise ConfigError(
-            f"duplicate column names: {', '.join(repr(n) for n in duplicated)}.",
-            path=path,
-            row=1,
-            fix="give every column a unique name.",
-        )
+    check_unique_columns(header, path=path)
     frame = raw.iloc[1:].copy()
     frame.columns = header
     frame.index = pd.RangeIndex(2, len(raw) + 1)
+    padded = written.iloc[1:].set_axis(header, axis=1).set_axis(frame.index, axis=0)
     frame = frame.loc[~(frame == "").all(axis=1)]
     frame = frame.mask(frame.isin(MISSING_TOKENS), pd.NA).astype(object)
+    frame.attrs[PADDED] = _padded_cells(padded.loc[frame.index], frame)
     log.debug("%s: %d rows × %d columns", path, len(frame), len(frame.columns))
     return frame

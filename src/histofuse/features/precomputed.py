@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from histofuse import __version__
-from histofuse.errors import SlideError
+from histofuse.errors import ConfigError, SlideError
 from histofuse.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,37 @@ def candidate_paths(folder: str | Path, slide_id: str, encoder: str) -> list[Pat
     folder = Path(folder)
     name = f"{slide_id}.h5"
     return [folder / name, folder / "h5_files" / name, folder / f"features_{encoder}" / name]
+
+
+def check_precomputed_folder(slide_ids: list[str], folder: str | Path, encoder: str, *, on_error: str) -> None:
+    """Before any job: every slide has exactly one precomputed file in ``folder``.
+
+    A ConfigError listing the slides without one (or with several) under ``on_error: stop``; under
+    ``skip`` a warning, and their import jobs record them as excluded.
+    """
+    counts = {slide: sum(path.is_file() for path in candidate_paths(folder, slide, encoder)) for slide in slide_ids}
+    absent = sorted(slide for slide, n in counts.items() if n == 0)
+    several = sorted(slide for slide, n in counts.items() if n > 1)
+    parts = [
+        f"{what} for {len(slides)} slide(s): {', '.join(slides[:10])}" + (" …" if len(slides) > 10 else "")
+        for what, slides in (("no file", absent), ("several files", several))
+        if slides
+    ]
+    if not parts:
+        return
+    problem = "; ".join(parts)
+    tried = ", ".join(str(path.relative_to(folder)) for path in candidate_paths(folder, "{slide}", encoder))
+    if on_error == "skip":
+        log.warning("%s: %s (looked for: %s); these slides will be excluded", folder, problem, tried)
+        return
+    raise ConfigError(
+        f"precomputed features: {problem} (looked for: {tried}).",
+        path=folder,
+        column="features.precomputed_dir",
+        fix="put each slide's CLAM or TRIDENT .h5 file under one of these names (one per slide), correct "
+        "features.precomputed_dir or features.encoder, remove the slides from the slides sheet, or set "
+        "on_error: skip to exclude them.",
+    )
 
 
 def find_precomputed_features(folder: str | Path, slide_id: str, encoder: str) -> Path:

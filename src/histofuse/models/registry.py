@@ -46,6 +46,7 @@ __all__ = [
     "KNOWN_TASKS",
     "MODELS",
     "PLANNED_MODELS",
+    "SLIDES_ONLY_MODELS",
     "SURVIVAL_LOSSES",
     "LossKind",
     "ModelBuilder",
@@ -65,6 +66,9 @@ SURVIVAL_LOSSES: tuple[str, ...] = ("nll", "cox")
 PLANNED_MODELS: tuple[str, ...] = ()
 
 LossKind = Literal["cross_entropy", "survival_nll", "cox", "bce"]
+
+SLIDES_ONLY_MODELS: frozenset[str] = frozenset({"abmil"})
+"""Models whose only input is the slides: a patient without tile features has no input for them."""
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: dict[str, ModelBuilder] = {}

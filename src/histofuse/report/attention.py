@@ -140,6 +140,16 @@ def attention_figure(
     return fig
 
 
+def _excluded_figure(slide_id: str, text: str) -> Figure:
+    import textwrap
+
+    fig = new_figure(6, 2)
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{slide_id}\n" + textwrap.fill(text, 80), ha="center", va="center", fontsize=9)
+    return fig
+
+
 def write_attention_png(
     *,
     slide_id: str,
@@ -153,7 +163,17 @@ def write_attention_png(
     mpp: float | None = None,
     top_k: int = 4,
 ) -> None:
-    """Draw one slide's attention heatmap and top tiles to ``out_png`` (atomically)."""
+    """Draw one slide's attention heatmap and top tiles to ``out_png`` (atomically).
+
+    A slide excluded under ``on_error: skip`` has no tiles to weigh: its image says why instead.
+    """
+    from histofuse.exclusions import read_exclusion
+
+    excluded = read_exclusion(features_h5)
+    if excluded is not None:
+        save_figure(_excluded_figure(slide_id, f"excluded at {excluded.stage}: {excluded.reason}"), out_png)
+        log.info("%s: excluded (%s); no attention to draw -> %s", slide_id, excluded.reason, out_png)
+        return
     slides = pd.read_parquet(slides_table)
     folds = pd.read_csv(folds_tsv, sep="\t", dtype={"patient_id": str})
     fold = choose_fold(slide_id, slides, folds, checkpoints)

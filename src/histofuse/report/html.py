@@ -37,6 +37,7 @@ from histofuse.evaluate import (
     read_predictions,
 )
 from histofuse.io import write_text_atomic
+from histofuse.notes import NOTES_FILE, read_notes
 from histofuse.report import figures, plots, sections
 from histofuse.report.markup import _esc, _facts, _fmt, _fmt_count, _img, _section, _table
 
@@ -636,6 +637,11 @@ def build_report(
         ("attention", "Attention", sections.attention_section(attention_pngs)),
         ("robustness", "Missing-modality robustness", sections.robustness_section(missing_rate_tsv)),
         ("exclusions", "Exclusions", sections.exclusions_section(exclusions_tsv)),
+        (
+            "input-notes",
+            "Input notes",
+            sections.input_notes_section(read_notes(tables_dir / NOTES_FILE), prediction_files),
+        ),
         ("provenance", "Provenance", _provenance_section(config, feature_infos, run_date)),
     ]
     nav = "".join(f'<a href="#{_esc(anchor)}">{_esc(name)}</a>' for anchor, name, _ in all_sections)

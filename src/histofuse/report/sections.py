@@ -21,6 +21,7 @@ __all__ = [
     "METRIC_NAMES",
     "attention_section",
     "exclusions_section",
+    "input_notes_section",
     "preparation_section",
     "robustness_section",
     "task_section",
@@ -267,6 +268,37 @@ def exclusions_section(exclusions_tsv: Path | None) -> str:
             _table(["Slide", "Stage", "Reason", "Fix"], rows),
         ]
     )
+
+
+def input_notes_section(notes: Sequence[str], prediction_files: Sequence[Path]) -> str:
+    """What the run changed in or left out of the input: the notes of ``tables/notes.tsv`` (ids
+    stripped of whitespace, rows of unknown patients…) and, per model, the patients it left out."""
+    from histofuse.left_out import read_left_out
+
+    frames = []
+    for path in prediction_files:
+        frame = read_left_out(Path(path))
+        if not frame.empty:
+            frames.append(frame.assign(model=Path(path).parent.name, fold=Path(path).stem.removeprefix("fold")))
+    parts = []
+    if notes:
+        parts.append(_table(["Note on the input tables"], [[str(note)] for note in notes]))
+    else:
+        parts.append(_note("The input tables were read as written: no id was changed and no row was left out."))
+    if frames:
+        left_out = pd.concat(frames, ignore_index=True)
+        counts = left_out.groupby(["model", "reason"]).agg(
+            patients=("patient_id", "nunique"), test=("split", lambda s: int((s == "test").sum()))
+        )
+        rows = [[model, reason, _fmt_count(r.patients), _fmt_count(r.test)] for (model, reason), r in counts.iterrows()]
+        parts.append(_note("Patients a model has no input for are neither trained on nor predicted by it."))
+        parts.append(_table(["Model", "Why", "Patients left out", "of them test patients (all folds)"], rows))
+        columns = ["model", "fold", "patient_id", "split", "reason"]
+        shown = [[str(value) for value in row] for row in left_out[columns].itertuples(index=False)]
+        parts.append(_table(["Model", "Fold", "Patient", "Split", "Why"], shown[:200]))
+    else:
+        parts.append(_note("Every model predicted every patient of its folds."))
+    return "\n".join(parts)
 
 
 def _benchmark_seconds(folder: Path) -> dict[str, float]:

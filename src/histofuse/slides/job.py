@@ -8,6 +8,7 @@ so that the run goes on with the other slides and the exclusion reaches the repo
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,25 +41,57 @@ class TileJob:
     qc: Path
 
 
-def no_tissue_error(job: TileJob, grid: TileGrid, settings: TilingSettings) -> SlideError:
-    found = "the tissue mask is empty" if grid.attrs.get("n_tissue_tiles", 0) == 0 else "no tile is kept"
+    @property
+    def failed_qc(self) -> Path:
+        """Where a failed slide's mask QC thumbnail is kept under ``on_error: stop``: ``qc/failed/{slide}.png``.
+
+        Not an output of the job, so Snakemake does not delete it with the failed job's outputs.
+        """
+        return self.mask_qc.parent / "failed" / self.mask_qc.name
+
+
+def no_tissue_error(
+    job: TileJob, grid: TileGrid, settings: TilingSettings, *, mask: np.ndarray, size: tuple[int, int], qc: Path
+) -> SlideError:
+    """The error of a slide without a tile, saying what the mask measured (as its log does).
+
+    ``size``: the slide's level-0 width and height.
+    """
+    coverage = 100 * float(mask.mean()) if mask.size else 0.0
+    tile0 = int(grid.attrs["tile_px_level0"])
+    if tile0 > min(size):
+        found = f"the slide ({size[0]}×{size[1]} px) is smaller than one tile ({tile0} px at level 0)"
+    elif not mask.any():
+        found = "the tissue mask is empty: tissue 0.0 %"
+    else:
+        found = (
+            f"the tissue mask covers {coverage:.1f} % of the slide, but no tile has a tissue fraction of "
+            f"tiling.tissue_threshold {settings.tissue_threshold} or more: the tissue is scattered"
+        )
     return SlideError(
-        f"slide {job.slide_id}: no tissue found ({found}; no tile reaches tiling.tissue_threshold "
-        f"{settings.tissue_threshold}).",
+        f"slide {job.slide_id}: no tissue found ({found}).",
         path=job.slide,
-        fix=f"look at the QC thumbnail {job.mask_qc}: if the slide holds tissue, lower "
+        fix=f"look at the QC thumbnail {qc}: if the slide holds tissue, lower "
         "tissue_mask.max_background_grey / tissue_mask.min_saturation or tiling.tissue_threshold; "
         "if it is blank, remove its row from the slides sheet (or set on_error: skip to exclude it).",
     )
 
 
-def _tile(job: TileJob, mask_settings: MaskSettings, settings: TilingSettings) -> int:
+def _tile(job: TileJob, mask_settings: MaskSettings, settings: TilingSettings, *, on_error: str) -> int:
+    job.failed_qc.unlink(missing_ok=True)
     with open_slide(job.slide, reader=job.reader, mpp=job.mpp) as reader:
         mask_slide(reader, settings=mask_settings, mask_png=job.mask, qc_png=job.mask_qc)
         info = reader.info
-    grid = compute_tile_grid(info, read_mask_png(job.mask), settings)
+    mask = read_mask_png(job.mask)
+    grid = compute_tile_grid(info, mask, settings)
+    size = (int(info.width), int(info.height))
     if grid.coords.shape[0] == 0:
-        raise no_tissue_error(job, grid, settings)
+        if on_error == "skip":
+            raise no_tissue_error(job, grid, settings, mask=mask, size=size, qc=job.mask_qc)
+        # the job's outputs are deleted when it fails: the thumbnail the message names is a copy
+        job.failed_qc.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(job.mask_qc, job.failed_qc)
+        raise no_tissue_error(job, grid, settings, mask=mask, size=size, qc=job.failed_qc)
     write_tiles_h5(grid, job.tiles, slide_id=job.slide_id, reader=job.reader)
     write_tile_qc(job.mask_qc, grid.coords, grid.attrs, job.qc)
     return int(grid.coords.shape[0])
@@ -68,7 +101,7 @@ def run_tile_job(job: TileJob, *, mask_settings: MaskSettings, settings: TilingS
     """Tile one slide; the number of tiles (0 when the slide is excluded under ``on_error: skip``)."""
     check_on_error(on_error)
     try:
-        return _tile(job, mask_settings, settings)
+        return _tile(job, mask_settings, settings, on_error=on_error)
     except SlideError as err:
         if on_error != "skip":
             raise

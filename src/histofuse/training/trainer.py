@@ -50,9 +50,10 @@ from tqdm import tqdm
 from histofuse import metrics
 from histofuse.errors import ConfigError, HistofuseError, WeightsError
 from histofuse.io import atomic_path
+from histofuse.left_out import write_predictions
 from histofuse.losses import risk_from_logits
 from histofuse.models.gradient_coordination import coordinate_rows
-from histofuse.models.registry import CLASSIFICATION_TASKS, TaskSpec, build_model
+from histofuse.models.registry import CLASSIFICATION_TASKS, SLIDES_ONLY_MODELS, TaskSpec, build_model
 from histofuse.preprocess import FoldPreprocessing
 from histofuse.training.bags import Bag
 from histofuse.training.data import FoldData, load_fold_data
@@ -229,6 +230,8 @@ class _Run:
     objective: Objective
     settings: TrainSettings
     device: torch.device
+    left_out: frozenset[int] = frozenset()
+    """Patients (row indices) the model has no input for: neither trained on nor predicted."""
 
     @property
     def coordinated(self) -> bool:
@@ -297,8 +300,25 @@ def epoch_line(description: str, epoch: int, train_loss: float, val_loss: float,
     return line if monitor == "loss" else f"{line}, val {monitor} {score:.4f}"
 
 
-def _labelled(data: FoldData, split: str) -> npt.NDArray[np.int64]:
-    return np.array([i for i in data.indices(split) if data.has_label(int(i))], dtype=np.int64)
+def _labelled(data: FoldData, split: str, left_out: frozenset[int] = frozenset()) -> npt.NDArray[np.int64]:
+    return np.array(
+        [i for i in data.indices(split) if data.has_label(int(i)) and int(i) not in left_out], dtype=np.int64
+    )
+
+
+NO_TILE_FEATURES = "no tile features: no slide, or every slide excluded (exclusions.tsv)"
+"""Why a slides-only model leaves a patient out."""
+
+
+def left_out_patients(model_name: str, data: FoldData) -> dict[int, str]:
+    """The patients (row index → reason) that ``model_name`` has no input for.
+
+    A slides-only model (:data:`SLIDES_ONLY_MODELS`) has none for a patient without tile features;
+    it is neither trained on nor predicted for them, instead of predicting from an empty bag.
+    """
+    if model_name not in SLIDES_ONLY_MODELS:
+        return {}
+    return {index: NO_TILE_FEATURES for index in range(data.n_patients) if data.bags.n_tiles(index) == 0}
 
 
 def _fit(
@@ -307,10 +327,10 @@ def _fit(
     """Train with early stopping; returns the best state, the history, best epoch and its val loss."""
     data, settings, model = run.data, run.settings, run.model
     rng = np.random.default_rng(settings.seed)
-    train_indices = _labelled(data, "train")
+    train_indices = _labelled(data, "train", run.left_out)
     if train_indices.size == 0:
         raise HistofuseError(f"no training patient of fold {data.fold} has a label for tasks {list(settings.tasks)}.")
-    val_indices = _labelled(data, "val")
+    val_indices = _labelled(data, "val", run.left_out)
     if val_indices.size == 0:
         logger.warning("fold %d: no labelled validation patient; keeping the last epoch", data.fold)
 
@@ -379,44 +399,74 @@ def predict_fold(
     settings: TrainSettings | None = None,
     task_spec: TaskSpec | None = None,
 ) -> pd.DataFrame:
-    """Predictions for every patient of the fold with full bags (one row per patient)."""
+    """Predictions for every patient of the fold the model has input for, with full bags (one row each)."""
     settings = settings or TrainSettings(tasks=data.tasks, device=str(device))
     spec = task_spec or _task_spec(data, settings)
-    indices = np.arange(data.n_patients, dtype=np.int64)
+    left_out = left_out_patients(model_name, data)
+    indices = np.array([i for i in range(data.n_patients) if i not in left_out], dtype=np.int64)
     logits = infer(model, data, indices, device, settings)
-    return prediction_table(logits, data, model_name=model_name, spec=spec)
+    return prediction_table(logits, data, model_name=model_name, spec=spec, indices=indices)
 
 
 def prediction_table(
-    logits: dict[str, Tensor], data: FoldData, *, model_name: str, spec: TaskSpec
+    logits: dict[str, Tensor],
+    data: FoldData,
+    *,
+    model_name: str,
+    spec: TaskSpec,
+    indices: npt.NDArray[np.int64] | None = None,
 ) -> pd.DataFrame:
-    """The predictions table of every patient of the fold from their logits (rows in fold order)."""
+    """The predictions table of the fold's patients ``indices`` (default: all) from their logits, in fold order."""
+    rows = np.arange(data.n_patients, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
     table = pd.DataFrame(
         {
-            "patient_id": pd.Series(data.patient_ids, dtype=str),
-            "fold": np.full(data.n_patients, data.fold, dtype=np.int64),
-            "split": pd.Series(data.splits, dtype=str),
-            "model": pd.Series([model_name] * data.n_patients, dtype=str),
-            "grade": pd.array(data.labels["grade"].to_numpy(), dtype="Int64"),
+            "patient_id": pd.Series(np.asarray(data.patient_ids, dtype=object)[rows], dtype=str),
+            "fold": np.full(len(rows), data.fold, dtype=np.int64),
+            "split": pd.Series(data.splits[rows], dtype=str),
+            "model": pd.Series([model_name] * len(rows), dtype=str),
+            "grade": pd.array(data.labels["grade"].to_numpy()[rows], dtype="Int64"),
         }
     )
     for task in CLASSIFICATION_TASKS:
         if task not in spec.tasks:
             continue
         if task != "grade":
-            table[task] = pd.array(data.labels[task].to_numpy(), dtype="Int64")
+            table[task] = pd.array(data.labels[task].to_numpy()[rows], dtype="Int64")
         probabilities = torch.softmax(logits[task], dim=1).numpy().astype(np.float64)
         table[f"{task}_pred"] = probabilities.argmax(axis=1).astype(np.int64)
         for k in range(probabilities.shape[1]):
             table[f"{task}_prob_{k}"] = probabilities[:, k]
     if "binary" in spec.tasks:
-        table["binary"] = pd.array(data.labels["binary"].to_numpy(), dtype="Int64")
+        table["binary"] = pd.array(data.labels["binary"].to_numpy()[rows], dtype="Int64")
         table["binary_prob"] = torch.sigmoid(logits["binary"].reshape(-1)).numpy().astype(np.float64)
-    table["survival_time"] = data.survival_time.astype(np.float64)
-    table["event"] = pd.array(data.event.to_numpy(), dtype="Int64")
+    table["survival_time"] = data.survival_time[rows].astype(np.float64)
+    table["event"] = pd.array(data.event.to_numpy()[rows], dtype="Int64")
     if "survival" in spec.tasks:
         table["risk"] = _risk(logits["survival"], spec).numpy().astype(np.float64)
     return table
+
+
+def _log_left_out(description: str, data: FoldData, left_out: dict[int, str]) -> None:
+    if left_out:
+        logger.warning(
+            "%s: %d patient(s) left out, neither trained on nor predicted: %s",
+            description,
+            len(left_out),
+            "; ".join(f"{data.patient_ids[i]} ({data.splits[i]}): {reason}" for i, reason in sorted(left_out.items())),
+        )
+
+
+def left_out_table(data: FoldData, left_out: dict[int, str]) -> pd.DataFrame:
+    """``patient_id, split, reason`` of the patients a model left out."""
+    rows = sorted(left_out)
+    return pd.DataFrame(
+        {
+            "patient_id": [data.patient_ids[i] for i in rows],
+            "split": [str(data.splits[i]) for i in rows],
+            "reason": [left_out[i] for i in rows],
+        },
+        dtype=str,
+    )
 
 
 def _checkpoint(
@@ -567,7 +617,9 @@ def train_fold(
             objective=Objective.for_fold(data, settings, task_spec),
             settings=settings,
             device=device,
+            left_out=frozenset(left_out_patients(model_name, data)),
         )
+        _log_left_out(description, data, left_out_patients(model_name, data))
         logger.info("%s: training on %s (%s autocast)", description, device, settings.autocast_dtype(device) or "no")
         best_state, history, best_epoch, best_val_loss = _fit(
             run, description, None if state is None else Path(state), fingerprint(model_name, data, settings)
@@ -592,8 +644,7 @@ def train_fold(
     )
     with atomic_path(out_checkpoint) as tmp:
         torch.save(checkpoint, tmp)
-    with atomic_path(out_predictions) as tmp:
-        predictions.to_parquet(tmp, index=False)
+    write_predictions(predictions, out_predictions, left_out=left_out_table(data, left_out_patients(model_name, data)))
     if out_history is not None:
         with atomic_path(out_history) as tmp:
             pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "val_score"]).to_csv(
