@@ -55,13 +55,16 @@ validate_config(
 )
 ON_ERROR = config["on_error"]
 # Settings that never change a good slide's outputs: on_error decides only what happens to a slide
-# that fails, features.num_workers only how many processes read tiles. The per-slide jobs read them
+# that fails, features.num_workers only how many processes read tiles, features.server and
+# server_idle_s only which process extracts a slide. The per-slide jobs read them
 # from the environment, not from params, so that changing them does not rerun finished slides
 # (Snakemake reruns a job whose params changed). Jobs that Snakemake runs in a process of its own
 # (cluster jobs) parse this file again and set them the same way.
 os.environ.update(
     HISTOFUSE_ON_ERROR=ON_ERROR,
     HISTOFUSE_NUM_WORKERS=str(config["features"]["num_workers"]),
+    HISTOFUSE_FEATURES_SERVER=str(config["features"]["server"]),
+    HISTOFUSE_SERVER_IDLE_S=str(config["features"]["server_idle_s"]),
 )
 
 RESULTS = config["results"].rstrip("/")
@@ -381,7 +384,12 @@ def check_cohort_tables():
         folds = config["folds"]
         folds_for_tables(
             Path(tmp) / "patients.parquet",
-            FoldSettings(**{key: folds[key] for key in ("k", "seed", "val_fraction", "source", "stratify")}),
+            FoldSettings(
+                **{
+                    key: folds[key]
+                    for key in ("k", "seed", "val_fraction", "source", "stratify")
+                }
+            ),
             tasks=tuple(config["training"]["tasks"]),
             binary_label=config["training"]["binary_label"],
             cohort_splits=Path(tmp) / "cohort_splits.tsv",

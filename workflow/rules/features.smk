@@ -61,8 +61,6 @@ else:
             compile=config["features"]["compile"],
             stain_norm=config["features"]["stain_norm"] or "",
             stain_target=config["features"]["stain_target"] or "",
-            server=config["features"]["server"],
-            server_idle_s=config["features"]["server_idle_s"],
         shell:
             "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
             "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error \"$HISTOFUSE_ON_ERROR\" "
@@ -71,7 +69,7 @@ else:
             "--device {params.device} --precision {params.precision} --threads {threads} "
             "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
             "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "
-            "--server {params.server} --server-idle-s {params.server_idle_s} "
+            '--server "$HISTOFUSE_FEATURES_SERVER" --server-idle-s "$HISTOFUSE_SERVER_IDLE_S" '
             "--out {output.features:q} > {log:q} 2>&1"
 
 
