@@ -333,6 +333,72 @@ def test_bidistill_slide_branch_learns_from_the_teacher_alone() -> None:
     assert float((slide_only.argmax(1) == cohort["label"]).float().mean()) >= 0.8
 
 
+def test_bidistill_distills_only_between_patients_with_both_modalities() -> None:
+    """A batch with two patients lacking clinical data distils exactly as the two others alone."""
+    cohort = _cohort(n_patients=4)
+    present = torch.tensor([True, False, True, False])
+    model = _build("bidistill", GRADE).eval()
+    with torch.no_grad():
+        mixed = model(cohort["bags"], clinical=cohort["clinical"], clinical_present=present)
+        both = model(
+            [bag for bag, keep in zip(cohort["bags"], present, strict=True) if keep],
+            clinical=cohort["clinical"][present],
+        )
+        other_bags = [bag if keep else bag * 3 + 1 for bag, keep in zip(cohort["bags"], present, strict=True)]
+        changed = model(other_bags, clinical=cohort["clinical"], clinical_present=present)
+    for name in ("distill_single_from_multi", "distill_multi_from_single"):
+        assert float(mixed["aux_losses"][name]) > 0
+        torch.testing.assert_close(mixed["aux_losses"][name], both["aux_losses"][name])
+        torch.testing.assert_close(mixed["aux_losses"][name], changed["aux_losses"][name])
+    # the missing patients' outputs are the slides-only branch's, and follow their slides
+    assert torch.equal(mixed["grade"][~present], mixed["branch_logits"]["slide_only"]["grade"][~present])
+    assert not torch.allclose(mixed["grade"][~present], changed["grade"][~present])
+    with torch.no_grad():
+        nobody = model(cohort["bags"], clinical=cohort["clinical"], clinical_present=torch.zeros(4, dtype=torch.bool))
+    assert all(float(value) == 0 for value in nobody["aux_losses"].values())
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, {"distill_single_from_multi", "distill_multi_from_single"}),
+        ({"slide_feature_weight": 0.0}, {"distill_single_from_multi"}),
+        ({"logit_weight": 0.0, "feature_weight": 0.0}, {"distill_multi_from_single"}),
+    ],
+)
+def test_bidistill_direction_weights(options: dict, expected: set) -> None:
+    cohort = _cohort(n_patients=4)
+    base = _build("bidistill", GRADE).eval()
+    model = _build("bidistill", GRADE, **options).eval()
+    with torch.no_grad():
+        reference = _run(base, cohort)["aux_losses"]
+        aux = _run(model, cohort)["aux_losses"]
+    assert set(aux) == expected
+    for name in expected:  # same weights (same seed), the defaults' terms where a weight is 1
+        torch.testing.assert_close(aux[name], reference[name])
+
+
+def test_bidistill_term_weights_scale_their_terms() -> None:
+    cohort = _cohort(n_patients=4)
+    terms = {}
+    for name, options in {
+        "logits": {"feature_weight": 0.0},
+        "features": {"logit_weight": 0.0},
+        "doubled": {"logit_weight": 2.0, "feature_weight": 2.0, "slide_feature_weight": 3.0},
+        "default": {},
+        "hot": {"temperature": 4.0, "feature_weight": 0.0},
+    }.items():
+        with torch.no_grad():
+            terms[name] = _run(_build("bidistill", GRADE, **options).eval(), cohort)["aux_losses"]
+    single = "distill_single_from_multi"
+    torch.testing.assert_close(terms["logits"][single] + terms["features"][single], terms["default"][single])
+    torch.testing.assert_close(terms["doubled"][single], 2 * terms["default"][single])
+    torch.testing.assert_close(
+        terms["doubled"]["distill_multi_from_single"], 3 * terms["default"]["distill_multi_from_single"]
+    )
+    assert not torch.allclose(terms["hot"][single], terms["logits"][single])
+
+
 def test_mm_impute_ignores_missing_values_but_sees_the_indicator() -> None:
     cohort = _cohort(n_patients=4)
     model = _build("mm_impute", GRADE).eval()

@@ -5,8 +5,11 @@ warm-up). An optimiser step covers ``grad_accum`` labelled training patients in 
 to the model ``batch_size`` bags per forward pass (each bag at most ``max_tiles`` random tiles, with
 their coordinates, read from disk when needed); the step's loss is ``sum_task weight_task ·
 mean_task`` plus the model's weighted auxiliary losses, and accumulation gives exactly the step's
-mean (:mod:`histofuse.training.objective`). Each branch's own heads (``branch_logits``) are trained
-too: ``bidistill``, whose outputs are routed from its branches, on its branches' logits alone; for
+mean (:mod:`histofuse.training.objective`). Every forward pass (training, validation, prediction)
+gets each patient's real clinical presence (``FoldData.clinical_present``). Each branch's own heads
+(``branch_logits``) are trained too: ``bidistill``, whose outputs are routed from its branches, on
+its branches' logits alone, a branch named in the model's ``clinical_branches`` on the patients
+with clinical data only; for
 ``ksf``, beside its fused heads, and with ``coordination`` the two branch losses are back-propagated through
 :func:`histofuse.models.gradient_coordination.coordinated_backward` on the shared layers. On CUDA
 the forward pass runs under bf16 autocast (``precision``).
@@ -107,18 +110,23 @@ def _forward(
     clinical: Tensor | None = None,
     clinical_present: Tensor | None = None,
 ) -> dict[str, Any]:
-    """One forward pass over the patients ``indices`` with their ``bags``."""
+    """One forward pass over the patients ``indices`` with their ``bags``.
+
+    ``clinical`` / ``clinical_present`` replace the patients' clinical rows and presence mask; by
+    default every model sees the fold's rows and the patients' real presence (``data.clinical_present``).
+    """
     index = torch.as_tensor(indices, dtype=torch.long)
     features = [bag.features.to(device=device, dtype=torch.float32) for bag in bags]
     coords = [bag.coords for bag in bags] if all(bag.coords is not None for bag in bags) else None
     table = data.clinical[index] if clinical is None else clinical
+    present = data.clinical_present[index] if clinical_present is None else clinical_present
     with _autocast(settings, device):
         return model(
             features,
             data.genomics[index].to(device),
             table.to(device),
             coords,
-            clinical_present=None if clinical_present is None else clinical_present.to(device),
+            clinical_present=present.to(device),
         )
 
 
@@ -135,7 +143,8 @@ def infer(
 ) -> dict[str, Tensor]:
     """Logits per task for ``indices`` with full bags (eval mode, ``batch_size`` at a time), on the CPU.
 
-    ``clinical`` / ``clinical_present``: replacement clinical rows and presence mask, one per index.
+    ``clinical`` / ``clinical_present``: replacement clinical rows and presence mask, one per index
+    (default: the fold's rows and the patients' real presence).
     """
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
@@ -229,6 +238,7 @@ class _Run:
         """One optimiser step over the patients ``chunk``; returns the step's loss."""
         settings = self.settings
         denominators = self.objective.denominators(chunk)
+        with_clinical = self.objective.denominators(chunk[self.data.clinical_present[torch.as_tensor(chunk)].numpy()])
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for start in range(0, len(chunk), settings.batch_size):
@@ -260,12 +270,31 @@ class _Run:
                 )
                 step_loss += float(loss.detach()) + float(loss_a.detach()) + float(loss_b.detach())
                 continue
-            for logits in branch_logits.values():
-                loss = loss + self.objective.heads_loss(logits, batch, denominators)
-            loss.backward()
+            for name, logits in branch_logits.items():
+                if name in getattr(self.model, "clinical_branches", ()):
+                    loss = loss + self._clinical_branch_loss(logits, batch, with_clinical)
+                else:
+                    loss = loss + self.objective.heads_loss(logits, batch, denominators)
+            if loss.requires_grad:  # False when every patient's task copy has stopped early
+                loss.backward()
             step_loss += float(loss.detach())
         self.optimizer.step()
         return step_loss
+
+    def _clinical_branch_loss(
+        self, logits: dict[str, Tensor], batch: npt.NDArray[np.int64], denominators: dict[str, float]
+    ) -> Tensor:
+        """A branch that reads clinical data learns from the batch's patients that have them.
+
+        ``denominators`` are the step's over its patients with clinical data, so the step's loss
+        is their exact mean.
+        """
+        rows = self.data.clinical_present[torch.as_tensor(batch, dtype=torch.long)]
+        if not bool(rows.any()):
+            return torch.zeros((), device=self.device)
+        keep = rows.to(self.device)
+        kept = {task: value[keep] for task, value in logits.items()}
+        return self.objective.heads_loss(kept, batch[rows.numpy()], denominators)
 
     def epoch(self, train_indices: npt.NDArray[np.int64], rng: np.random.Generator) -> float:
         """One pass over the labelled training patients; returns the mean step loss."""
