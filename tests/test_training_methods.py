@@ -509,3 +509,33 @@ def test_missing_rate_keeps_really_missing_patients_missing(missing_cohort: dict
     scored = predictions[predictions["split"] == "test"]
     reference = multiclass_auc(scored["grade"].astype(int), scored[[f"grade_prob_{k}" for k in range(3)]].to_numpy())
     assert table["auc"].iloc[0] == pytest.approx(reference, abs=1e-6)
+
+
+def test_m2f_separate_selects_each_task_copy_on_its_own(cohort: dict[str, Path], tmp_path: Path) -> None:
+    settings = dataclasses.replace(FAST, epochs=6, patience=1, lr=1e-2)
+    state_path = tmp_path / "state.pt"
+    paths = _train(cohort, tmp_path, "m2f_separate", settings, state=state_path)
+    state = torch.load(state_path, weights_only=True)
+    checkpoint = torch.load(paths["out_checkpoint"], weights_only=True)
+    history = pd.read_csv(paths["out_history"], sep="\t")
+    tasks = state["tasks"]
+    assert set(tasks) == {"grade", "survival"}
+    # each copy's best epoch is where its own validation loss was lowest before it stopped
+    data = load_fold_data(fold=0, **cohort, tasks=settings.tasks)
+    assert all(1 <= progress["best_epoch"] <= len(history) for progress in tasks.values())
+    assert checkpoint["best_epoch"] == max(progress["best_epoch"] for progress in tasks.values())
+    assert len(history) == settings.epochs or all(progress["stopped"] for progress in tasks.values())
+    for name, value in checkpoint["state_dict"].items():
+        torch.testing.assert_close(value, state["best_model"][name])
+    # each copy kept is the one of its own best epoch: its validation loss is its best score
+    from histofuse.training.trainer import infer
+
+    model, _ = load_trained_model(paths["out_checkpoint"])
+    val = _labelled_indices(data, "val")
+    objective = Objective.for_fold(data, settings, TaskSpec(tasks=settings.tasks, n_classes={"grade": 3}, n_bins=settings.n_bins))
+    logits, denominators = infer(model, data, val, torch.device("cpu"), settings), objective.denominators(val)
+    for task, progress in tasks.items():
+        loss = float(objective.task_loss(task, logits[task], val)) / denominators[task]
+        assert -loss == pytest.approx(progress["best_score"], rel=1e-5), task
+    again = predict_fold(model, data, model_name="m2f_separate", device=torch.device("cpu"), settings=settings)
+    pd.testing.assert_frame_equal(again, pd.read_parquet(paths["out_predictions"]), check_exact=False, rtol=1e-5, atol=1e-6)

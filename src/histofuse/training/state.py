@@ -77,6 +77,8 @@ class RunState:
     stopped: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     rng: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task, for models with one copy per task (:mod:`histofuse.training.selection`)."""
 
 
 def capture_rng(generator: np.random.Generator) -> dict[str, Any]:

@@ -15,10 +15,11 @@ with clinical data only; for
 the forward pass runs under bf16 autocast (``precision``).
 
 Model selection: after each epoch the validation patients are predicted with full bags (eval
-mode) and scored by ``monitor``: the loss (lower is better), the AUC of the first classification or
-binary task, or the survival c-index. The best epoch is kept; training stops after ``patience``
-epochs without improvement. When no validation patient has a label, all epochs run and the last
-one is kept.
+mode, each patient's real clinical presence) and scored by ``monitor``: the loss (lower is
+better), the AUC of the first classification or binary task, or the survival c-index. The best
+epoch is kept; training stops after ``patience`` epochs without improvement. When no validation
+patient has a label, all epochs run and the last one is kept. A model with one independent copy per
+task (``m2f_separate``) is selected per task (:mod:`histofuse.training.selection`).
 
 Resuming: with a ``state`` path the run's last-epoch state is written after every epoch
 (:mod:`histofuse.training.state`); a later run with matching settings and inputs continues from it.
@@ -57,6 +58,7 @@ from histofuse.preprocess import FoldPreprocessing
 from histofuse.training.bags import Bag
 from histofuse.training.data import FoldData, load_fold_data
 from histofuse.training.objective import Objective
+from histofuse.training.selection import finish_task_copies, freeze_stopped, select_task_copies, task_copies
 from histofuse.training.settings import TrainSettings
 from histofuse.training.state import RunState, capture_rng, fingerprint, load_state, restore_rng, save_state
 
@@ -179,27 +181,53 @@ def _validation_score(
     device: torch.device,
 ) -> tuple[float, float]:
     """``(loss, score)`` on the validation patients; ``score`` is higher-is-better for ``monitor``."""
-    settings, spec = objective.settings, objective.task_spec
-    logits = infer(model, data, indices, device, settings)
-    denominators = objective.denominators(indices)
-    loss = float(objective.heads_loss(logits, indices, denominators))
+    return _scores(infer(model, data, indices, device, objective.settings), data, indices, objective)
+
+
+def _scores(
+    logits: dict[str, Tensor], data: FoldData, indices: npt.NDArray[np.int64], objective: Objective
+) -> tuple[float, float]:
+    """``(loss, score)`` of the validation ``logits`` (see :func:`_validation_score`)."""
+    settings = objective.settings
+    loss = float(objective.heads_loss(logits, indices, objective.denominators(indices)))
     if settings.monitor == "loss":
         return loss, -loss
-    index = torch.as_tensor(indices)
-    if settings.monitor == "cindex":
-        keep = data.mask("survival")[index].numpy()
-        risk = _risk(logits["survival"], spec).numpy()[keep]
+    task = "survival" if settings.monitor == "cindex" else settings.auc_task
+    assert task is not None
+    return loss, _task_metric(task, logits, data, indices, objective)
+
+
+def _task_metric(
+    task: str, logits: dict[str, Tensor], data: FoldData, indices: npt.NDArray[np.int64], objective: Objective
+) -> float:
+    """The c-index (survival) or AUC of ``task`` on the labelled ``indices``; NaN when undefined."""
+    keep = data.mask(task)[torch.as_tensor(indices)].numpy()
+    if task == "survival":
+        risk = _risk(logits["survival"], objective.task_spec).numpy()[keep]
         event = data.event.to_numpy(dtype=np.float64, na_value=np.nan)[indices][keep]
         if keep.sum() < 2 or np.nansum(event) < 1:
-            return loss, math.nan
-        return loss, metrics.cindex(data.survival_time[indices][keep], risk, event)
-    task = settings.auc_task
-    assert task is not None
-    keep = data.mask(task)[index].numpy()
-    target = data.targets[task][index].numpy()[keep].astype(np.int64)
+            return math.nan
+        return metrics.cindex(data.survival_time[indices][keep], risk, event)
+    target = data.targets[task][torch.as_tensor(indices)].numpy()[keep].astype(np.int64)
     if len(np.unique(target)) < 2:
-        return loss, math.nan
-    return loss, task_auc(task, logits[task][torch.from_numpy(keep)], target)
+        return math.nan
+    return task_auc(task, logits[task][torch.from_numpy(keep)], target)
+
+
+def _task_scores(
+    logits: dict[str, Tensor], data: FoldData, indices: npt.NDArray[np.int64], objective: Objective
+) -> dict[str, float]:
+    """Higher-is-better validation score of each task on its own: minus its loss, or its metric."""
+    denominators = objective.denominators(indices)
+    scores: dict[str, float] = {}
+    for task in objective.task_spec.tasks:
+        if objective.settings.monitor != "loss":
+            scores[task] = _task_metric(task, logits, data, indices, objective)
+        elif denominators[task] > 0:
+            scores[task] = -float(objective.task_loss(task, logits[task], indices)) / denominators[task]
+        else:
+            scores[task] = math.nan
+    return scores
 
 
 def task_auc(task: str, logits: Tensor, target: npt.NDArray[np.int64]) -> float:
@@ -333,6 +361,9 @@ def _fit(
             run.optimizer.load_state_dict(state.optimizer)
             restore_rng(state.rng, rng)
             logger.info("%s: resuming after epoch %d", description, state.epoch)
+    copies = task_copies(model)
+    if copies is not None:
+        freeze_stopped(state, copies)
     progress = tqdm(
         range(state.epoch + 1, settings.epochs + 1), desc=description, unit="epoch", disable=None, leave=False
     )
@@ -342,16 +373,16 @@ def _fit(
         for group in run.optimizer.param_groups:
             group["lr"] = _learning_rate(settings, epoch)
         train_loss = run.epoch(train_indices, rng)
-        val_loss, score = (
-            _validation_score(model, data, val_indices, run.objective, run.device)
-            if val_indices.size
-            else (math.nan, math.nan)
-        )
+        logits = infer(model, data, val_indices, run.device, settings) if val_indices.size else None
+        val_loss, score = (math.nan, math.nan) if logits is None else _scores(logits, data, val_indices, run.objective)
         state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": score})
         progress.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         logger.info("%s epoch %d: train %.4f, val loss %.4f, val %s %.4f", description, epoch, train_loss, val_loss, settings.monitor, score)
         improved = val_indices.size == 0 or (math.isfinite(score) and score > state.best_score)
-        if improved:
+        if copies is not None:
+            task_scores = None if logits is None else _task_scores(logits, data, val_indices, run.objective)
+            select_task_copies(state, copies, epoch, task_scores, patience=settings.patience, description=description)
+        elif improved:
             state.best_model = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
             state.best_epoch, state.stale = epoch, 0
             if val_indices.size:
@@ -367,6 +398,8 @@ def _fit(
             state.optimizer = run.optimizer.state_dict()
             state.rng = capture_rng(rng)
             save_state(state_path, state)
+    if copies is not None:
+        finish_task_copies(state, copies, description)
     if state.best_model is None:
         if settings.monitor == "loss" or not state.history:
             raise HistofuseError(
