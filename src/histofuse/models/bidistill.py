@@ -80,10 +80,18 @@ class DistillOptions:
         for item in dataclasses.fields(self):
             name, strict = item.name, item.name == "temperature"
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"bidistill option {name} must be a number, got {value!r}.")
-            if value < 0 or (strict and value == 0):
-                raise ConfigError(f"bidistill option {name} must be {'>' if strict else '>='} 0, got {value!r}.")
+            wanted = f"a number {'>' if strict else '>='} 0"
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (strict and value == 0)
+            ):
+                raise ConfigError(
+                    f"setting 'training.model_options.bidistill.{name}' must be {wanted}, got {value!r}.",
+                    fix=f"set {name} to {wanted} (default {item.default}).",
+                )
             object.__setattr__(self, name, float(value))
 
     @property

@@ -62,13 +62,17 @@ class M2FOptions:
     def __post_init__(self) -> None:
         for name in ("joint", "rho"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"m2f option {name} must be true or false, got {getattr(self, name)!r}.")
+                raise ConfigError(
+                    f"setting 'training.model_options.m2f.{name}' must be true or false, got {getattr(self, name)!r}."
+                )
         for name in ("n_heads", "n_layers", "coattn_heads"):
             value = getattr(self, name)
             if name == "coattn_heads" and value is None:
                 continue
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"m2f option {name} must be an integer >= 1, got {value!r}.")
+                raise ConfigError(
+                    f"setting 'training.model_options.m2f.{name}' must be an integer >= 1, got {value!r}."
+                )
 
     @property
     def co_attention_heads(self) -> int:
