@@ -539,3 +539,18 @@ def test_m2f_separate_selects_each_task_copy_on_its_own(cohort: dict[str, Path],
         assert -loss == pytest.approx(progress["best_score"], rel=1e-5), task
     again = predict_fold(model, data, model_name="m2f_separate", device=torch.device("cpu"), settings=settings)
     pd.testing.assert_frame_equal(again, pd.read_parquet(paths["out_predictions"]), check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_mm_impute_sees_the_real_presence_too(missing_cohort: dict[str, Path], tmp_path: Path) -> None:
+    paths = _train(missing_cohort, tmp_path, "mm_impute", dataclasses.replace(FAST, epochs=1))
+    predictions = pd.read_parquet(paths["out_predictions"]).set_index("patient_id")
+    model, _ = load_trained_model(paths["out_checkpoint"])
+    data = load_fold_data(fold=0, **missing_cohort, tasks=FAST.tasks)
+    bags = [data.bags.load(i).features for i in range(data.n_patients)]
+    with torch.no_grad():
+        indicated = model(bags, clinical=data.clinical, clinical_present=data.clinical_present)["grade"]
+        imputed_rows = model(bags, clinical=data.clinical)["grade"]
+    probabilities = predictions.loc[list(data.patient_ids), [f"grade_prob_{k}" for k in range(3)]].to_numpy()
+    np.testing.assert_allclose(probabilities, torch.softmax(indicated, dim=1).numpy(), rtol=1e-5, atol=1e-6)
+    missing = ~data.clinical_present
+    assert not torch.allclose(indicated[missing], imputed_rows[missing])
