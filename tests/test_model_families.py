@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,6 +181,74 @@ def test_m2f_joint_tasks_share_the_encoders() -> None:
     survival_loss.backward()
     assert model.tile_encoder[0].weight.grad.abs().sum() > 0
     assert model.heads.heads["grade"].weight.grad is None
+
+
+def _outputs(model: nn.Module, cohort: dict) -> Tensor:
+    model.eval()
+    with torch.no_grad():
+        return _run(model, cohort)["grade"]
+
+
+def test_m2f_transformer_layers_and_heads() -> None:
+    model = _build("m2f", GRADE, n_layers=3, n_heads=8)
+    for encoder in (model.wsi_encoder, model.genomic_encoder):
+        assert len(encoder.layers) == 3
+        assert all(layer.self_attn.num_heads == 8 for layer in encoder.layers)
+    assert model.co_attention.num_heads == 8  # coattn_heads null: the transformer's heads
+    default = _build("m2f", GRADE)
+    assert len(default.wsi_encoder.layers) == 1 and default.wsi_encoder.layers[0].self_attn.num_heads == 4
+
+
+def test_m2f_coattention_heads_split_the_same_weights_differently() -> None:
+    cohort = _cohort(n_patients=4)
+    four, one = _build("m2f", GRADE), _build("m2f", GRADE, coattn_heads=1)
+    assert one.co_attention.num_heads == 1 and one.wsi_encoder.layers[0].self_attn.num_heads == 4
+    for (name, a), b in zip(four.state_dict().items(), one.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the same seed gives the same weights ...
+    assert not torch.allclose(_outputs(four, cohort), _outputs(one, cohort))  # ... one head attends otherwise
+    for weights in one(cohort["bags"], cohort["genomics"])["attention"]:
+        assert torch.allclose(weights.sum(), torch.tensor(1.0))
+
+
+def test_m2f_rho_adds_a_layer_after_each_pooling() -> None:
+    cohort = _cohort(n_patients=4)
+    plain, with_rho = _build("m2f", GRADE), _build("m2f", GRADE, rho=True)
+    n_plain = sum(p.numel() for p in plain.parameters())
+    n_rho = sum(p.numel() for p in with_rho.parameters())
+    assert n_rho - n_plain == 2 * (16 * 16 + 16)
+    assert isinstance(plain.wsi_rho, nn.Identity)
+    assert [type(layer) for layer in with_rho.wsi_rho] == [nn.Linear, nn.ReLU, nn.Dropout]
+    # the rho layers take part: zeroing them zeroes both modalities' pooled vectors
+    with torch.no_grad():
+        for layer in (with_rho.wsi_rho[0], with_rho.genomic_rho[0]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    constant = _outputs(with_rho, cohort)
+    assert torch.allclose(constant, constant[:1].expand_as(constant))
+    assert not torch.allclose(_outputs(plain, cohort), _outputs(plain, cohort)[:1].expand(4, -1))
+
+
+def test_mcat_preset_builds_mcats_coattention() -> None:
+    import yaml
+
+    from histofuse.training.settings import TrainSettings, model_training_section
+
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "config" / "config.yaml").read_text())["training"]
+    preset = yaml.safe_load((root / "config" / "examples" / "m2f_mcat.yaml").read_text())["training"]
+    section = {**base, **preset, "models": ["m2f", "m2f_separate"]}
+    settings = TrainSettings.from_mapping(model_training_section(section, "m2f"))
+    assert settings.alpha_surv == 0.0 and settings.hidden_dim == 256 and settings.grad_accum == 32
+    for name in ("m2f", "m2f_separate"):
+        model = build_model(
+            name, n_tiles_dim=N_TILES_DIM, n_genomic=N_GENOMIC, gene_groups=GROUPS, task_spec=GRADE,
+            hidden_dim=settings.hidden_dim, dropout=settings.dropout, **settings.options_for(name),
+        )
+        copy = model if name == "m2f" else model.models["grade"]
+        assert copy.co_attention.num_heads == 1 and len(copy.wsi_encoder.layers) == 2
+        assert copy.wsi_encoder.layers[0].self_attn.num_heads == 8
+        assert copy.wsi_encoder.layers[0].linear1.out_features == 2 * settings.hidden_dim
+        assert isinstance(copy.genomic_rho[0], nn.Linear)
 
 
 # --- KSF: the tile grid ------------------------------------------------------------------------
@@ -394,6 +463,72 @@ def test_bidistill_slide_branch_learns_from_the_teacher_alone() -> None:
     with torch.no_grad():
         slide_only = model(cohort["bags"])["grade"]
     assert float((slide_only.argmax(1) == cohort["label"]).float().mean()) >= 0.8
+
+
+def test_bidistill_distills_only_between_patients_with_both_modalities() -> None:
+    """A batch with two patients lacking clinical data distils exactly as the two others alone."""
+    cohort = _cohort(n_patients=4)
+    present = torch.tensor([True, False, True, False])
+    model = _build("bidistill", GRADE).eval()
+    with torch.no_grad():
+        mixed = model(cohort["bags"], clinical=cohort["clinical"], clinical_present=present)
+        both = model(
+            [bag for bag, keep in zip(cohort["bags"], present, strict=True) if keep],
+            clinical=cohort["clinical"][present],
+        )
+        other_bags = [bag if keep else bag * 3 + 1 for bag, keep in zip(cohort["bags"], present, strict=True)]
+        changed = model(other_bags, clinical=cohort["clinical"], clinical_present=present)
+    for name in ("distill_single_from_multi", "distill_multi_from_single"):
+        assert float(mixed["aux_losses"][name]) > 0
+        torch.testing.assert_close(mixed["aux_losses"][name], both["aux_losses"][name])
+        torch.testing.assert_close(mixed["aux_losses"][name], changed["aux_losses"][name])
+    # the missing patients' outputs are the slides-only branch's, and follow their slides
+    assert torch.equal(mixed["grade"][~present], mixed["branch_logits"]["slide_only"]["grade"][~present])
+    assert not torch.allclose(mixed["grade"][~present], changed["grade"][~present])
+    with torch.no_grad():
+        nobody = model(cohort["bags"], clinical=cohort["clinical"], clinical_present=torch.zeros(4, dtype=torch.bool))
+    assert all(float(value) == 0 for value in nobody["aux_losses"].values())
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, {"distill_single_from_multi", "distill_multi_from_single"}),
+        ({"slide_feature_weight": 0.0}, {"distill_single_from_multi"}),
+        ({"logit_weight": 0.0, "feature_weight": 0.0}, {"distill_multi_from_single"}),
+    ],
+)
+def test_bidistill_direction_weights(options: dict, expected: set) -> None:
+    cohort = _cohort(n_patients=4)
+    base = _build("bidistill", GRADE).eval()
+    model = _build("bidistill", GRADE, **options).eval()
+    with torch.no_grad():
+        reference = _run(base, cohort)["aux_losses"]
+        aux = _run(model, cohort)["aux_losses"]
+    assert set(aux) == expected
+    for name in expected:  # same weights (same seed), the defaults' terms where a weight is 1
+        torch.testing.assert_close(aux[name], reference[name])
+
+
+def test_bidistill_term_weights_scale_their_terms() -> None:
+    cohort = _cohort(n_patients=4)
+    terms = {}
+    for name, options in {
+        "logits": {"feature_weight": 0.0},
+        "features": {"logit_weight": 0.0},
+        "doubled": {"logit_weight": 2.0, "feature_weight": 2.0, "slide_feature_weight": 3.0},
+        "default": {},
+        "hot": {"temperature": 4.0, "feature_weight": 0.0},
+    }.items():
+        with torch.no_grad():
+            terms[name] = _run(_build("bidistill", GRADE, **options).eval(), cohort)["aux_losses"]
+    single = "distill_single_from_multi"
+    torch.testing.assert_close(terms["logits"][single] + terms["features"][single], terms["default"][single])
+    torch.testing.assert_close(terms["doubled"][single], 2 * terms["default"][single])
+    torch.testing.assert_close(
+        terms["doubled"]["distill_multi_from_single"], 3 * terms["default"]["distill_multi_from_single"]
+    )
+    assert not torch.allclose(terms["hot"][single], terms["logits"][single])
 
 
 def test_mm_impute_ignores_missing_values_but_sees_the_indicator() -> None:

@@ -398,12 +398,17 @@ def test_models_refuse_missing_modalities(
     [
         ("m2f", {"n_heads": 3}),
         ("ksf", {"n_heads": 5}),
-        ("m2f", {"n_layers": 3}),
+        ("m2f", {"n_layers": 0}),
+        ("m2f", {"coattn_heads": 3}),
+        ("m2f", {"rho": "yes"}),
         ("ksf", {"grid": "square"}),
         ("ksf", {"n_heads": 6, "offset_groups": 4}),
         ("ksf", {"offset_groups": 3}),
         ("m2f", {"joint": "yes"}),
         ("bidistill", {"temperature": 0}),
+        ("bidistill", {"logit_weight": -1.0}),
+        ("bidistill", {"slide_feature_weight": True}),
+        ("bidistill", {"directions": "both"}),
         ("kronecker", {"fusion_dim": 0}),
     ],
 )

@@ -376,3 +376,174 @@ def test_ksf_step_coordinates_the_fused_classifier_weight(cohort: dict[str, Path
             changed += int(not torch.allclose(head.weight.grad, plain.coordination_heads()[task].weight.grad))
     # some row of this batch's fused heads has conflicting halves, so coordination changes the update
     assert changed > 0
+
+
+# --- clinical data really missing ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def missing_cohort(cohort: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The cohort without clinical data for every third patient of each split: no row, or an empty one."""
+    import shutil
+
+    tables = tmp_path_factory.mktemp("missing") / "tables"
+    shutil.copytree(cohort["tables_dir"], tables)
+    folds = pd.read_csv(cohort["folds_tsv"], sep="\t", dtype={"patient_id": str})
+    lacking = {
+        split: sorted(folds.loc[folds["split"] == split, "patient_id"])[::3] for split in ("train", "val", "test")
+    }
+    empty_row = lacking["train"][0]
+    clinical = pd.read_parquet(tables / "clinical.parquet")
+    no_row = {patient for patients in lacking.values() for patient in patients} - {empty_row}
+    clinical = clinical[~clinical["patient_id"].isin(no_row)].reset_index(drop=True)
+    clinical.loc[clinical["patient_id"] == empty_row, ["age", "sex"]] = [np.nan, None]
+    clinical.to_parquet(tables / "clinical.parquet", index=False)
+    (tables / "lacking.json").write_text(json.dumps(sorted(no_row | {empty_row})))
+    return {**cohort, "tables_dir": tables}
+
+
+def _lacking(cohort: dict[str, Path]) -> set[str]:
+    return set(json.loads((cohort["tables_dir"] / "lacking.json").read_text()))
+
+
+def _labelled_indices(data: object, split: str) -> np.ndarray:
+    return np.array([i for i in data.indices(split) if data.has_label(int(i))], dtype=np.int64)  # type: ignore[attr-defined]
+
+
+def test_presence_is_read_from_the_raw_clinical_table(missing_cohort: dict[str, Path]) -> None:
+    data = load_fold_data(fold=0, **missing_cohort, tasks=FAST.tasks)
+    absent = {patient for patient, present in zip(data.patient_ids, data.clinical_present.tolist(), strict=True) if not present}
+    assert absent == _lacking(missing_cohort) and len(absent) == 13
+    # the preprocessing imputes the same row for all of them (with its missing indicators set)
+    missing = ~data.clinical_present
+    assert torch.equal(data.clinical[missing], data.clinical[missing][:1].expand(int(missing.sum()), -1))
+    assert not torch.equal(data.clinical[~missing][:1], data.clinical[missing][:1])
+
+
+def test_bidistill_routes_really_missing_patients_everywhere(missing_cohort: dict[str, Path], tmp_path: Path) -> None:
+    from histofuse.training.trainer import _validation_score, infer
+
+    paths = _train(missing_cohort, tmp_path, "bidistill")
+    predictions = pd.read_parquet(paths["out_predictions"]).set_index("patient_id")
+    model, _ = load_trained_model(paths["out_checkpoint"])
+    data = load_fold_data(fold=0, **missing_cohort, tasks=FAST.tasks)
+    bags = [data.bags.load(i).features for i in range(data.n_patients)]
+    with torch.no_grad():
+        slides_only = torch.softmax(model(bags)["grade"], dim=1).numpy()
+        all_present = torch.softmax(model(bags, clinical=data.clinical)["grade"], dim=1).numpy()
+    probabilities = predictions.loc[list(data.patient_ids), [f"grade_prob_{k}" for k in range(3)]].to_numpy()
+    missing = ~data.clinical_present.numpy()
+    # ordinary prediction: the slides-only branch for the patients without clinical data, the
+    # multi-modal branch for the others
+    np.testing.assert_allclose(probabilities[missing], slides_only[missing], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probabilities[~missing], all_present[~missing], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(probabilities[missing], all_present[missing], atol=1e-4)
+
+    # early stopping scores the routed model on the validation part's real presence
+    val = _labelled_indices(data, "val")
+    assert missing[val].any() and not missing[val].all()
+    spec = TaskSpec(tasks=FAST.tasks, n_classes={"grade": 3}, n_bins=FAST.n_bins)
+    objective = Objective.for_fold(data, FAST, spec)
+    loss, _ = _validation_score(model, data, val, objective, torch.device("cpu"))
+    routed = infer(model, data, val, torch.device("cpu"), FAST)
+    np.testing.assert_allclose(torch.softmax(routed["grade"], dim=1).numpy(), probabilities[val], rtol=1e-5, atol=1e-6)
+    everyone = infer(model, data, val, torch.device("cpu"), FAST, clinical_present=torch.ones(len(val), dtype=torch.bool))
+    assert loss == pytest.approx(float(objective.heads_loss(routed, val, objective.denominators(val))))
+    assert loss != pytest.approx(float(objective.heads_loss(everyone, val, objective.denominators(val))))
+
+
+def test_branch_losses_and_distillation_skip_patients_without_clinical_data(missing_cohort: dict[str, Path]) -> None:
+    settings = dataclasses.replace(FAST, dropout=0.0, max_tiles=0)
+    data = load_fold_data(fold=0, **missing_cohort, tasks=settings.tasks)
+    spec = TaskSpec(tasks=settings.tasks, n_classes={"grade": 3}, n_bins=settings.n_bins)
+    train = _labelled_indices(data, "train")
+    present = data.clinical_present[torch.from_numpy(train)].numpy()
+    lacking, having = train[~present], train[present]
+    assert len(lacking) >= 2 and len(having) >= 2
+
+    def step(chunk: np.ndarray) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = build_model(
+            "bidistill", n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, n_clinical=data.n_clinical,
+            task_spec=spec, hidden_dim=16, dropout=0.0,
+        ).train()
+        run = _Run(
+            model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data=data,
+            objective=Objective.for_fold(data, settings, spec), settings=settings, device=torch.device("cpu"),
+        )
+        run.step(chunk, np.random.default_rng(0))
+        return model
+
+    # patients who all lack clinical data leave the multi-modal branch untouched
+    alone = step(lacking[:2])
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in alone.multimodal.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in alone.slide_only.parameters())
+    # with patients of both kinds, the multi-modal branch gets the gradient of the mean over the
+    # patients with clinical data: the others add nothing to it
+    mixed = step(np.concatenate([having[:2], lacking[:2]]))
+    present_only = step(having[:2])
+    for (name, p_mixed), p_present in zip(mixed.multimodal.named_parameters(), present_only.multimodal.parameters(), strict=True):
+        torch.testing.assert_close(p_mixed.grad, p_present.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_missing_rate_keeps_really_missing_patients_missing(missing_cohort: dict[str, Path], tmp_path: Path) -> None:
+    paths = _train(missing_cohort, tmp_path / "model", "bidistill", dataclasses.replace(FAST, epochs=1))
+    data = load_fold_data(fold=0, **missing_cohort, tasks=FAST.tasks)
+    preprocessing = tmp_path / "fold0.json"
+    preprocessing.write_text(data.preprocessing.to_json())
+    test = data.indices("test")
+    really_missing = int((~data.clinical_present[torch.from_numpy(test)]).sum())
+    table = missing_rate_fold(
+        checkpoint=paths["out_checkpoint"], fold=0, preprocessing=preprocessing, rates=[0.0, 1.0], seed=0,
+        out=tmp_path / "rates.tsv", **missing_cohort,
+    )
+    assert really_missing > 0 and table["n_missing"].tolist() == [really_missing, len(test)]
+    predictions = pd.read_parquet(paths["out_predictions"])
+    scored = predictions[predictions["split"] == "test"]
+    reference = multiclass_auc(scored["grade"].astype(int), scored[[f"grade_prob_{k}" for k in range(3)]].to_numpy())
+    assert table["auc"].iloc[0] == pytest.approx(reference, abs=1e-6)
+
+
+def test_m2f_separate_selects_each_task_copy_on_its_own(cohort: dict[str, Path], tmp_path: Path) -> None:
+    settings = dataclasses.replace(FAST, epochs=6, patience=1, lr=1e-2)
+    state_path = tmp_path / "state.pt"
+    paths = _train(cohort, tmp_path, "m2f_separate", settings, state=state_path)
+    state = torch.load(state_path, weights_only=True)
+    checkpoint = torch.load(paths["out_checkpoint"], weights_only=True)
+    history = pd.read_csv(paths["out_history"], sep="\t")
+    tasks = state["tasks"]
+    assert set(tasks) == {"grade", "survival"}
+    # each copy's best epoch is where its own validation loss was lowest before it stopped
+    data = load_fold_data(fold=0, **cohort, tasks=settings.tasks)
+    assert all(1 <= progress["best_epoch"] <= len(history) for progress in tasks.values())
+    assert checkpoint["best_epoch"] == max(progress["best_epoch"] for progress in tasks.values())
+    assert len(history) == settings.epochs or all(progress["stopped"] for progress in tasks.values())
+    for name, value in checkpoint["state_dict"].items():
+        torch.testing.assert_close(value, state["best_model"][name])
+    # each copy kept is the one of its own best epoch: its validation loss is its best score
+    from histofuse.training.trainer import infer
+
+    model, _ = load_trained_model(paths["out_checkpoint"])
+    val = _labelled_indices(data, "val")
+    objective = Objective.for_fold(data, settings, TaskSpec(tasks=settings.tasks, n_classes={"grade": 3}, n_bins=settings.n_bins))
+    logits, denominators = infer(model, data, val, torch.device("cpu"), settings), objective.denominators(val)
+    for task, progress in tasks.items():
+        loss = float(objective.task_loss(task, logits[task], val)) / denominators[task]
+        assert -loss == pytest.approx(progress["best_score"], rel=1e-5), task
+    again = predict_fold(model, data, model_name="m2f_separate", device=torch.device("cpu"), settings=settings)
+    pd.testing.assert_frame_equal(again, pd.read_parquet(paths["out_predictions"]), check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_mm_impute_sees_the_real_presence_too(missing_cohort: dict[str, Path], tmp_path: Path) -> None:
+    paths = _train(missing_cohort, tmp_path, "mm_impute", dataclasses.replace(FAST, epochs=1))
+    predictions = pd.read_parquet(paths["out_predictions"]).set_index("patient_id")
+    model, _ = load_trained_model(paths["out_checkpoint"])
+    data = load_fold_data(fold=0, **missing_cohort, tasks=FAST.tasks)
+    bags = [data.bags.load(i).features for i in range(data.n_patients)]
+    with torch.no_grad():
+        indicated = model(bags, clinical=data.clinical, clinical_present=data.clinical_present)["grade"]
+        imputed_rows = model(bags, clinical=data.clinical)["grade"]
+    probabilities = predictions.loc[list(data.patient_ids), [f"grade_prob_{k}" for k in range(3)]].to_numpy()
+    np.testing.assert_allclose(probabilities, torch.softmax(indicated, dim=1).numpy(), rtol=1e-5, atol=1e-6)
+    missing = ~data.clinical_present
+    assert not torch.allclose(indicated[missing], imputed_rows[missing])

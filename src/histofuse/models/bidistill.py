@@ -8,25 +8,30 @@ and its comparator ``mm_impute``.
 
 A patient whose clinical data are present (``clinical_present``, default: all present when
 ``clinical`` is given, none otherwise) gets the multi-modal branch's logits; the others get the
-slides-only branch's, so clinical data can be withheld at test time at any rate. Whatever a
-missing patient's clinical values are, they never reach the output.
+slides-only branch's, so clinical data can be missing, really or withheld, at any rate. Whatever a
+missing patient's clinical values are, they never reach the output. The training engine trains the
+multi-modal branch's heads on the patients with clinical data only (``clinical_branches``) and the
+slides-only branch's heads on every patient.
 
-``aux_losses`` (teachers detached):
+``aux_losses``, both over the patients with both modalities only, teachers detached
+(:class:`DistillOptions` weighs their terms; a direction whose weights are all 0 is left out):
 
-* ``distill_single_from_multi``: on patients with clinical data, the temperature-softened
-  divergence of the slides-only logits from the multi-modal logits
-  (:func:`histofuse.losses.distillation_loss`) plus ``feature_weight`` × the MSE between the
-  two branches' embeddings;
-* ``distill_multi_from_single``: MSE between the multi-modal branch's slide features and the
-  slides-only branch's, on every patient, so the multi-modal branch keeps slide features that stand
-  on their own.
+* ``distill_single_from_multi`` (the slides-only branch learns the multi-modal knowledge):
+  ``logit_weight`` × the temperature-softened divergence of the slides-only logits from the
+  multi-modal logits (:func:`histofuse.losses.distillation_loss`) + ``feature_weight`` × the MSE
+  between the two branches' embeddings;
+* ``distill_multi_from_single`` (the multi-modal branch keeps slide features that stand on their
+  own): ``slide_feature_weight`` × the MSE between the multi-modal branch's slide features and the
+  slides-only branch's.
 
 ``mm_impute`` is the multi-modal branch alone, trained without distillation: a missing patient's
-clinical values are replaced by zeros and a missing-indicator input is set to 1.
+clinical values are replaced by zeros (the training mean after scaling) and a missing-indicator
+input is set to 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,26 +62,47 @@ BagsArg = Tensor | Sequence[Tensor]
 
 @dataclass(frozen=True, kw_only=True)
 class DistillOptions:
-    """Options of ``bidistill``.
+    """Options of ``bidistill`` (``training.model_options.bidistill``).
 
     Attributes:
         temperature: softening temperature of the logit distillation (> 0).
-        feature_weight: weight of the embedding MSE inside ``distill_single_from_multi`` (>= 0).
+        logit_weight: weight of the softened-logit divergence in ``distill_single_from_multi`` (>= 0).
+        feature_weight: weight of the embedding MSE in ``distill_single_from_multi`` (>= 0).
+        slide_feature_weight: weight of the slide-feature MSE, ``distill_multi_from_single`` (>= 0).
     """
 
     temperature: float = 2.0
+    logit_weight: float = 1.0
     feature_weight: float = 1.0
+    slide_feature_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for name, minimum, strict in (("temperature", 0.0, True), ("feature_weight", 0.0, False)):
+        for item in dataclasses.fields(self):
+            name, strict = item.name, item.name == "temperature"
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"bidistill option {name} must be a number, got {value!r}.")
-            if value < minimum or (strict and value == minimum):
+            wanted = f"a number {'>' if strict else '>='} 0"
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (strict and value == 0)
+            ):
                 raise ConfigError(
-                    f"bidistill option {name} must be {'>' if strict else '>='} {minimum}, got {value!r}."
+                    f"setting 'training.model_options.bidistill.{name}' must be {wanted}, got {value!r}.",
+                    fix=f"set {name} to {wanted} (default {item.default}).",
                 )
             object.__setattr__(self, name, float(value))
+
+    @property
+    def single_from_multi(self) -> bool:
+        """Whether the slides-only branch learns from the multi-modal one."""
+        return self.logit_weight > 0 or self.feature_weight > 0
+
+    @property
+    def multi_from_single(self) -> bool:
+        """Whether the multi-modal branch learns from the slides-only one."""
+        return self.slide_feature_weight > 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,10 +182,12 @@ class BidirectionalDistillation(nn.Module):
     """Multi-modal and slides-only branches with distillation both ways; see the module docstring.
 
     Its task logits are routed from one branch or the other, so it is trained on each branch's
-    own logits (``branch_logits``) rather than on the routed ones (``routes_branches``).
+    own logits (``branch_logits``) rather than on the routed ones (``routes_branches``), the
+    multi-modal branch's on the patients with clinical data only (``clinical_branches``).
     """
 
     routes_branches: bool = True
+    clinical_branches: frozenset[str] = frozenset({"multimodal"})
 
     def __init__(
         self,
@@ -216,30 +244,44 @@ class BidirectionalDistillation(nn.Module):
                 multi.attention, single.attention, present, strict=True
             )
         ]
-        logit_terms = sum(
-            (
-                distillation_loss(
-                    single.logits[task],
-                    multi.logits[task],
-                    kind=_distillation_kind(self.task_spec, task),
-                    temperature=self.options.temperature,
-                    mask=present,
-                )
-                for task in self.task_spec.tasks
-            ),
-            start=single.embedding.new_zeros(()),
-        )
-        if bool(present.any()):
-            feature_term = F.mse_loss(single.embedding[present], multi.embedding[present].detach())
-        else:
-            feature_term = single.embedding.sum() * 0.0
-        outputs["aux_losses"] = {
-            "distill_single_from_multi": logit_terms + self.options.feature_weight * feature_term,
-            "distill_multi_from_single": F.mse_loss(multi.slide_features, single.slide_features.detach()),
-        }
+        outputs["aux_losses"] = self._distillation(multi, single, present)
         outputs["branches"] = {"multimodal": multi.embedding, "slide_only": single.embedding}
         outputs["branch_logits"] = {"multimodal": multi.logits, "slide_only": single.logits}
         return outputs
+
+    def _distillation(self, multi: BranchOutput, single: BranchOutput, present: Tensor) -> dict[str, Tensor]:
+        """The distillation terms over the patients with both modalities (zero without any)."""
+        options = self.options
+        losses: dict[str, Tensor] = {}
+        if options.single_from_multi:
+            logit_terms = sum(
+                (
+                    distillation_loss(
+                        single.logits[task],
+                        multi.logits[task],
+                        kind=_distillation_kind(self.task_spec, task),
+                        temperature=options.temperature,
+                        mask=present,
+                    )
+                    for task in self.task_spec.tasks
+                ),
+                start=single.embedding.new_zeros(()),
+            )
+            feature_term = _masked_mse(single.embedding, multi.embedding.detach(), present)
+            losses["distill_single_from_multi"] = (
+                options.logit_weight * logit_terms + options.feature_weight * feature_term
+            )
+        if options.multi_from_single:
+            slide_term = _masked_mse(multi.slide_features, single.slide_features.detach(), present)
+            losses["distill_multi_from_single"] = options.slide_feature_weight * slide_term
+        return losses
+
+
+def _masked_mse(student: Tensor, teacher: Tensor, rows: Tensor) -> Tensor:
+    """MSE over the rows ``rows``; a zero that keeps the graph when no row is selected."""
+    if bool(rows.any()):
+        return F.mse_loss(student[rows], teacher[rows])
+    return student.sum() * 0.0
 
 
 class ImputedClinicalFusion(nn.Module):
@@ -300,10 +342,17 @@ def build_bidistill(
     gene_groups: Sequence[Sequence[int]] | None = None,
     subspaces: Mapping[str, Sequence[int]] | None = None,
     temperature: float = 2.0,
+    logit_weight: float = 1.0,
     feature_weight: float = 1.0,
+    slide_feature_weight: float = 1.0,
 ) -> BidirectionalDistillation:
-    """Builder for ``bidistill`` (slides + clinical; genomics unused)."""
-    options = DistillOptions(temperature=temperature, feature_weight=feature_weight)
+    """Builder for ``bidistill`` (slides + clinical; genomics unused); options: :class:`DistillOptions`."""
+    options = DistillOptions(
+        temperature=temperature,
+        logit_weight=logit_weight,
+        feature_weight=feature_weight,
+        slide_feature_weight=slide_feature_weight,
+    )
     _require_clinical("bidistill", n_clinical)
     return BidirectionalDistillation(
         n_tiles_dim=n_tiles_dim,

@@ -1,12 +1,17 @@
 """``m2f``: multi-modal multi-task fusion with genomic-group queries co-attending over the tiles.
 
 * Each gene group is embedded by its own SNN; the group embeddings are the queries of a
-  co-attention (:class:`torch.nn.MultiheadAttention`) whose keys and values are the projected tile
-  features, giving one "genomics-guided" slide token per gene group.
-* A small transformer encoder runs over each modality's tokens (the co-attended slide tokens and the
-  genomic group tokens), followed by gated attention pooling per modality.
+  co-attention (:class:`torch.nn.MultiheadAttention`, ``coattn_heads`` heads) whose keys and values
+  are the projected tile features, giving one "genomics-guided" slide token per gene group.
+* A transformer encoder (``n_layers`` layers of ``n_heads`` heads) runs over each modality's tokens
+  (the co-attended slide tokens and the genomic group tokens), followed by gated attention pooling
+  per modality and, with ``rho``, a Linear + ReLU + Dropout layer on each pooled vector.
 * The two pooled vectors are fused by an MLP into one representation shared by every task head;
   all tasks are trained jointly.
+
+This is MCAT's genomic-guided co-attention (Chen et al., ICCV 2021) extended to several tasks;
+:class:`M2FOptions` holds the choices where our defaults differ from MCAT's (MCAT: one co-attention
+head, two transformer layers of eight heads, ``rho`` on; ``config/examples/m2f_mcat.yaml``).
 
 With ``joint=False`` the builder returns one independent copy of this model per task
 (:class:`histofuse.models.independent.IndependentTaskModels`), so tasks share no parameter.
@@ -38,25 +43,50 @@ def _is_int(value: object) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class M2FOptions:
-    """Options of ``m2f``.
+    """Options of ``m2f`` (``training.model_options.m2f``; MCAT's values in brackets).
 
     Attributes:
         joint: True trains all tasks through one shared model; False gives each task its own copy.
-        n_heads: attention heads (co-attention and transformer layers); must divide ``hidden_dim``.
-        n_layers: transformer encoder layers per modality (1 or 2).
+        n_heads: heads of the transformer layers [8]; must divide ``hidden_dim``.
+        n_layers: transformer encoder layers per modality (>= 1) [2].
+        coattn_heads: heads of the genomic-guided co-attention; None: ``n_heads`` [1].
+        rho: a Linear + ReLU + Dropout layer on each modality's pooled vector before fusion [true].
     """
 
     joint: bool = True
     n_heads: int = 4
     n_layers: int = 1
+    coattn_heads: int | None = None
+    rho: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.joint, bool):
-            raise ConfigError(f"m2f option joint must be true or false, got {self.joint!r}.")
-        if not _is_int(self.n_heads) or self.n_heads < 1:
-            raise ConfigError(f"m2f option n_heads must be an integer >= 1, got {self.n_heads!r}.")
-        if not _is_int(self.n_layers) or self.n_layers not in (1, 2):
-            raise ConfigError(f"m2f option n_layers must be 1 or 2, got {self.n_layers!r}.")
+        for name in ("joint", "rho"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"setting 'training.model_options.m2f.{name}' must be true or false, got {getattr(self, name)!r}."
+                )
+        for name in ("n_heads", "n_layers", "coattn_heads"):
+            value = getattr(self, name)
+            if name == "coattn_heads" and value is None:
+                continue
+            if not _is_int(value) or value < 1:
+                raise ConfigError(
+                    f"setting 'training.model_options.m2f.{name}' must be an integer >= 1, got {value!r}."
+                )
+
+    @property
+    def co_attention_heads(self) -> int:
+        """Heads of the co-attention (``coattn_heads``, else ``n_heads``)."""
+        return self.n_heads if self.coattn_heads is None else self.coattn_heads
+
+    def check_width(self, hidden_dim: int) -> None:
+        """A :class:`ConfigError` when a head count does not divide ``hidden_dim``."""
+        for name, heads in (("n_heads", self.n_heads), ("coattn_heads", self.co_attention_heads)):
+            if hidden_dim % heads:
+                raise ConfigError(
+                    f"m2f: hidden_dim {hidden_dim} is not divisible by {name} {heads}.",
+                    fix=f"choose {name} dividing hidden_dim.",
+                )
 
 
 def _encoder(dim: int, options: M2FOptions, dropout: float) -> nn.TransformerEncoder:
@@ -64,6 +94,13 @@ def _encoder(dim: int, options: M2FOptions, dropout: float) -> nn.TransformerEnc
         d_model=dim, nhead=options.n_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True
     )
     return nn.TransformerEncoder(layer, num_layers=options.n_layers, enable_nested_tensor=False)
+
+
+def _rho(dim: int, options: M2FOptions, dropout: float) -> nn.Module:
+    """MCAT's post-pooling layer (``rho``), or nothing."""
+    if not options.rho:
+        return nn.Identity()
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout))
 
 
 class MultimodalMultitaskFusion(nn.Module):
@@ -84,11 +121,13 @@ class MultimodalMultitaskFusion(nn.Module):
         self.tile_encoder = nn.Sequential(nn.Linear(n_tiles_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.missing_tile = nn.Parameter(torch.randn(hidden_dim) * 0.02)
         # no dropout on the co-attention weights: they are returned as the tiles' attention
-        self.co_attention = nn.MultiheadAttention(hidden_dim, options.n_heads, batch_first=True)
+        self.co_attention = nn.MultiheadAttention(hidden_dim, options.co_attention_heads, batch_first=True)
         self.wsi_encoder = _encoder(hidden_dim, options, dropout)
         self.genomic_encoder = _encoder(hidden_dim, options, dropout)
         self.wsi_pool = GatedAttentionPool(hidden_dim, dropout)
         self.genomic_pool = GatedAttentionPool(hidden_dim, dropout)
+        self.wsi_rho = _rho(hidden_dim, options, dropout)
+        self.genomic_rho = _rho(hidden_dim, options, dropout)
         self.fusion = mlp(2 * hidden_dim, hidden_dim, dropout)
         self.heads = TaskHeads(hidden_dim, task_spec)
 
@@ -137,8 +176,8 @@ class MultimodalMultitaskFusion(nn.Module):
         guided, weights = self.co_attention(
             group_tokens, tiles, tiles, key_padding_mask=padding, need_weights=True, average_attn_weights=True
         )
-        wsi, _ = self.wsi_pool(self.wsi_encoder(guided))
-        genomic, _ = self.genomic_pool(self.genomic_encoder(group_tokens))
+        wsi = self.wsi_rho(self.wsi_pool(self.wsi_encoder(guided))[0])
+        genomic = self.genomic_rho(self.genomic_pool(self.genomic_encoder(group_tokens))[0])
         embedding = self.fusion(torch.cat([wsi, genomic], dim=1))
         tile_weights = weights.mean(dim=1)
         attention = [tile_weights[index, : bag.shape[0]] for index, bag in enumerate(bag_list)]
@@ -159,19 +198,17 @@ def build_m2f(
     joint: bool = True,
     n_heads: int = 4,
     n_layers: int = 1,
+    coattn_heads: int | None = None,
+    rho: bool = False,
 ) -> nn.Module:
-    """Builder for ``m2f``; ``joint=False`` gives one independent copy per task."""
-    options = M2FOptions(joint=joint, n_heads=n_heads, n_layers=n_layers)
+    """Builder for ``m2f`` (options: :class:`M2FOptions`); ``joint=False`` gives one copy per task."""
+    options = M2FOptions(joint=joint, n_heads=n_heads, n_layers=n_layers, coattn_heads=coattn_heads, rho=rho)
     if n_genomic < 1 or not gene_groups:
         raise ConfigError(
             "model 'm2f' uses gene groups as queries, but no genomic feature is available.",
             fix="provide a genomics table, or train 'abmil' for slides only.",
         )
-    if hidden_dim % options.n_heads:
-        raise ConfigError(
-            f"m2f: hidden_dim {hidden_dim} is not divisible by n_heads {options.n_heads}.",
-            fix="choose n_heads dividing hidden_dim.",
-        )
+    options.check_width(hidden_dim)
     groups = [list(group) for group in gene_groups]
 
     def build(spec: TaskSpec) -> MultimodalMultitaskFusion:
@@ -200,6 +237,8 @@ def build_m2f_separate(
     subspaces: Mapping[str, Sequence[int]] | None = None,
     n_heads: int = 4,
     n_layers: int = 1,
+    coattn_heads: int | None = None,
+    rho: bool = False,
 ) -> nn.Module:
     """Builder for ``m2f_separate``: the ``joint: false`` ablation of ``m2f`` (one model per task)."""
     return build_m2f(
@@ -214,4 +253,6 @@ def build_m2f_separate(
         joint=False,
         n_heads=n_heads,
         n_layers=n_layers,
+        coattn_heads=coattn_heads,
+        rho=rho,
     )

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SPLITS",
     "FoldData",
+    "clinical_presence",
     "load_fold_data",
     "read_fold",
     "read_class_names",
@@ -62,6 +63,7 @@ class FoldData:
     bags: BagStore
     genomics: Tensor
     clinical: Tensor
+    clinical_present: Tensor
     targets: dict[str, Tensor]
     labels: dict[str, pd.Series]
     class_names: dict[str, list[str]]
@@ -414,18 +416,21 @@ def load_fold_data(
 
     genomics = transformed(genomics_table, preprocessing.genomics)
     clinical = transformed(clinical_table, preprocessing.clinical)
+    clinical_present = clinical_presence(clinical_table, patient_ids, preprocessing.clinical.input_columns)
 
     if use_wsi:
         bags = open_bag_store(patient_ids, _slides_by_patient(tables_dir), features_dir)
     else:
         bags = empty_bag_store(len(patient_ids))
     logger.info(
-        "fold %d: %s patients, %s, %d genomic and %d clinical features",
+        "fold %d: %s patients, %s, %d genomic and %d clinical features (clinical data for %d of %d patients)",
         fold,
         ", ".join(f"{int((splits == split).sum())} {split}" for split in SPLITS),
         f"{bags.n_dim} tile-feature dims" if use_wsi else "no slides",
         genomics.shape[1],
         clinical.shape[1],
+        int(clinical_present.sum()),
+        len(patient_ids),
     )
     return FoldData(
         fold=fold,
@@ -434,6 +439,7 @@ def load_fold_data(
         bags=bags,
         genomics=genomics,
         clinical=clinical,
+        clinical_present=clinical_present,
         targets=targets,
         labels=raw,
         class_names=class_names,
@@ -447,6 +453,29 @@ def load_fold_data(
         binary_label=binary_label,
         tasks=tuple(tasks),
     )
+
+
+def clinical_presence(table: pd.DataFrame, patient_ids: Sequence[str], columns: Sequence[str]) -> Tensor:
+    """Boolean ``(P,)``: which of ``patient_ids`` have clinical data, from the raw (unimputed) table.
+
+    A patient has clinical data when the table has a row for them with at least one value (a finite
+    number or a non-empty text) in ``columns``, the clinical columns the fold's models read. A
+    patient without a row, or whose row is empty in every such column, has none: the imputed row
+    the preprocessing gives them carries no information about them.
+    """
+    if not columns:
+        return torch.zeros(len(patient_ids), dtype=torch.bool)
+    rows = table.assign(patient_id=table["patient_id"].astype(str)).set_index("patient_id")
+    values = rows.reindex(list(patient_ids))[list(columns)]
+    given = np.zeros(len(patient_ids), dtype=bool)
+    for column in columns:
+        series = values[column]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            given |= np.isfinite(series.to_numpy(dtype=np.float64, na_value=np.nan))
+        else:
+            text = series.astype("string").str.strip()
+            given |= (text.notna() & (text != "")).to_numpy(dtype=bool, na_value=False)
+    return torch.from_numpy(given)
 
 
 def imputed_clinical_row(preprocessing: FoldPreprocessing) -> Tensor:

@@ -3,16 +3,20 @@
 For each rate ``r`` the clinical data of ``round(r · n)`` of the fold's ``n`` test patients are
 dropped. Which patients: a seeded random order of the test patients (seed and fold), whose first
 ``round(r · n)`` lose their data, so the sets are nested across rates and the same for every model.
+Test patients whose clinical data are really missing (``FoldData.clinical_present``) stay missing
+at every rate, as in training and ordinary prediction.
 
-How a model sees a patient without clinical data:
+Every model gets the presence mask (``clinical_present``: real presence and not withheld) and, for a
+patient without clinical data, the clinical row of a patient with no clinical value, imputed by the
+fold's preprocessing with the training part's statistics (medians, modes, missing indicators set):
 
-* models that route a missing modality themselves (``bidistill``: its slides-only branch) get
-  ``clinical_present = False``;
-* every other model gets the clinical row of a patient with no clinical value, imputed by the fold's
-  preprocessing with the training part's statistics (medians, modes, missing indicators set);
-  a model that ignores clinical data (``abmil``) is unaffected.
+* ``bidistill`` routes such a patient through its slides-only branch, ``mm_impute`` replaces the
+  row by zeros and sets its missing indicator;
+* every other model reads the imputed row; a model that ignores clinical data (``abmil``) is
+  unaffected.
 
-The AUC is that of the run's AUC task (``binary``, else the first of grade / diagnosis).
+The AUC is that of the run's AUC task (``binary``, else the first of grade / diagnosis);
+``n_missing`` counts the test patients without clinical data at the rate, withheld or really missing.
 """
 
 from __future__ import annotations
@@ -34,11 +38,9 @@ from histofuse.training.trainer import infer, load_trained_model, task_auc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MISSING_RATE_COLUMNS", "ROUTING_MODELS", "aggregate_missing_rates", "missing_rate_fold", "withheld"]
+__all__ = ["MISSING_RATE_COLUMNS", "aggregate_missing_rates", "missing_rate_fold", "withheld"]
 
 MISSING_RATE_COLUMNS: tuple[str, ...] = ("model", "fold", "rate", "auc", "n", "n_missing")
-ROUTING_MODELS: frozenset[str] = frozenset({"bidistill"})
-"""Models told which patients lack clinical data (``clinical_present``) instead of given imputed rows."""
 
 
 def withheld(n_test: int, rate: float, *, seed: int, fold: int) -> np.ndarray:
@@ -96,19 +98,16 @@ def missing_rate_fold(
     records = []
     for rate in rates:
         drop = torch.from_numpy(withheld(len(test), float(rate), seed=seed, fold=fold))
+        present = data.clinical_present[torch.from_numpy(test)] & ~drop
         clinical = data.clinical[torch.from_numpy(test)].clone()
-        present = None
-        if model_name in ROUTING_MODELS:
-            present = ~drop
-        else:
-            clinical[drop] = imputed
+        clinical[~present] = imputed
         logits = infer(model, data, test, device, settings, clinical=clinical, clinical_present=present)
         scored = logits[task][torch.from_numpy(labelled)]
         auc = task_auc(task, scored, target) if len(np.unique(target)) > 1 else float("nan")
         records.append(
-            {"model": model_name, "fold": fold, "rate": float(rate), "auc": auc, "n": int(labelled.sum()), "n_missing": int(drop.sum())}
+            {"model": model_name, "fold": fold, "rate": float(rate), "auc": auc, "n": int(labelled.sum()), "n_missing": int((~present).sum())}
         )
-        logger.info("%s fold %d: missing rate %.2f (%d patients): %s AUC %.4f", model_name, fold, rate, int(drop.sum()), task, auc)
+        logger.info("%s fold %d: missing rate %.2f (%d patients): %s AUC %.4f", model_name, fold, rate, int((~present).sum()), task, auc)
     table = pd.DataFrame.from_records(records, columns=list(MISSING_RATE_COLUMNS))
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, na_rep="NaN")

@@ -8,7 +8,8 @@ again with more ``epochs`` continues from its last epoch.
 
 A state is only reused when its *fingerprint* matches: the model, fold, every training setting
 except ``epochs`` and ``patience``, and a digest of the fold's inputs (training patients, labels,
-preprocessing and feature files). Otherwise training starts afresh, and says why in the log.
+clinical presence, preprocessing and feature files). Otherwise training starts afresh, and says
+why in the log.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def fingerprint(model_name: str, data: FoldData, settings: TrainSettings) -> str
     for task, target in sorted(data.targets.items()):
         digest.update(task.encode() + target.numpy().tobytes())
     digest.update(data.survival_bin.numpy().tobytes() + data.censored.numpy().tobytes())
+    digest.update(data.clinical_present.numpy().tobytes())
     digest.update(json.dumps([data.n_tiles_dim, data.n_genomic, data.n_clinical]).encode())
     for files, sizes in zip(data.bags.files, data.bags.sizes, strict=True):
         # a file rewritten since (e.g. features of another encoder, same names and tile counts)
@@ -75,6 +77,8 @@ class RunState:
     stopped: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     rng: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task, for models with one copy per task (:mod:`histofuse.training.selection`)."""
 
 
 def capture_rng(generator: np.random.Generator) -> dict[str, Any]:

@@ -5,20 +5,23 @@ warm-up). An optimiser step covers ``grad_accum`` labelled training patients in 
 to the model ``batch_size`` bags per forward pass (each bag at most ``max_tiles`` random tiles, with
 their coordinates, read from disk when needed); the step's loss is ``sum_task weight_task ·
 mean_task`` plus the model's weighted auxiliary losses, and accumulation gives exactly the step's
-mean (:mod:`histofuse.training.objective`). Each branch's own heads (``branch_logits``) are trained
-too: ``bidistill``, whose outputs are routed from its branches, on its branches' logits alone;
-other models weight their branch heads' losses by their ``branch_loss_weight`` (``ksf``: 0 by
-default). For a model with ``coordination_heads`` (``ksf``) and ``coordination`` other than
-``none``, the accumulated gradient of each fused head's weight is coordinated before the step
-(:func:`histofuse.models.gradient_coordination.coordinate_rows`), with each branch's confidence
-measured on the step's patients from the model's ``half_logits``. On CUDA the forward pass runs
-under bf16 autocast (``precision``).
+mean (:mod:`histofuse.training.objective`). Every forward pass (training, validation, prediction)
+gets each patient's real clinical presence (``FoldData.clinical_present``). Each branch's own heads
+(``branch_logits``) are trained too: ``bidistill``, whose outputs are routed from its branches, on
+its branches' logits alone, a branch named in the model's ``clinical_branches`` on the patients
+with clinical data only; other models weight their branch heads' losses by their
+``branch_loss_weight`` (``ksf``: 0 by default). For a model with ``coordination_heads`` (``ksf``)
+and ``coordination`` other than ``none``, the accumulated gradient of each fused head's weight is
+coordinated before the step (:func:`histofuse.models.gradient_coordination.coordinate_rows`), with
+each branch's confidence measured on the step's patients from the model's ``half_logits``. On CUDA
+the forward pass runs under bf16 autocast (``precision``).
 
 Model selection: after each epoch the validation patients are predicted with full bags (eval
-mode) and scored by ``monitor``: the loss (lower is better), the AUC of the first classification or
-binary task, or the survival c-index. The best epoch is kept; training stops after ``patience``
-epochs without improvement. When no validation patient has a label, all epochs run and the last
-one is kept.
+mode, each patient's real clinical presence) and scored by ``monitor``: the loss (lower is
+better), the AUC of the first classification or binary task, or the survival c-index. The best
+epoch is kept; training stops after ``patience`` epochs without improvement. When no validation
+patient has a label, all epochs run and the last one is kept. A model with one independent copy per
+task (``m2f_separate``) is selected per task (:mod:`histofuse.training.selection`).
 
 Resuming: with a ``state`` path the run's last-epoch state is written after every epoch
 (:mod:`histofuse.training.state`); a later run with matching settings and inputs continues from it.
@@ -58,6 +61,7 @@ from histofuse.preprocess import FoldPreprocessing
 from histofuse.training.bags import Bag
 from histofuse.training.data import FoldData, load_fold_data
 from histofuse.training.objective import Objective
+from histofuse.training.selection import finish_task_copies, freeze_stopped, select_task_copies, task_copies
 from histofuse.training.settings import TrainSettings, check_min_batch
 from histofuse.training.state import RunState, capture_rng, fingerprint, load_state, restore_rng, save_state
 
@@ -111,18 +115,23 @@ def _forward(
     clinical: Tensor | None = None,
     clinical_present: Tensor | None = None,
 ) -> dict[str, Any]:
-    """One forward pass over the patients ``indices`` with their ``bags``."""
+    """One forward pass over the patients ``indices`` with their ``bags``.
+
+    ``clinical`` / ``clinical_present`` replace the patients' clinical rows and presence mask; by
+    default every model sees the fold's rows and the patients' real presence (``data.clinical_present``).
+    """
     index = torch.as_tensor(indices, dtype=torch.long)
     features = [bag.features.to(device=device, dtype=torch.float32) for bag in bags]
     coords = [bag.coords for bag in bags] if all(bag.coords is not None for bag in bags) else None
     table = data.clinical[index] if clinical is None else clinical
+    present = data.clinical_present[index] if clinical_present is None else clinical_present
     with _autocast(settings, device):
         return model(
             features,
             data.genomics[index].to(device),
             table.to(device),
             coords,
-            clinical_present=None if clinical_present is None else clinical_present.to(device),
+            clinical_present=present.to(device),
         )
 
 
@@ -139,7 +148,8 @@ def infer(
 ) -> dict[str, Tensor]:
     """Logits per task for ``indices`` with full bags (eval mode, ``batch_size`` at a time), on the CPU.
 
-    ``clinical`` / ``clinical_present``: replacement clinical rows and presence mask, one per index.
+    ``clinical`` / ``clinical_present``: replacement clinical rows and presence mask, one per index
+    (default: the fold's rows and the patients' real presence).
     """
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
@@ -174,27 +184,53 @@ def _validation_score(
     device: torch.device,
 ) -> tuple[float, float]:
     """``(loss, score)`` on the validation patients; ``score`` is higher-is-better for ``monitor``."""
-    settings, spec = objective.settings, objective.task_spec
-    logits = infer(model, data, indices, device, settings)
-    denominators = objective.denominators(indices)
-    loss = float(objective.heads_loss(logits, indices, denominators))
+    return _scores(infer(model, data, indices, device, objective.settings), data, indices, objective)
+
+
+def _scores(
+    logits: dict[str, Tensor], data: FoldData, indices: npt.NDArray[np.int64], objective: Objective
+) -> tuple[float, float]:
+    """``(loss, score)`` of the validation ``logits`` (see :func:`_validation_score`)."""
+    settings = objective.settings
+    loss = float(objective.heads_loss(logits, indices, objective.denominators(indices)))
     if settings.monitor == "loss":
         return loss, -loss
-    index = torch.as_tensor(indices)
-    if settings.monitor == "cindex":
-        keep = data.mask("survival")[index].numpy()
-        risk = _risk(logits["survival"], spec).numpy()[keep]
+    task = "survival" if settings.monitor == "cindex" else settings.auc_task
+    assert task is not None
+    return loss, _task_metric(task, logits, data, indices, objective)
+
+
+def _task_metric(
+    task: str, logits: dict[str, Tensor], data: FoldData, indices: npt.NDArray[np.int64], objective: Objective
+) -> float:
+    """The c-index (survival) or AUC of ``task`` on the labelled ``indices``; NaN when undefined."""
+    keep = data.mask(task)[torch.as_tensor(indices)].numpy()
+    if task == "survival":
+        risk = _risk(logits["survival"], objective.task_spec).numpy()[keep]
         event = data.event.to_numpy(dtype=np.float64, na_value=np.nan)[indices][keep]
         if keep.sum() < 2 or np.nansum(event) < 1:
-            return loss, math.nan
-        return loss, metrics.cindex(data.survival_time[indices][keep], risk, event)
-    task = settings.auc_task
-    assert task is not None
-    keep = data.mask(task)[index].numpy()
-    target = data.targets[task][index].numpy()[keep].astype(np.int64)
+            return math.nan
+        return metrics.cindex(data.survival_time[indices][keep], risk, event)
+    target = data.targets[task][torch.as_tensor(indices)].numpy()[keep].astype(np.int64)
     if len(np.unique(target)) < 2:
-        return loss, math.nan
-    return loss, task_auc(task, logits[task][torch.from_numpy(keep)], target)
+        return math.nan
+    return task_auc(task, logits[task][torch.from_numpy(keep)], target)
+
+
+def _task_scores(
+    logits: dict[str, Tensor], data: FoldData, indices: npt.NDArray[np.int64], objective: Objective
+) -> dict[str, float]:
+    """Higher-is-better validation score of each task on its own: minus its loss, or its metric."""
+    denominators = objective.denominators(indices)
+    scores: dict[str, float] = {}
+    for task in objective.task_spec.tasks:
+        if objective.settings.monitor != "loss":
+            scores[task] = _task_metric(task, logits, data, indices, objective)
+        elif denominators[task] > 0:
+            scores[task] = -float(objective.task_loss(task, logits[task], indices)) / denominators[task]
+        else:
+            scores[task] = math.nan
+    return scores
 
 
 def task_auc(task: str, logits: Tensor, target: npt.NDArray[np.int64]) -> float:
@@ -241,6 +277,7 @@ class _Run:
         """One optimiser step over the patients ``chunk``; returns the step's loss."""
         settings = self.settings
         denominators = self.objective.denominators(chunk)
+        with_clinical = self.objective.denominators(chunk[self.data.clinical_present[torch.as_tensor(chunk)].numpy()])
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         halves: list[dict[str, tuple[Tensor, Tensor]]] = []
@@ -260,9 +297,13 @@ class _Run:
                 loss = loss + aux
             branch_weight = 1.0 if routed else float(getattr(self.model, "branch_loss_weight", 1.0))
             if branch_weight:
-                for logits in branch_logits.values():
-                    loss = loss + branch_weight * self.objective.heads_loss(logits, batch, denominators)
-            loss.backward()
+                for name, logits in branch_logits.items():
+                    if name in getattr(self.model, "clinical_branches", ()):
+                        loss = loss + branch_weight * self._clinical_branch_loss(logits, batch, with_clinical)
+                    else:
+                        loss = loss + branch_weight * self.objective.heads_loss(logits, batch, denominators)
+            if loss.requires_grad:  # False when every patient's task copy has stopped early
+                loss.backward()
             step_loss += float(loss.detach())
             if self.coordinated:
                 halves.append(outputs["half_logits"])
@@ -282,6 +323,21 @@ class _Run:
             conf_a = self.objective.task_confidence(task, first, chunk)
             conf_b = self.objective.task_confidence(task, second, chunk)
             head.weight.grad.copy_(coordinate_rows(head.weight.grad, split, conf_a, conf_b, self.settings.coordination))
+
+    def _clinical_branch_loss(
+        self, logits: dict[str, Tensor], batch: npt.NDArray[np.int64], denominators: dict[str, float]
+    ) -> Tensor:
+        """A branch that reads clinical data learns from the batch's patients that have them.
+
+        ``denominators`` are the step's over its patients with clinical data, so the step's loss
+        is their exact mean.
+        """
+        rows = self.data.clinical_present[torch.as_tensor(batch, dtype=torch.long)]
+        if not bool(rows.any()):
+            return torch.zeros((), device=self.device)
+        keep = rows.to(self.device)
+        kept = {task: value[keep] for task, value in logits.items()}
+        return self.objective.heads_loss(kept, batch[rows.numpy()], denominators)
 
     def epoch(self, train_indices: npt.NDArray[np.int64], rng: np.random.Generator) -> float:
         """One pass over the labelled training patients; returns the mean step loss."""
@@ -343,6 +399,9 @@ def _fit(
             run.optimizer.load_state_dict(state.optimizer)
             restore_rng(state.rng, rng)
             logger.info("%s: resuming after epoch %d", description, state.epoch)
+    copies = task_copies(model)
+    if copies is not None:
+        freeze_stopped(state, copies)
     progress = tqdm(
         range(state.epoch + 1, settings.epochs + 1), desc=description, unit="epoch", disable=None, leave=False
     )
@@ -352,16 +411,16 @@ def _fit(
         for group in run.optimizer.param_groups:
             group["lr"] = _learning_rate(settings, epoch)
         train_loss = run.epoch(train_indices, rng)
-        val_loss, score = (
-            _validation_score(model, data, val_indices, run.objective, run.device)
-            if val_indices.size
-            else (math.nan, math.nan)
-        )
+        logits = infer(model, data, val_indices, run.device, settings) if val_indices.size else None
+        val_loss, score = (math.nan, math.nan) if logits is None else _scores(logits, data, val_indices, run.objective)
         state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": score})
         progress.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         logger.info("%s", epoch_line(description, epoch, train_loss, val_loss, settings.monitor, score))
         improved = val_indices.size == 0 or (math.isfinite(score) and score > state.best_score)
-        if improved:
+        if copies is not None:
+            task_scores = None if logits is None else _task_scores(logits, data, val_indices, run.objective)
+            select_task_copies(state, copies, epoch, task_scores, patience=settings.patience, description=description)
+        elif improved:
             state.best_model = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
             state.best_epoch, state.stale = epoch, 0
             if val_indices.size:
@@ -377,6 +436,8 @@ def _fit(
             state.optimizer = run.optimizer.state_dict()
             state.rng = capture_rng(rng)
             save_state(state_path, state)
+    if copies is not None:
+        finish_task_copies(state, copies, description)
     if state.best_model is None:
         if settings.monitor == "loss" or not state.history:
             raise HistofuseError(
