@@ -21,6 +21,7 @@ from histofuse.samples import (
     missing_slide_files,
 )
 from histofuse.tables import resolve_slide_paths
+from histofuse.training.cox import COX_MODELS
 from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -132,7 +133,8 @@ EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
 
 
 def get_final_output():
-    """The default targets: the report, the metrics, the excluded slides and, when asked, the missing-rate table."""
+    """The default targets: the report, the metrics, the excluded slides and, when asked, the
+    missing-rate and modality-ablation tables."""
     targets = [
         f"{RESULTS}/report.html",
         f"{RESULTS}/metrics/summary.tsv",
@@ -140,6 +142,7 @@ def get_final_output():
     ]
     if MISSING_RATE_MODELS:
         targets.append(f"{RESULTS}/metrics/missing_rate.tsv")
+    targets += get_ablation_table(None)
     return targets
 
 
@@ -336,6 +339,28 @@ def get_missing_rate_files(wildcards):
 def get_missing_rate_table(wildcards):
     """The missing-rate table for the report, when missing_rate.models asks for one."""
     return [f"{RESULTS}/metrics/missing_rate.tsv"] if MISSING_RATE_MODELS else []
+
+
+ABLATION_REPEATS = config["evaluation"]["ablation_repeats"]
+# Every trained network is permuted; the table keeps those that read two or more modalities.
+ABLATION_MODELS = (
+    [model for model in MODELS if model not in COX_MODELS]
+    if ABLATION_REPEATS > 0 and len(MODALITIES) >= 2
+    else []
+)
+
+
+def get_ablation_files(wildcards):
+    return expand(
+        f"{RESULTS}/modality_ablation/{{model}}/fold{{fold}}.parquet",
+        model=ABLATION_MODELS,
+        fold=FOLDS,
+    )
+
+
+def get_ablation_table(wildcards):
+    """The modality-ablation table for the report, when there is one."""
+    return [f"{RESULTS}/metrics/modality_ablation.tsv"] if ABLATION_MODELS else []
 
 
 MISSING_RATE_ARGS = f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"
