@@ -152,3 +152,18 @@ def test_workflow_runs_one_ablation_job_per_model_and_fold(tmp_path: Path) -> No
     write_config(path, config)
     jobs = jobs_run(snakemake("-n", "--cores", "1", "--configfile", str(path)))
     assert jobs["modality_ablation"] == 0 and jobs["modality_ablation_table"] == 0 and jobs["report"] == 1
+
+
+def test_auc_by_ranks_equals_the_reference_auc() -> None:
+    from histofuse.metrics import multiclass_auc, multiclass_auc_by_ranks
+
+    rng = np.random.default_rng(0)
+    for n, k in ((12, 2), (30, 3), (9, 3)):
+        for _ in range(20):
+            y = rng.integers(0, k, n).astype(float)
+            probs = rng.dirichlet(np.ones(k), n).round(1)  # rounded: ties
+            probs /= probs.sum(axis=1, keepdims=True)
+            if len(np.unique(y)) < 2:
+                assert np.isnan(multiclass_auc_by_ranks(y, probs))
+                continue
+            assert multiclass_auc_by_ranks(y, probs) == pytest.approx(multiclass_auc(y, probs), abs=1e-12)

@@ -92,7 +92,7 @@ class TaskFold:
     def score(self, prediction: NDArray[np.float64], rows: NDArray[np.int64] | None = None) -> float:
         pick = slice(None) if rows is None else rows
         if self.metric == "auc":
-            return metrics.multiclass_auc(self.y[pick], prediction[pick])
+            return metrics.multiclass_auc_by_ranks(self.y[pick], prediction[pick])
         assert self.event is not None
         return metrics.cindex(self.y[pick], prediction[pick], self.event[pick])
 
