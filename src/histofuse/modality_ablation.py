@@ -46,11 +46,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ABLATION_COLUMNS",
+    "FULL",
+    "MODALITIES",
     "TaskFold",
+    "ablation_table",
     "drop_interval",
     "read_ablation_fold",
-    "MODALITIES",
-    "ablation_table",
 ]
 
 ABLATION_COLUMNS: tuple[str, ...] = (
@@ -65,10 +66,9 @@ ABLATION_COLUMNS: tuple[str, ...] = (
     "ci_high",
 )
 FULL = "full"
+"""The ``modality`` value of the unpermuted predictions."""
 MODALITIES: tuple[str, ...] = ("wsi", "genomics", "clinical")
 """The modalities permuted, in table order."""
-
-# --------------------------------------------------------------------------- across folds
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -73,7 +73,7 @@ def fold_modalities(data: FoldData, use_wsi: bool) -> list[str]:
 
 
 def _test_table(logits: dict[str, torch.Tensor], data: FoldData, test: np.ndarray, *, model_name: str, spec: TaskSpec) -> pd.DataFrame:
-    """The predictions table of the test patients ``test`` from their logits."""
+    """The predictions table of the test patients ``test`` from their logits (the fold's table cut to them)."""
     full = {
         task: torch.zeros((data.n_patients, *values.shape[1:]), dtype=values.dtype).index_copy(0, torch.from_numpy(test), values)
         for task, values in logits.items()
