@@ -13,9 +13,9 @@ Generative model, per patient (each patient and slide draws from its own seeded 
 - clinical table: age ``60 + N(0, 9²)``, sex, tumour size ``exp(ln 22 + 0.35s + N(0, 0.08²))`` mm;
 - genomics: the default demo's 12 genes and four groups (tumour suppressor and oncogene: the
   tumour genes; immune and stroma: the microenvironment genes). Planted: ``t`` raises TP53 and
-  PIK3CA mutation and EGFR copy number and lowers CDKN2A copy number; ``m`` raises MYC expression
-  (proliferation); ``i`` raises CD8A and CXCL9 expression; ``e`` raises PDCD1 and FAP expression;
-  the rest is noise;
+  PIK3CA mutation, EGFR copy number and expression, and lowers CDKN2A copy number and PTEN
+  expression; ``m`` raises MYC expression (proliferation); ``i`` raises CD8A and CXCL9 expression;
+  ``e`` raises PDCD1, FAP and COL1A1 expression; the rest is noise;
 - slides: the default demo's tissue, stain and grain, with two compartments. Tumour nests (a
   smooth random field covering 30–50 % of the tissue, paler purple cytoplasm) hold crowded tumour (one per 120 px² at m = 0)
   nuclei whose density grows as ``exp(0.3m)``, size as ``4.2 + 0.55m`` px and darkness and
@@ -86,12 +86,15 @@ _GENE_EFFECTS: dict[tuple[str, str], tuple[str, float]] = {
     ("TP53", "mut"): ("t", 1.5),
     ("PIK3CA", "mut"): ("t", 1.0),
     ("EGFR", "cnv"): ("t", 0.6),
+    ("EGFR", "rnaseq"): ("t", 0.6),
     ("CDKN2A", "cnv"): ("t", -0.6),
+    ("PTEN", "rnaseq"): ("t", -0.6),
     ("MYC", "rnaseq"): ("m", 0.5),
     ("CD8A", "rnaseq"): ("i", 0.5),
     ("CXCL9", "rnaseq"): ("i", 0.3),
     ("PDCD1", "rnaseq"): ("e", 0.6),
     ("FAP", "rnaseq"): ("e", 0.5),
+    ("COL1A1", "rnaseq"): ("e", 0.4),
 }
 
 LATENTS: tuple[str, ...] = ("m", "t", "i", "e", "s")
