@@ -98,3 +98,17 @@ def test_cohort_is_written_and_opens(tmp_path: Path) -> None:
             assert slide.level_count >= 3 and slide.properties[openslide.PROPERTY_NAME_MPP_X].startswith("0.5")
     patients = pd.read_csv(paths["patients_sheet"], sep="\t")
     assert "aln" in patients.columns
+
+
+def test_the_patients_sheet_carries_binary_labels() -> None:
+    import pytest
+
+    from histofuse.errors import ConfigError
+    from histofuse.tables import build_patients
+
+    sheet = make_methods_tables(methods_spec())["patients"]
+    patients = build_patients(sheet, path=Path("patients.tsv"), grade_classes=["2", "3", "4"])
+    assert patients["aln"].tolist() == sheet["aln"].tolist() and str(patients["aln"].dtype) == "Int64"
+    sheet.loc[4, "aln"] = 2
+    with pytest.raises(ConfigError, match="aln values other than 0, 1 or empty: row 6"):
+        build_patients(sheet, path=Path("patients.tsv"), grade_classes=["2", "3", "4"])
