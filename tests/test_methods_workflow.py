@@ -26,9 +26,16 @@ MODELS = list(EXAMPLE["training"]["models"])
 TASKS = list(EXAMPLE["training"]["tasks"])
 # Models that read two or more modalities (the modality ablation keeps these).
 MULTI_MODAL = {"m2f", "m2f_separate", "ksf", "bidistill", "mm_impute", "concat", "kronecker"}
-# Each model learns something on every task; the thresholds are set below chance + a margin only
-# (the methods cohort is built so that no single modality reaches the ceiling).
-LEARNS = {"auc": 0.6, "cindex": 0.55}
+# Which models can learn which task: grade and survival live in the slides and genomics, aln in the
+# clinical table and the slides (README, "The methods cohort"). Measured on the full methods cohort
+# (`make demo-methods`, 3 folds): grade AUC 0.68-0.85 and survival C 0.66-0.78 for the models that
+# read slides or genomics, aln AUC 0.73-0.78 for those that read clinical data, no grade AUC above
+# 0.86. The thresholds are chance plus a margin, for the reduced cohort's smaller folds.
+LEARNS = {
+    "grade": ("auc", 0.6, [m for m in MODELS if m != "clinical"]),
+    "survival": ("cindex", 0.55, [m for m in MODELS if m != "clinical"]),
+    "binary": ("auc", 0.6, ["bidistill", "mm_impute", "clinical"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +64,14 @@ def _means(results: Path) -> pd.Series:
 
 
 @pytest.mark.slow
-def test_each_model_learns_each_task(methods_run: Path) -> None:
+def test_each_model_learns_the_tasks_its_modalities_carry(methods_run: Path) -> None:
     value = _means(methods_run)
+    for task, (metric, threshold, models) in LEARNS.items():
+        for model in models:
+            assert value[(model, task, metric)] > threshold, (model, task, value[(model, task, metric)])
+    # no single modality gives the grade away: no model at the ceiling
     for model in MODELS:
-        for task in TASKS:
-            metric = "cindex" if task == "survival" else "auc"
-            assert value[(model, task, metric)] > LEARNS[metric], (model, task, value[(model, task, metric)])
+        assert value[(model, "grade", "auc")] < 0.97, (model, value[(model, "grade", "auc")])
 
 
 @pytest.mark.slow
