@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR := resources/demo
+METHODS_DIR := resources/demo_methods
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ SHELL := /bin/bash
 # pip's notes about this machine's empty local package indexes are noise.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: install demo demo-methods demo-data test test-slurm lint bench-quick bench-gpu lock clean
+.PHONY: install demo demo-methods demo-data demo-methods-data test test-slurm lint bench-quick bench-gpu lock clean
 
 install: $(STAMP)
 
@@ -38,8 +39,15 @@ demo: demo-data
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
 	@echo "Report: results/report.html"
 
-# M2F, KSF and bidirectional distillation with their comparators and the missing-rate evaluation.
-demo-methods: demo-data
+# The methods cohort (slides, genomics and clinical data complementary), written once like the demo's.
+demo-methods-data: $(METHODS_DIR)/slides.tsv
+
+$(METHODS_DIR)/slides.tsv: $(STAMP)
+	$(BIN)/histofuse demo --kind methods --out $(METHODS_DIR)
+
+# M2F, KSF and bidirectional distillation with their comparators, the missing-rate evaluation and
+# the modality ablation, on the methods cohort.
+demo-methods: demo-methods-data
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) \
 		--configfile config/config.yaml config/examples/demo_methods.yaml
 	@echo "Report: results/demo_methods/report.html"

@@ -21,7 +21,10 @@ from workflow_support import REPO, TINY, demo_config, jobs_run, make_cohort, sli
 # Full pipeline runs (minutes each): `make test-all` runs them.
 pytestmark = pytest.mark.slow
 
-COHORT_LEVEL = {"prepare_tables", "make_folds", "preprocess", "train", "evaluate", "report", "all"}
+COHORT_LEVEL = {
+    "prepare_tables", "make_folds", "preprocess", "train", "evaluate", "modality_ablation",
+    "modality_ablation_table", "report", "all",
+}
 SLIDE_LEVEL = {"tile", "extract_features"}
 FAST_TRAINING = {"epochs": 2, "patience": 2, "hidden_dim": 32, "grad_accum": 2}
 

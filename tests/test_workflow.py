@@ -52,7 +52,7 @@ def test_dry_run_lists_every_stage(demo_config: Path) -> None:
     proc = snakemake("-n", "--cores", "2", "--configfile", str(demo_config), "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
-    for rule in ("tile", "extract_features", "prepare_tables", "make_folds", "train", "evaluate", "report"):
+    for rule in ("tile", "extract_features", "prepare_tables", "make_folds", "train", "evaluate", "modality_ablation", "report"):
         assert rule in text, rule
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -61,11 +62,14 @@ def _limit_torch_threads(threads: int) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from histofuse.demo import DemoSpec, make_demo_cohort
+    from histofuse.demo_methods import make_methods_cohort, methods_spec
 
-    spec = DemoSpec.reduced() if args.reduced else DemoSpec()
-    if args.seed is not None:
-        spec = type(spec)(**{**spec.__dict__, "seed": args.seed})
-    written = make_demo_cohort(Path(args.out), spec)
+    seed = 0 if args.seed is None else args.seed
+    if args.kind == "methods":
+        written = make_methods_cohort(Path(args.out), methods_spec(reduced=args.reduced, seed=seed))
+    else:
+        spec = DemoSpec.reduced() if args.reduced else DemoSpec()
+        written = make_demo_cohort(Path(args.out), dataclasses.replace(spec, seed=seed))
     log.info("demo cohort written: %s", ", ".join(f"{k}={v}" for k, v in written.items()))
 
 
@@ -310,6 +314,35 @@ def cmd_missing_rate_table(args: argparse.Namespace) -> None:
     aggregate_missing_rates([Path(p) for p in args.tables], Path(args.out))
 
 
+def cmd_modality_ablation(args: argparse.Namespace) -> None:
+    from histofuse.training.ablation import ablation_fold
+
+    _limit_torch_threads(args.threads)
+    ablation_fold(
+        checkpoint=Path(args.checkpoint),
+        fold=args.fold,
+        features_dir=Path(args.features_dir),
+        tables_dir=Path(args.tables_dir),
+        folds_tsv=Path(args.folds),
+        preprocessing=Path(args.preprocessing),
+        repeats=args.repeats,
+        seed=args.seed,
+        out=Path(args.out),
+        use_wsi=not args.no_wsi,
+    )
+
+
+def cmd_modality_ablation_table(args: argparse.Namespace) -> None:
+    from histofuse.modality_ablation import ablation_table
+
+    table = ablation_table([Path(p) for p in args.tables], n_boot=args.bootstrap, seed=args.seed, out=Path(args.out))
+    if args.figure:
+        from histofuse.report.figures import modality_ablation_figure
+        from histofuse.report.plots import save_figure
+
+        save_figure(modality_ablation_figure(table), Path(args.figure))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from histofuse.evaluate import EvaluationSettings, run_evaluate
 
@@ -359,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "Write the synthetic demo cohort (slides, sheets, tables).")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--reduced", action="store_true", help="the small cohort used by the tests")
+    p.add_argument(
+        "--kind",
+        choices=("default", "methods"),
+        default="default",
+        help="default: the demo cohort; methods: slides, genomics and clinical data complementary "
+        "(README, 'The demo cohort')",
+    )
     p.add_argument("--seed", type=int, default=None)
 
     def slide_args(p: argparse.ArgumentParser) -> None:
@@ -506,6 +546,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("missing-rate-table", cmd_missing_rate_table, "Gather the per-fold missing-rate tables into one.")
     p.add_argument("--tables", nargs="+", required=True)
     p.add_argument("--out", required=True)
+
+    p = add(
+        "modality-ablation",
+        cmd_modality_ablation,
+        "Test predictions of one trained model with each modality permuted across the test patients.",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--features-dir", required=True)
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--folds", required=True)
+    p.add_argument("--preprocessing", required=True, help="the fold's fitted preprocessing (JSON)")
+    p.add_argument("--repeats", type=int, required=True, help="permutations per modality")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="predictions (parquet)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--no-wsi", action="store_true", help="no slides in this cohort")
+
+    p = add(
+        "modality-ablation-table",
+        cmd_modality_ablation_table,
+        "Metric drop per model, task and permuted modality, with bootstrap intervals.",
+    )
+    p.add_argument("--tables", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--figure", default=None, help="the drops as a PNG figure, a panel per task")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
     p = add("evaluate", cmd_evaluate, "Metrics per model, task and fold, and their summary.")
     p.add_argument("--predictions", nargs="+", required=True)

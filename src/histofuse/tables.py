@@ -181,6 +181,10 @@ def _clinical_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
     return _drop_unknown_patients(out, known_patients, path=path)
 
 
+BINARY_LABELS: tuple[str, ...] = ("aln", "molecular_grade4")
+"""0/1 label columns carried from the patients table (a ``binary`` task predicts one of them)."""
+
+
 def build_patients(frame: pd.DataFrame, *, path: Path, grade_classes: Sequence[str]) -> pd.DataFrame:
     """Typed patients table: grade → class index, survival_time (months), event (0/1)."""
     classes = [str(c) for c in grade_classes]
@@ -211,6 +215,18 @@ def build_patients(frame: pd.DataFrame, *, path: Path, grade_classes: Sequence[s
             path,
             _row_list(frame, half, "patient_id"),
         )
+    for name in BINARY_LABELS:
+        if name in frame.columns:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            bad = (values.isna() & frame[name].notna()) | (values.notna() & ~values.isin([0, 1]))
+            if bad.any():
+                raise ConfigError(
+                    f"{name} values other than 0, 1 or empty: {_row_list(frame, bad, 'patient_id')}.",
+                    path=path,
+                    column=name,
+                    fix="write 0 or 1, or leave the cell empty when unknown.",
+                )
+            out[name] = values.astype("Int64")
     return out
 
 
@@ -288,7 +304,8 @@ def prepare_tables(inputs: TableInputs, out_dir: Path) -> dict[str, Path]:
             fix="add their slides or data, or remove them from the patients sheet.",
         )
     write_parquet(patients, outputs["patients"])
-    labels = {"grade": {"classes": list(map(str, inputs.grade_classes))}, "survival": {"unit": "months"}}
+    labels: dict[str, Any] = {"grade": {"classes": list(map(str, inputs.grade_classes))}, "survival": {"unit": "months"}}
+    labels.update({name: {"classes": ["0", "1"]} for name in BINARY_LABELS if name in patients.columns})
     write_text_atomic(outputs["labels"], json.dumps(labels, indent=2))
     outputs["splits"] = write_cohort_splits(None, out_dir)
     log.info(
@@ -451,7 +468,7 @@ def write_cohort_tables(
         source["survival_months"].astype("float64") if "survival_months" in source.columns else np.nan
     )
     patients["event"] = source["event"].astype("Int64") if "event" in source.columns else pd.array([None] * len(source), dtype="Int64")
-    for name in ("aln", "molecular_grade4"):
+    for name in BINARY_LABELS:
         if name in source.columns:
             patients[name] = source[name].astype("Int64")
             labels[name] = {"classes": ["0", "1"]}

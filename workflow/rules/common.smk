@@ -32,7 +32,7 @@ from histofuse.folds import FoldSettings, folds_for_tables
 from histofuse.slides.tiff_regions import check_region_decoder
 from histofuse.stage_settings import check_cohort_settings, check_slide_settings
 from histofuse.tables import prepare_cohort_tables, resolve_slide_paths
-from histofuse.training.cox import check_cox_inputs
+from histofuse.training.cox import COX_MODELS, check_cox_inputs
 from histofuse.training.settings import check_model_list, model_training_section
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -181,8 +181,9 @@ EXCLUSIONS = f"{RESULTS}/{EXCLUSIONS_TSV}"
 
 
 def get_final_output():
-    """The default targets: the report, the metrics, the excluded slides, the missing-rate table
-    when asked, and every per-slide and per-fold file (:func:`get_intermediate_files`).
+    """The default targets: the report, the metrics, the excluded slides, the missing-rate and
+    modality-ablation tables when asked, and every per-slide and per-fold file
+    (:func:`get_intermediate_files`).
     """
     targets = [
         f"{RESULTS}/report.html",
@@ -191,6 +192,7 @@ def get_final_output():
     ]
     if MISSING_RATE_MODELS:
         targets.append(f"{RESULTS}/metrics/missing_rate.tsv")
+    targets += get_ablation_table(None)
     return targets + get_intermediate_files()
 
 
@@ -230,6 +232,7 @@ def get_intermediate_files():
         get_history_files(None)
         + get_prediction_files(None)
         + get_missing_rate_files(None)
+        + get_ablation_files(None)
     )
     return files
 
@@ -535,6 +538,28 @@ def get_missing_rate_files(wildcards):
 def get_missing_rate_table(wildcards):
     """The missing-rate table for the report, when missing_rate.models asks for one."""
     return [f"{RESULTS}/metrics/missing_rate.tsv"] if MISSING_RATE_MODELS else []
+
+
+ABLATION_REPEATS = config["evaluation"]["ablation_repeats"]
+# Every trained network is permuted; the table keeps those that read two or more modalities.
+ABLATION_MODELS = (
+    [model for model in MODELS if model not in COX_MODELS]
+    if ABLATION_REPEATS > 0 and len(MODALITIES) >= 2
+    else []
+)
+
+
+def get_ablation_files(wildcards):
+    return expand(
+        f"{RESULTS}/modality_ablation/{{model}}/fold{{fold}}.parquet",
+        model=ABLATION_MODELS,
+        fold=FOLDS,
+    )
+
+
+def get_ablation_table(wildcards):
+    """The modality-ablation table for the report, when there is one."""
+    return [f"{RESULTS}/metrics/modality_ablation.tsv"] if ABLATION_MODELS else []
 
 
 MISSING_RATE_ARGS = f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"

@@ -80,6 +80,7 @@ rule report:
         predictions=get_prediction_files,
         histories=get_history_files,
         missing_rate=get_missing_rate_table,
+        modality_ablation=get_ablation_table,
         attention=get_attention_files,
         patients=f"{RESULTS}/tables/patients.parquet",
         notes=f"{RESULTS}/tables/notes.tsv",

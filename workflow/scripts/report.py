@@ -16,6 +16,7 @@ sm = snakemake  # noqa: F821
 predictions = [Path(p) for p in sm.input.predictions]
 tables_dir = Path(sm.params.tables_dir)
 missing_rate = list(sm.input.missing_rate)
+ablation = list(sm.input.modality_ablation)
 try:
     write_figures(
         prediction_files=predictions,
@@ -39,6 +40,7 @@ try:
         prediction_files=predictions,
         history_files=[Path(p) for p in sm.input.histories],
         missing_rate_tsv=Path(missing_rate[0]) if missing_rate else None,
+        modality_ablation_tsv=Path(ablation[0]) if ablation else None,
         attention_pngs=[Path(p) for p in sm.input.attention],
         tables_dir=tables_dir,
         folds_tsv=Path(sm.input.folds),

@@ -1,5 +1,5 @@
-"""Report figures beyond KM and ROC: confusion matrices, training curves, the missing-rate curve and
-the fold composition. Each takes plain tables and returns a :class:`matplotlib.figure.Figure`.
+"""Report figures beyond KM and ROC: confusion matrices, training curves, the missing-rate curve, the
+modality ablation and the fold composition. Each takes plain tables and returns a :class:`matplotlib.figure.Figure`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ __all__ = [
     "confusion_figure",
     "fold_composition_figure",
     "missing_rate_figure",
+    "modality_ablation_figure",
+    "read_modality_ablation",
     "read_histories",
     "read_missing_rate",
     "training_curves_figure",
@@ -32,6 +34,7 @@ MISSING_RATE_COLUMNS = ("model", "fold", "rate", "auc")
 _HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss")
 _HISTORY_PATH = re.compile(r"fold(\d+)_history$")
 _SPLIT_COLOURS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868"}
+_MODALITY_COLOURS = {"wsi": "#c44e52", "genomics": "#4c72b0", "clinical": "#55a868"}
 _MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
 
@@ -172,6 +175,50 @@ def missing_rate_figure(table: pd.DataFrame) -> Figure:
     ax.set_xlim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def read_modality_ablation(path: Path) -> pd.DataFrame:
+    """The modality-ablation table (:data:`histofuse.modality_ablation.ABLATION_COLUMNS`), checked."""
+    from histofuse.modality_ablation import ABLATION_COLUMNS
+
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype={"model": str, "task": str, "modality": str})
+    except (OSError, ValueError) as exc:
+        raise HistofuseError(f"cannot read the modality-ablation table: {exc}", path=path) from exc
+    for column in ABLATION_COLUMNS:
+        if column not in frame.columns:
+            raise HistofuseError("required column missing", path=path, column=column)
+    return frame
+
+
+def modality_ablation_figure(table: pd.DataFrame) -> Figure:
+    """Metric drop per model (rows) and permuted modality (bars) with its 95 % interval; a panel per task."""
+    if table.empty:
+        return message_figure("No multi-modal model to ablate.")
+    tasks = sorted(table["task"].unique())
+    models = sorted(table["model"].unique())
+    fig, axes = _grid(len(tasks), panel_width=4.6, panel_height=0.9 + 0.45 * len(models))
+    modalities = [m for m in _MODALITY_COLOURS if m in set(table["modality"])]
+    width = 0.8 / max(len(modalities), 1)
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = table[table["task"] == task]
+        for k, modality in enumerate(modalities):
+            part = rows[rows["modality"] == modality].set_index("model").reindex(models)
+            y = np.arange(len(models)) + (k - (len(modalities) - 1) / 2) * width
+            drop = part["drop"].to_numpy(dtype=float)
+            low = np.nan_to_num(drop - part["ci_low"].to_numpy(dtype=float))
+            high = np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - drop)
+            ax.barh(y, drop, height=width, color=_MODALITY_COLOURS[modality], label=modality,
+                    xerr=np.vstack([low, high]), error_kw={"elinewidth": 0.8, "capsize": 2})
+        metric = str(rows["metric"].iloc[0]) if not rows.empty else ""
+        ax.axvline(0.0, color="#333333", linewidth=0.8)
+        ax.set_yticks(np.arange(len(models)), models, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{metric} drop when permuted (95 % CI)", fontsize=8)
+        ax.set_title(task, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].legend(fontsize=8, frameon=False, loc="lower right")
     return fig
 
 

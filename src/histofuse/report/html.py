@@ -563,6 +563,7 @@ def build_report(
     confusion_tsv: Path | None = None,
     history_files: Sequence[Path] = (),
     missing_rate_tsv: Path | None = None,
+    modality_ablation_tsv: Path | None = None,
     attention_pngs: Sequence[Path] = (),
     benchmarks_dir: Path | None = None,
     exclusions_tsv: Path | None = None,
@@ -570,8 +571,9 @@ def build_report(
 ) -> None:
     """Write one self-contained HTML report to ``out_html`` (atomically).
 
-    Sections: cohort, data preparation (what reading and preprocessing changed), slides QC, feature extraction, one per task (survival, then each
-    classification task), training, attention, missing-modality robustness, exclusions and
+    Sections: cohort, data preparation (what reading and preprocessing changed), slides QC, feature
+    extraction, one per task (survival, then each classification task), training, attention,
+    missing-modality robustness, modality ablation, exclusions and
     provenance. ``summary_tsv``, ``folds_tsv_metrics``, ``comparison_tsv`` and ``confusion_tsv``
     are the outputs of :func:`histofuse.evaluate.run_evaluate`; ``folds_tsv`` is the fold
     assignment (``patient_id, fold, split``). The optional inputs may be absent: their section
@@ -636,6 +638,7 @@ def build_report(
         ("training", "Training", sections.training_section(history_files)),
         ("attention", "Attention", sections.attention_section(attention_pngs)),
         ("robustness", "Missing-modality robustness", sections.robustness_section(missing_rate_tsv)),
+        ("modalities", "Modality ablation", sections.modality_section(modality_ablation_tsv)),
         ("exclusions", "Exclusions", sections.exclusions_section(exclusions_tsv)),
         (
             "input-notes",

@@ -22,6 +22,7 @@ __all__ = [
     "attention_section",
     "exclusions_section",
     "input_notes_section",
+    "modality_section",
     "preparation_section",
     "robustness_section",
     "task_section",
@@ -246,6 +247,38 @@ def robustness_section(missing_rate_tsv: Path | None) -> str:
             _table(header, rows, numeric=range(1, len(header))),
         ]
     )
+
+
+def modality_section(ablation_tsv: Path | None) -> str:
+    """Metric drop with one modality permuted at test time (``metrics/modality_ablation.tsv``), per task."""
+    if ablation_tsv is None or not Path(ablation_tsv).exists():
+        return _note(
+            "The modality ablation appears when a trained model reads two or more modalities and "
+            "evaluation.ablation_repeats is above 0: each such model is then scored with one "
+            "modality permuted across the test patients, in metrics/modality_ablation.tsv."
+        )
+    table = figures.read_modality_ablation(Path(ablation_tsv))
+    if table.empty:
+        return _note("No trained model reads two or more modalities: nothing to ablate.")
+    blocks = [
+        _note(
+            "Test metric of each multi-modal model with one modality's inputs permuted across the "
+            "test patients of each fold (mean over folds and permutations), and the drop from the "
+            "unpermuted metric with a 95 % bootstrap interval. A drop near 0: the model does not "
+            "use that modality."
+        )
+    ]
+    for task in sorted(table["task"].unique()):
+        rows = table[table["task"] == task]
+        blocks.append(f"<h3>{_esc(task)}</h3>")
+        blocks.append(_figure(figures.modality_ablation_figure(rows), f"modality ablation, {task}", "modality-ablation"))
+        body = [
+            [r.model, r.modality, r.metric, _fmt(r.full), _fmt(r.permuted), _fmt(r.drop), f"{_fmt(r.ci_low)} – {_fmt(r.ci_high)}"]
+            for r in rows.itertuples(index=False)
+        ]
+        header = ["Model", "Permuted", "Metric", "Full", "Permuted", "Drop", "95 % CI"]
+        blocks.append(_table(header, body, numeric=range(3, 7)))
+    return "\n".join(blocks)
 
 
 def exclusions_section(exclusions_tsv: Path | None) -> str:
