@@ -101,14 +101,15 @@ def test_reduced_demo_runs_as_slurm_jobs(slurm_env: dict[str, str], tmp_path: Pa
     features = sorted((results / "features" / "efficientnet_lite0").glob("*.h5"))
     assert len(features) == COHORT.n_slides
 
-    # every job but the exclusions check (a local rule) ran through sbatch: the 8 tiling jobs in
-    # one group job, the 8 extractions in two, then per fold one preprocessing and one training
-    # job, and four cohort-level jobs (tables, folds, evaluation, report)
+    # every job but the exclusions check and the modality-ablation table (local rules) ran through
+    # sbatch: the 8 tiling jobs in one group job, the 8 extractions in two, then per fold one
+    # preprocessing, one training and one modality-ablation job (mm_baseline reads slides and
+    # genomics), and four cohort-level jobs (tables, folds, evaluation, report)
     log = proc.stdout + proc.stderr
     submitted = log.count("has been submitted with SLURM jobid")
     gpu_groups = -(-COHORT.n_slides // SLIDES_PER_GPU_JOB)
-    assert submitted == 1 + gpu_groups + 2 * FOLDS + 4
-    assert "localrule exclusions:" in log
+    assert submitted == 1 + gpu_groups + 3 * FOLDS + 4
+    assert "localrule exclusions:" in log and "localrule modality_ablation_table:" in log
     assert log.count("slurm_logs/group_slide_prep_tile/") == 1
     assert log.count("slurm_logs/group_slide_features_extract_features/") == gpu_groups
     for slide in (results / "tiles").glob("*.h5"):
@@ -119,4 +120,4 @@ def test_reduced_demo_runs_as_slurm_jobs(slurm_env: dict[str, str], tmp_path: Pa
     # the extraction groups and the training jobs were allocated a GPU; the other jobs were not
     with_gpu = completed["tres"].str.contains("gres/gpu", regex=False)
     assert with_gpu.sum() == gpu_groups + FOLDS
-    assert (~with_gpu).sum() == 1 + FOLDS + 4
+    assert (~with_gpu).sum() == 1 + 2 * FOLDS + 4
