@@ -111,7 +111,7 @@ GRADE = TaskSpec(tasks=("grade",), n_classes=2)
         ("kronecker", {}),
         ("m2f", {}),
         ("m2f", {"joint": False}),
-        ("ksf", {"n_heads": 2, "offset_groups": 2, "head_dim": 8}),
+        ("ksf", {"n_heads": 2, "offset_groups": 2, "head_dim": 8, "grid": "real"}),
         ("ksf", {"n_heads": 2, "offset_groups": 2, "head_dim": 8, "grid": "pseudo", "pseudo_side": 4}),
         ("bidistill", {}),
         ("mm_impute", {}),
@@ -370,7 +370,7 @@ def test_pseudo_grid_packs_the_tiles_like_the_authors() -> None:
 
 def test_ksf_depends_on_the_layout_not_its_position_or_scale() -> None:
     cohort = _cohort(n_patients=3)
-    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8).eval()
+    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8, grid="real").eval()
     with torch.no_grad():
         base = _run(model, cohort)
         moved = model(
@@ -387,7 +387,7 @@ def test_ksf_depends_on_the_layout_not_its_position_or_scale() -> None:
 
 def test_ksf_outputs_branches_and_consistency() -> None:
     cohort = _cohort(n_patients=5)
-    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8)
+    model = _build("ksf", GRADE, n_heads=2, offset_groups=2, head_dim=8, grid="real")
     outputs = _run(model, cohort)
     assert set(outputs["branches"]) == {"tumour", "microenvironment"}
     assert all(value.shape == (5, 16) for value in outputs["branches"].values())

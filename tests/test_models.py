@@ -417,8 +417,16 @@ def test_invalid_model_options_are_config_errors(name: str, options: dict) -> No
         _build(name, SPEC, **options)
 
 
-def test_ksf_needs_coordinates() -> None:
+def test_ksf_defaults_to_the_authors_pseudo_grid_without_coordinates() -> None:
     model = _build("ksf", SPEC)
+    assert model.options.grid == "pseudo" and model.options.pseudo_side == 50
+    inputs = _inputs()
+    outputs = model(inputs["bags"], inputs["genomics"])
+    assert torch.isfinite(outputs["grade"]).all()
+
+
+def test_ksf_on_the_real_grid_needs_coordinates() -> None:
+    model = _build("ksf", SPEC, grid="real")
     inputs = _inputs()
     with pytest.raises(ValueError, match="coordinates"):
         model(inputs["bags"], inputs["genomics"])

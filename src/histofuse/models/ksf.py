@@ -11,10 +11,11 @@ pooled (linear + tanh) and projected into the branch embedding. The fused heads 
 concatenation ``[tumour, microenvironment]``; each branch also has its own heads
 (``branch_logits``), trained with weight ``branch_loss_weight`` (0 = as the authors: not at all).
 
-Layout of the tiles (``grid``): ``"real"`` (default) places them on the slide's own tile grid
-rebuilt from their coordinates (holes stay empty, only tiles are queries); ``"pseudo"`` packs
-them, in bag order, into the authors' fixed ``pseudo_side x pseudo_side`` square
-(:func:`histofuse.models.tile_grid.pseudo_grid`), where every slot is a query.
+Layout of the tiles (``grid``): ``"pseudo"`` (default, as the authors) packs them, in bag order,
+into a fixed ``pseudo_side x pseudo_side`` square (:func:`histofuse.models.tile_grid.pseudo_grid`),
+where every slot is a query; ``"real"`` places them on the slide's own tile grid rebuilt from their
+coordinates (holes stay empty, only tiles are queries): cheaper on large slides, but not shown to be
+as good (README, "KSF").
 
 Extra outputs:
 
@@ -66,7 +67,7 @@ class KSFOptions:
     """Options of ``ksf`` (``training.model_options.ksf``); defaults are the authors' values.
 
     Attributes:
-        grid: ``"real"`` (the slide's tile grid) or ``"pseudo"`` (the authors' square packing).
+        grid: ``"pseudo"`` (the authors' square packing) or ``"real"`` (the slide's tile grid).
         pseudo_side: side of the pseudo-grid in slots (the authors: 50, i.e. 2500 tiles).
         n_heads, head_dim: attention heads and their width.
         offset_groups: groups of heads that share sampling positions (divides ``n_heads`` and
@@ -76,7 +77,7 @@ class KSFOptions:
         branch_loss_weight: weight of the branch heads' losses (0: branch heads are not trained).
     """
 
-    grid: str = "real"
+    grid: str = "pseudo"
     pseudo_side: int = 50
     n_heads: int = 8
     head_dim: int = 64
