@@ -65,9 +65,13 @@ test-all: $(STAMP)
 test-slurm: $(STAMP)
 	$(BIN)/python -m pytest -m slurm
 
+# Style and types of the package (settings in pyproject.toml), the workflow's formatting, and
+# Snakemake's own checks on the committed test configuration (.test/).
 lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks workflow/scripts
+	$(BIN)/mypy
 	$(BIN)/snakefmt --check workflow/
-	$(BIN)/snakemake --lint --configfile config/config.yaml
+	$(BIN)/snakemake --lint --configfile .test/config/config.yaml
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/tiling_coords.py --quick

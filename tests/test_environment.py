@@ -20,3 +20,24 @@ def test_openslide_library_is_bundled() -> None:
     import openslide
 
     assert openslide.__library_version__
+
+
+def test_every_rule_uses_the_one_environment_file() -> None:
+    """`--sdm conda` builds one environment, installed like `make install`."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    rules = sorted((repo / "workflow" / "rules").glob("*.smk"))
+    envs = set()
+    for path in rules:
+        text = path.read_text()
+        n_rules = len(re.findall(r"^\s*rule \w+:", text, flags=re.M))
+        found = re.findall(r"conda:\s*\n\s*\"([^\"]+)\"", text)
+        assert len(found) == n_rules - text.count("localrule: True"), path.name
+        envs.update((path.parent / env).resolve() for env in found)
+    assert envs == {(repo / "workflow" / "envs" / "histofuse.yaml").resolve()}
+    deploy = (repo / "workflow" / "envs" / "histofuse.post-deploy.sh").read_text()
+    makefile = (repo / "Makefile").read_text()
+    for command in ("--no-deps -r requirements/lock.txt", "--no-deps --no-build-isolation -e ."):
+        assert command in deploy and command in makefile, command

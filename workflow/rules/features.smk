@@ -17,7 +17,7 @@ if FEATURES_SOURCE == "precomputed":
         benchmark:
             f"{RESULTS}/benchmarks/import_features/{{encoder}}/{{slide}}.tsv"
         conda:
-            "../../envs/features.yaml"
+            "../envs/histofuse.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -42,7 +42,7 @@ else:
         benchmark:
             f"{RESULTS}/benchmarks/extract_features/{{encoder}}/{{slide}}.tsv"
         conda:
-            "../../envs/features.yaml"
+            "../envs/histofuse.yaml"
         threads: extract_threads()
         resources:
             mem_mb=8000,
@@ -85,7 +85,7 @@ rule exclusions:
     benchmark:
         f"{RESULTS}/benchmarks/exclusions.tsv"
     conda:
-        "../../envs/features.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -17,7 +17,7 @@ rule missing_rate:
     benchmark:
         f"{RESULTS}/benchmarks/missing_rate/{{model}}/fold{{fold}}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -44,7 +44,7 @@ rule missing_rate_table:
     benchmark:
         f"{RESULTS}/benchmarks/missing_rate_table.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=1000,

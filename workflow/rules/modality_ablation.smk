@@ -19,7 +19,7 @@ rule modality_ablation:
     benchmark:
         f"{RESULTS}/benchmarks/modality_ablation/{{model}}/fold{{fold}}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -53,7 +53,7 @@ rule modality_ablation_table:
     benchmark:
         f"{RESULTS}/benchmarks/modality_ablation_table.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -22,7 +22,7 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -56,7 +56,7 @@ rule attention:
     benchmark:
         f"{RESULTS}/benchmarks/attention/{{slide}}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -119,7 +119,7 @@ rule report:
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
     conda:
-        "../../envs/report.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=2000,

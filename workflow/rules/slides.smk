@@ -26,7 +26,7 @@ rule tile:
     benchmark:
         f"{RESULTS}/benchmarks/tile/{{slide}}.tsv"
     conda:
-        "../../envs/slides.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=2000,

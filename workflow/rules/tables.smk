@@ -18,7 +18,7 @@ rule prepare_tables:
     benchmark:
         f"{RESULTS}/benchmarks/prepare_tables.tsv"
     conda:
-        "../../envs/tables.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -42,7 +42,7 @@ rule make_folds:
     benchmark:
         f"{RESULTS}/benchmarks/make_folds.tsv"
     conda:
-        "../../envs/tables.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -74,7 +74,7 @@ rule preprocess:
     benchmark:
         f"{RESULTS}/benchmarks/preprocess/fold{{fold}}.tsv"
     conda:
-        "../../envs/tables.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=2000,

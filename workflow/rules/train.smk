@@ -22,7 +22,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/fold{{fold}}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../envs/histofuse.yaml"
     threads: 1
     resources:
         mem_mb=8000,
