@@ -195,6 +195,92 @@ def _feature_design(
     return design, {"inputs": list(inputs), "preprocessing": str(preprocessing), "features": list(design.columns)}
 
 
+def _fold_patients(tables_dir: Path, folds_tsv: Path, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fold's rows (sorted by patient) and their rows of ``patients.parquet``, in that order."""
+    rows = read_fold(folds_tsv, fold).sort_values("patient_id", kind="stable").reset_index(drop=True)
+    patients = pd.read_parquet(tables_dir / "patients.parquet")
+    patients = patients.assign(patient_id=patients["patient_id"].astype(str)).set_index("patient_id")
+    unknown = [p for p in rows["patient_id"] if p not in patients.index]
+    if unknown:
+        raise HistofuseError(
+            f"{len(unknown)} patient(s) of fold {fold} are not in patients.parquet (first: {unknown[0]!r}).",
+            path=folds_tsv,
+            fix="rebuild the folds from the current patient table.",
+        )
+    return rows, patients.loc[rows["patient_id"]]
+
+
+def _design(
+    model_name: str,
+    settings: CoxSettings | CoxFeatureSettings,
+    *,
+    tables_dir: Path,
+    patients: pd.DataFrame,
+    is_train: np.ndarray,
+    preprocessing: Path | None,
+    fold: int,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float]]:
+    """The design matrix, its description for the checkpoint and the fitter's options."""
+    if isinstance(settings, CoxFeatureSettings):
+        if preprocessing is None:
+            raise HistofuseError(f"{model_name} needs the fold's preprocessing file.", fix="pass --preprocessing.")
+        design, described = _feature_design(tables_dir, patients, Path(preprocessing), settings.inputs, fold=fold)
+        return design, described, {"penalizer": settings.penalizer, "l1_ratio": settings.l1_ratio}
+    covariates = _covariate_frame(tables_dir, patients, settings.covariates)
+    transform = TableTransform.fit(covariates.loc[is_train])
+    design = pd.DataFrame(transform.transform(covariates), columns=transform.output_columns, index=patients.index)
+    described = {"covariates": list(settings.covariates), "transform": json.dumps(transform.to_dict())}
+    return design, described, {"penalizer": settings.penalizer}
+
+
+def _fit(model_name: str, fold: int, train: pd.DataFrame, fitter_options: dict[str, float]) -> Any:
+    """A lifelines ``CoxPHFitter`` fitted on ``train`` (columns ``_time`` and ``_event`` added)."""
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+
+    fitter = CoxPHFitter(**fitter_options)
+    try:
+        fitter.fit(train, duration_col="_time", event_col="_event")
+    except ConvergenceError as exc:
+        raise HistofuseError(
+            f"{model_name} fold {fold}: the Cox model did not converge ({exc}).",
+            fix="raise training.cox.penalizer or use fewer covariates.",
+        ) from None
+    return fitter
+
+
+def _predictions(
+    model_name: str, fold: int, rows: pd.DataFrame, patients: pd.DataFrame, time: np.ndarray, risk: np.ndarray
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "patient_id": pd.Series(rows["patient_id"].to_numpy(), dtype=str),
+            "fold": np.full(len(rows), fold, dtype=np.int64),
+            "split": pd.Series(rows["split"].to_numpy(), dtype=str),
+            "model": pd.Series([model_name] * len(rows), dtype=str),
+            "grade": pd.array(patients["grade"].to_numpy(), dtype="Int64") if "grade" in patients.columns else pd.NA,
+            "survival_time": time,
+            "event": pd.array(patients["event"].to_numpy(), dtype="Int64"),
+            "risk": risk,
+        }
+    )
+
+
+def _write_history(
+    out_history: Path, fitter: Any, design: pd.DataFrame, rows: pd.DataFrame, time: np.ndarray, event: np.ndarray, n_train: int
+) -> None:
+    """One row: the training and validation negative log partial likelihoods."""
+    is_val = (rows["split"] == "val").to_numpy() & np.isfinite(time) & np.isfinite(event) & (time > 0)
+    val_loss = (
+        -float(fitter.score(design.loc[is_val].assign(_time=time[is_val], _event=event[is_val]), scoring_method="log_likelihood"))
+        if is_val.sum() > 1
+        else float("nan")
+    )
+    history = pd.DataFrame([{"epoch": 1, "train_loss": -float(fitter.log_likelihood_) / n_train, "val_loss": val_loss}])
+    with atomic_path(out_history) as tmp:
+        history.to_csv(tmp, sep="\t", index=False)
+
+
 def train_cox_fold(
     *,
     model_name: str,
@@ -212,48 +298,18 @@ def train_cox_fold(
     :class:`CoxSettings`: covariates from the patients / clinical tables (``cox_clinical``);
     :class:`CoxFeatureSettings`: the fold's preprocessed features (``cox_genomic``, needs ``preprocessing``).
     """
-    from lifelines import CoxPHFitter
-    from lifelines.exceptions import ConvergenceError
-
     tables_dir = Path(tables_dir)
-    rows = read_fold(folds_tsv, fold).sort_values("patient_id", kind="stable").reset_index(drop=True)
-    patients = pd.read_parquet(tables_dir / "patients.parquet")
-    patients = patients.assign(patient_id=patients["patient_id"].astype(str)).set_index("patient_id")
-    unknown = [p for p in rows["patient_id"] if p not in patients.index]
-    if unknown:
-        raise HistofuseError(
-            f"{len(unknown)} patient(s) of fold {fold} are not in patients.parquet (first: {unknown[0]!r}).",
-            path=folds_tsv,
-            fix="rebuild the folds from the current patient table.",
-        )
-    patients = patients.loc[rows["patient_id"]]
+    rows, patients = _fold_patients(tables_dir, folds_tsv, fold)
     is_train = (rows["split"] == "train").to_numpy()
-    if isinstance(settings, CoxFeatureSettings):
-        if preprocessing is None:
-            raise HistofuseError(f"{model_name} needs the fold's preprocessing file.", fix="pass --preprocessing.")
-        design, described = _feature_design(tables_dir, patients, Path(preprocessing), settings.inputs, fold=fold)
-        fitter_options: dict[str, float] = {"penalizer": settings.penalizer, "l1_ratio": settings.l1_ratio}
-    else:
-        covariates = _covariate_frame(tables_dir, patients, settings.covariates)
-        transform = TableTransform.fit(covariates.loc[is_train])
-        design = pd.DataFrame(transform.transform(covariates), columns=transform.output_columns, index=patients.index)
-        described = {"covariates": list(settings.covariates), "transform": json.dumps(transform.to_dict())}
-        fitter_options = {"penalizer": settings.penalizer}
-
+    design, described, fitter_options = _design(
+        model_name, settings, tables_dir=tables_dir, patients=patients, is_train=is_train, preprocessing=preprocessing, fold=fold
+    )
     time = patients["survival_time"].to_numpy(dtype=np.float64, na_value=np.nan)
     event = patients["event"].to_numpy(dtype=np.float64, na_value=np.nan)
     usable = is_train & np.isfinite(time) & np.isfinite(event) & (time > 0)
     if usable.sum() < 2 or event[usable].sum() < 1:
         raise HistofuseError(f"fold {fold}: too few training patients with a survival time and an event for a Cox model.")
-    train = design.loc[usable].assign(_time=time[usable], _event=event[usable])
-    fitter = CoxPHFitter(**fitter_options)
-    try:
-        fitter.fit(train, duration_col="_time", event_col="_event")
-    except ConvergenceError as exc:
-        raise HistofuseError(
-            f"{model_name} fold {fold}: the Cox model did not converge ({exc}).",
-            fix="raise training.cox.penalizer or use fewer covariates.",
-        ) from None
+    fitter = _fit(model_name, fold, design.loc[usable].assign(_time=time[usable], _event=event[usable]), fitter_options)
     risk = np.log(fitter.predict_partial_hazard(design).to_numpy(dtype=np.float64))
     log.info(
         "%s fold %d: fitted on %d patients (%d events); coefficients %s",
@@ -262,18 +318,6 @@ def train_cox_fold(
         int(usable.sum()),
         int(event[usable].sum()),
         {k: round(float(v), 3) for k, v in fitter.params_.items()},
-    )
-    predictions = pd.DataFrame(
-        {
-            "patient_id": pd.Series(rows["patient_id"].to_numpy(), dtype=str),
-            "fold": np.full(len(rows), fold, dtype=np.int64),
-            "split": pd.Series(rows["split"].to_numpy(), dtype=str),
-            "model": pd.Series([model_name] * len(rows), dtype=str),
-            "grade": pd.array(patients["grade"].to_numpy(), dtype="Int64") if "grade" in patients.columns else pd.NA,
-            "survival_time": time,
-            "event": pd.array(patients["event"].to_numpy(), dtype="Int64"),
-            "risk": risk,
-        }
     )
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -287,16 +331,6 @@ def train_cox_fold(
     with atomic_path(out_checkpoint) as tmp:
         torch.save(checkpoint, tmp)
     with atomic_path(out_predictions) as tmp:
-        predictions.to_parquet(tmp, index=False)
+        _predictions(model_name, fold, rows, patients, time, risk).to_parquet(tmp, index=False)
     if out_history is not None:
-        is_val = (rows["split"] == "val").to_numpy() & np.isfinite(time) & np.isfinite(event) & (time > 0)
-        val_loss = (
-            -float(fitter.score(design.loc[is_val].assign(_time=time[is_val], _event=event[is_val]), scoring_method="log_likelihood"))
-            if is_val.sum() > 1
-            else float("nan")
-        )
-        history = pd.DataFrame(
-            [{"epoch": 1, "train_loss": -float(fitter.log_likelihood_) / int(usable.sum()), "val_loss": val_loss}]
-        )
-        with atomic_path(out_history) as tmp:
-            history.to_csv(tmp, sep="\t", index=False)
+        _write_history(Path(out_history), fitter, design, rows, time, event, int(usable.sum()))

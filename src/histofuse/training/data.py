@@ -318,6 +318,113 @@ def _class_target(
     return torch.tensor(values.fillna(-1).to_numpy(dtype=np.int64), dtype=torch.long)
 
 
+def _classification_targets(
+    patients: pd.DataFrame,
+    labels: pd.DataFrame,
+    *,
+    tasks: Sequence[str],
+    tables_dir: Path,
+    binary_label: str,
+) -> tuple[dict[str, list[str]], dict[str, Tensor], dict[str, pd.Series]]:
+    """Class names, targets (-1 = unknown) and raw labels of the classification and binary tasks."""
+    class_names: dict[str, list[str]] = {}
+    targets: dict[str, Tensor] = {}
+    raw: dict[str, pd.Series] = {}
+    for task in CLASSIFICATION_TASKS:
+        classes = read_class_names(tables_dir, task)
+        if classes is None:
+            observed = patients[task].dropna()
+            n_classes = int(observed.max()) + 1 if len(observed) else 0
+            classes = [str(index) for index in range(n_classes)]
+            if task in tasks:
+                logger.warning("labels.json in %s does not describe %s; assuming %d classes", tables_dir, task, n_classes)
+        raw[task] = labels[task].reset_index(drop=True)
+        class_names[task] = classes
+        if task in tasks:
+            targets[task] = _class_target(labels, task, classes, tables_dir)
+    if "binary" in tasks:
+        raw["binary"] = labels[binary_label].reset_index(drop=True)
+        targets["binary"] = torch.tensor(raw["binary"].fillna(-1).to_numpy(dtype=np.float32))
+        class_names["binary"] = read_class_names(tables_dir, binary_label) or ["0", "1"]
+    return class_names, targets, raw
+
+
+@dataclass(frozen=True)
+class _Survival:
+    time: npt.NDArray[np.float64]
+    event: pd.Series
+    bin_edges: npt.NDArray[np.float64] | None
+    bins: npt.NDArray[np.int64]
+    censored: npt.NDArray[np.float64]
+
+
+def _survival_targets(labels: pd.DataFrame, train_rows: np.ndarray, *, tasks: Sequence[str], n_bins: int) -> _Survival:
+    """Survival times, events, the bins fitted on the training part and each patient's bin."""
+    survival_time = labels["survival_time"].to_numpy(dtype=np.float64, na_value=np.nan)
+    event = labels["event"].reset_index(drop=True)
+    event_float = event.to_numpy(dtype=np.float64, na_value=np.nan)
+    known_survival = np.isfinite(survival_time) & np.isfinite(event_float)
+    bin_edges: npt.NDArray[np.float64] | None = None
+    survival_bin = np.full(len(labels), -1, dtype=np.int64)
+    if "survival" in tasks:
+        bin_edges = survival_bins(survival_time[train_rows], event_float[train_rows], n_bins=n_bins)
+        survival_bin = np.where(known_survival, to_bin(survival_time, bin_edges), -1)
+    censored = np.where(known_survival, 1.0 - event_float, 0.0)
+    return _Survival(time=survival_time, event=event, bin_edges=bin_edges, bins=survival_bin, censored=censored)
+
+
+def _checked_preprocessing(
+    preprocessing: FoldPreprocessing | None,
+    *,
+    fold: int,
+    rows: pd.DataFrame,
+    train_ids: tuple[str, ...],
+    tables: tuple[pd.DataFrame, pd.DataFrame],
+    tables_dir: Path,
+    folds_tsv: Path,
+) -> FoldPreprocessing:
+    """``preprocessing``, or one fitted with default settings; refused if fitted on other patients."""
+    genomics_table, clinical_table = tables
+    if preprocessing is None:
+        groups_path = tables_dir / "gene_groups.parquet"
+        preprocessing = fit_fold_preprocessing(
+            fold=fold,
+            fold_rows=rows,
+            genomics=genomics_table,
+            clinical=clinical_table,
+            gene_groups=pd.read_parquet(groups_path) if groups_path.exists() else None,
+            settings=PreprocessSettings(),
+        )
+    if tuple(preprocessing.train_patients) != train_ids:
+        raise HistofuseError(
+            f"the preprocessing of fold {fold} was fitted on other training patients than the fold's.",
+            path=folds_tsv,
+            fix="rerun the preprocessing stage for this fold (the folds changed since).",
+        )
+    return preprocessing
+
+
+def _transformed(table: pd.DataFrame, transform: Any, patient_ids: Sequence[str]) -> Tensor:
+    rows_of = table.assign(patient_id=table["patient_id"].astype(str)).set_index("patient_id")
+    return torch.from_numpy(transform.transform(rows_of.reindex(list(patient_ids))))
+
+
+def _fold_labels(
+    tables_dir: Path, folds_tsv: Path, fold: int, patient_ids: tuple[str, ...], *, tasks: Sequence[str], binary_label: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The patients table and its rows for ``patient_ids`` (an error if one is missing)."""
+    patients = _read_patients(tables_dir, tasks, binary_label)
+    unknown = [patient for patient in patient_ids if patient not in patients.index]
+    if unknown:
+        raise HistofuseError(
+            f"{len(unknown)} patient(s) of fold {fold} are not in patients.parquet (first: {unknown[0]!r}).",
+            path=folds_tsv,
+            column="patient_id",
+            fix="rebuild folds.tsv from the current patient table.",
+        )
+    return patients, patients.loc[list(patient_ids)]
+
+
 def load_fold_data(
     *,
     fold: int,
@@ -341,87 +448,28 @@ def load_fold_data(
     patient_ids = tuple(rows["patient_id"].tolist())
     splits = rows["split"].to_numpy(dtype=str)
     train_rows = splits == "train"
-
-    patients = _read_patients(tables_dir, tasks, binary_label)
-    unknown = [patient for patient in patient_ids if patient not in patients.index]
-    if unknown:
-        raise HistofuseError(
-            f"{len(unknown)} patient(s) of fold {fold} are not in patients.parquet (first: {unknown[0]!r}).",
-            path=folds_tsv,
-            column="patient_id",
-            fix="rebuild folds.tsv from the current patient table.",
-        )
-    labels = patients.loc[list(patient_ids)]
-
-    class_names: dict[str, list[str]] = {}
-    targets: dict[str, Tensor] = {}
-    raw: dict[str, pd.Series] = {}
-    for task in CLASSIFICATION_TASKS:
-        classes = read_class_names(tables_dir, task)
-        if classes is None:
-            observed = patients[task].dropna()
-            n_classes = int(observed.max()) + 1 if len(observed) else 0
-            classes = [str(index) for index in range(n_classes)]
-            if task in tasks:
-                logger.warning("labels.json in %s does not describe %s; assuming %d classes", tables_dir, task, n_classes)
-        raw[task] = labels[task].reset_index(drop=True)
-        class_names[task] = classes
-        if task in tasks:
-            targets[task] = _class_target(labels, task, classes, tables_dir)
-    if "binary" in tasks:
-        raw["binary"] = labels[binary_label].reset_index(drop=True)
-        targets["binary"] = torch.tensor(raw["binary"].fillna(-1).to_numpy(dtype=np.float32))
-        class_names["binary"] = read_class_names(tables_dir, binary_label) or ["0", "1"]
+    patients, labels = _fold_labels(tables_dir, folds_tsv, fold, patient_ids, tasks=tasks, binary_label=binary_label)
+    class_names, targets, raw = _classification_targets(
+        patients, labels, tasks=tasks, tables_dir=tables_dir, binary_label=binary_label
+    )
     for task, target in targets.items():
         if not bool((target[torch.from_numpy(train_rows)] >= 0).any()):
             raise HistofuseError(
                 f"no training patient of fold {fold} has a label for the {task} task.",
                 path=tables_dir / "patients.parquet",
             )
-
-    survival_time = labels["survival_time"].to_numpy(dtype=np.float64, na_value=np.nan)
-    event = labels["event"].reset_index(drop=True)
-    event_float = event.to_numpy(dtype=np.float64, na_value=np.nan)
-    known_survival = np.isfinite(survival_time) & np.isfinite(event_float)
-    bin_edges: npt.NDArray[np.float64] | None = None
-    survival_bin = np.full(len(patient_ids), -1, dtype=np.int64)
-    if "survival" in tasks:
-        bin_edges = survival_bins(survival_time[train_rows], event_float[train_rows], n_bins=n_bins)
-        survival_bin = np.where(known_survival, to_bin(survival_time, bin_edges), -1)
-    censored = np.where(known_survival, 1.0 - event_float, 0.0)
-
+    survival = _survival_targets(labels, train_rows, tasks=tasks, n_bins=n_bins)
     genomics_table = _read_genomics(tables_dir).reset_index()
     clinical_table = _read_table(tables_dir, "clinical")
-    if preprocessing is None:
-        groups_path = tables_dir / "gene_groups.parquet"
-        preprocessing = fit_fold_preprocessing(
-            fold=fold,
-            fold_rows=rows,
-            genomics=genomics_table,
-            clinical=clinical_table,
-            gene_groups=pd.read_parquet(groups_path) if groups_path.exists() else None,
-            settings=PreprocessSettings(),
-        )
     train_ids = tuple(sorted(np.asarray(patient_ids)[train_rows].tolist()))
-    if tuple(preprocessing.train_patients) != train_ids:
-        raise HistofuseError(
-            f"the preprocessing of fold {fold} was fitted on other training patients than the fold's.",
-            path=folds_tsv,
-            fix="rerun the preprocessing stage for this fold (the folds changed since).",
-        )
-
-    def transformed(table: pd.DataFrame, transform: Any) -> Tensor:
-        rows_of = table.assign(patient_id=table["patient_id"].astype(str)).set_index("patient_id")
-        return torch.from_numpy(transform.transform(rows_of.reindex(list(patient_ids))))
-
-    genomics = transformed(genomics_table, preprocessing.genomics)
-    clinical = transformed(clinical_table, preprocessing.clinical)
+    preprocessing = _checked_preprocessing(
+        preprocessing, fold=fold, rows=rows, train_ids=train_ids, tables=(genomics_table, clinical_table),
+        tables_dir=tables_dir, folds_tsv=folds_tsv,
+    )
+    genomics = _transformed(genomics_table, preprocessing.genomics, patient_ids)
+    clinical = _transformed(clinical_table, preprocessing.clinical, patient_ids)
     clinical_present = clinical_presence(clinical_table, patient_ids, preprocessing.clinical.input_columns)
-
-    if use_wsi:
-        bags = open_bag_store(patient_ids, _slides_by_patient(tables_dir), features_dir)
-    else:
-        bags = empty_bag_store(len(patient_ids))
+    bags = open_bag_store(patient_ids, _slides_by_patient(tables_dir), features_dir) if use_wsi else empty_bag_store(len(patient_ids))
     logger.info(
         "fold %d: %s patients, %s, %d genomic and %d clinical features (clinical data for %d of %d patients)",
         fold,
@@ -443,13 +491,13 @@ def load_fold_data(
         targets=targets,
         labels=raw,
         class_names=class_names,
-        survival_bin=torch.from_numpy(survival_bin),
-        censored=torch.from_numpy(censored.astype(np.float32)),
-        survival_time=survival_time,
-        event=event,
+        survival_bin=torch.from_numpy(survival.bins),
+        censored=torch.from_numpy(survival.censored.astype(np.float32)),
+        survival_time=survival.time,
+        event=survival.event,
         n_tiles_dim=bags.n_dim,
         preprocessing=preprocessing,
-        bin_edges=bin_edges,
+        bin_edges=survival.bin_edges,
         binary_label=binary_label,
         tasks=tuple(tasks),
     )
