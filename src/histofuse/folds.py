@@ -93,7 +93,7 @@ def make_folds(patients: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
         )
     labels = _merge_rare(strata(patients, settings.stratify), settings.k)
     splitter = StratifiedKFold(n_splits=settings.k, shuffle=True, random_state=settings.seed)
-    rows = []
+    rows: list[tuple[str, int, str]] = []
     for fold, (train_idx, test_idx) in enumerate(splitter.split(ids, labels)):
         train_labels = _merge_rare(labels[train_idx], 2)
         try:
@@ -147,7 +147,7 @@ def folds_from_cohort_splits(
         )
     known = patients.assign(patient_id=patients["patient_id"].astype(str)).set_index("patient_id")
     label_of = pd.Series(strata(known.reset_index(), settings.stratify), index=known.index)
-    rows = []
+    rows: list[tuple[str, int, str]] = []
     for new_fold, fold in enumerate(available[: settings.k]):
         part = splits[(splits["fold"] == fold) & splits["patient_id"].astype(str).isin(known.index)]
         ids = {name: np.sort(part.loc[part["split"] == name, "patient_id"].astype(str).to_numpy()) for name in ("train", "val", "test")}
@@ -236,7 +236,7 @@ def folds_for_tables(
         folds = folds_from_cohort_splits(splits, patients, settings, path=first)
     else:
         folds = make_folds(patients, settings)
-    check_fold_labels(folds, patients, tasks, path=source or patients_parquet, binary_label=binary_label)
+    check_fold_labels(folds, patients, tasks, path=Path(source or patients_parquet), binary_label=binary_label)
     return folds
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def write_pyramidal_tiff(
     import tifffile
 
     _validate(image, mpp=mpp, levels=levels, tile=tile)
-    options = {
+    options: dict[str, Any] = {
         "tile": (tile, tile),
         "photometric": "rgb",
         "compression": "jpeg",

@@ -91,8 +91,8 @@ def capture_rng(generator: np.random.Generator) -> dict[str, Any]:
 
 
 def _numpy_global_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"kind": kind, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"kind": kind, "keys": np.asarray(keys).tolist(), "pos": pos, "has_gauss": has_gauss, "cached": cached}
 
 
 def restore_rng(saved: dict[str, Any], generator: np.random.Generator) -> None:
