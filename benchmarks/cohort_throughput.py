@@ -82,7 +82,6 @@ def write_cohort(root: Path, n_slides: int, side: int, *, same_slide: bool = Fal
     """Slides, sheets and tables under ``root``; the slides sheet. ``same_slide``: one slide written,
     the others links to it (each still tiled and extracted as a slide of its own)."""
     from extract_throughput import write_synthetic_slide
-
     from histofuse.demo import DemoSpec, make_demo_cohort
 
     slides_dir = root / "slides"
@@ -112,6 +111,10 @@ def write_config(root: Path, name: str, features: dict[str, Any]) -> Path:
         "tables": {"genomics": None, "gene_groups": None, "clinical": None},
         "tiling": {"mpp": 0.5},
         "features": features,
+        # Only extraction runs, but the DAG checks the cohort's folds and labels when it is built:
+        # 2 folds of 2 patients, and a task that every patient has a label for.
+        "folds": {"k": 2},
+        "training": {"tasks": ["grade"]},
     }
     path = root / f"config_{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -223,8 +226,8 @@ def stop_servers(folder: Path, timeout: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 slides of 2,048 px: a smoke run")
-    parser.add_argument("--slides", type=int, default=None, help="default 8 (quick 3)")
+    parser.add_argument("--quick", action="store_true", help="4 slides of 2,048 px: a smoke run")
+    parser.add_argument("--slides", type=int, default=None, help="default 8 (quick 4; at least 4, for the folds the DAG checks)")
     parser.add_argument("--side", type=int, default=None, help="slide side in px (default 8192; quick 2048)")
     parser.add_argument("--encoder", default="tiny", choices=sorted(ENCODERS))
     parser.add_argument("--device", default="cpu", help="cpu | cuda (features.device)")
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     SNAKEMAKE_EXTRA.extend(args.snakemake_args.split())
-    n_slides = args.slides or (3 if args.quick else 8)
+    n_slides = args.slides or (4 if args.quick else 8)
     side = args.side or (2048 if args.quick else 8192)
     group_size = args.group_size or slurm_group_size()
     with tempfile.TemporaryDirectory(prefix="histofuse-cohort-") as scratch:

@@ -38,7 +38,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extract_throughput import git_revision, prepare_slide, slide_dataset, versions  # noqa: E402
-
 from histofuse.features.extract import TileLoader, _rebatch  # noqa: E402
 
 log = logging.getLogger("tile_transport")

@@ -33,11 +33,11 @@ window.addEventListener('load', function () {
     return {alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight};
   });
   var out = document.createElement('pre');
-  out.id = '%s';
+  out.id = '__PROBE_ID__';
   out.textContent = JSON.stringify({images: images, errors: window.__errors});
   document.body.appendChild(out);
 });
-</script>""" % PROBE_ID
+</script>""".replace("__PROBE_ID__", PROBE_ID)
 
 
 @dataclass(frozen=True)

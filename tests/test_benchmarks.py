@@ -96,11 +96,11 @@ def test_tile_resize_quick_prints_json_figures() -> None:
 
 @pytest.mark.slow
 def test_cohort_throughput_quick_prints_json_figures() -> None:
-    """Three small slides through the DAG (served, grouped by two) and the in-process loop (minutes)."""
+    """Four small slides through the DAG (served, grouped by two) and the in-process loop (minutes)."""
     lines, figures = _figures(
         "cohort_throughput.py", "--quick", "--modes", "served", "grouped", "--group-size", "2", timeout=1200
     )
-    assert all(line["benchmark"] == "cohort_throughput" and line["slides"] == 3 for line in lines)
+    assert all(line["benchmark"] == "cohort_throughput" and line["slides"] == 4 for line in lines)
     for mode in ("served", "grouped"):
         assert figures[f"dag_{mode}_tiles_per_s"]["value"] > 0
         assert figures[f"dag_{mode}_over_loop"]["unit"] == "ratio"

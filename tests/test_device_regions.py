@@ -17,6 +17,7 @@ import pytest
 import tifffile
 import torch
 
+from conftest import REPO, shared_file
 from histofuse.errors import ConfigError, SlideError
 from histofuse.features.device_regions import DeviceTileChunks, device_batches
 from histofuse.features.encoders import Encoder
@@ -26,8 +27,6 @@ from histofuse.slides.jpeg_tiles import ADOBE_RGB, JpegTileReader, complete_stre
 from histofuse.slides.pyramid import write_pyramidal_tiff
 from histofuse.slides.reader import open_slide
 from histofuse.slides.tiff_regions import check_region_decoder
-
-from conftest import REPO, shared_file
 
 CMU = ("data", "slides", "cmu_small_region.svs")
 TOLERANCE = 2

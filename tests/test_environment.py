@@ -4,11 +4,10 @@ from __future__ import annotations
 
 
 def test_tiatoolbox_masker_and_timm_import() -> None:
-    from tiatoolbox.tools.tissuemask import OtsuTissueMasker
-
     import timm
     import torch
     import torchvision
+    from tiatoolbox.tools.tissuemask import OtsuTissueMasker
 
     assert OtsuTissueMasker is not None
     model = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()

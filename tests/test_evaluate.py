@@ -9,8 +9,8 @@ import pytest
 from lifelines.utils import concordance_index
 from scipy import stats
 from sklearn.metrics import accuracy_score, roc_auc_score
-from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
 from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
 from sksurv.util import Surv
 
 from histofuse.errors import HistofuseError

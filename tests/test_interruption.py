@@ -24,12 +24,11 @@ import pytest
 import torch
 import yaml
 
+from conftest import shared_file
 from histofuse.demo import DemoSpec, make_demo_cohort
 from histofuse.exclusions import read_exclusions
 from histofuse.slides.pyramid import write_pyramidal_tiff
 from histofuse.slides.reader import open_slide
-
-from conftest import shared_file
 from workflow_support import BIN, REPO, demo_config, slides_run, snakemake, write_config
 
 HISTOFUSE = str(BIN / "histofuse")

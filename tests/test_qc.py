@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import shared_file
 from histofuse.cli import main
 from histofuse.slides.mask import MaskSettings, mask_slide, read_mask_png
 from histofuse.slides.qc import draw_tile_grid, write_tile_qc
 from histofuse.slides.reader import open_slide
 from histofuse.slides.tiling import TilingSettings, compute_tile_grid, read_tiles_h5
-
-from conftest import shared_file
 
 
 def _grey(h: int, w: int) -> np.ndarray:

@@ -5,7 +5,6 @@ problems under ``on_error: skip`` become recorded exclusions that later stages r
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import shared_file
 from histofuse import cli
 from histofuse.config import check_plain_data, read_sheet, validate_config, validate_sheet
 from histofuse.errors import ConfigError, HistofuseError, SlideError
@@ -28,8 +28,6 @@ from histofuse.slides.pyramid import write_pyramidal_tiff
 from histofuse.slides.reader import open_slide
 from histofuse.slides.tiling import TilingSettings
 from histofuse.tables import TableInputs, prepare_tables
-
-from conftest import shared_file
 from workflow_support import REPO, snakemake
 
 SCHEMAS = REPO / "workflow" / "schemas"

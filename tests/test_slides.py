@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import shared_file
 from histofuse.errors import ConfigError, SlideError
 from histofuse.slides.mask import (
     MaskSettings,
@@ -26,8 +27,6 @@ from histofuse.slides.tiling import (
     tissue_fractions,
     write_tiles_h5,
 )
-
-from conftest import shared_file
 
 
 def _info(width: int = 4096, height: int = 2048, mpp: float = 0.25) -> SlideInfo:
@@ -130,8 +129,8 @@ def test_tissue_fractions_match_brute_force() -> None:
     scale = (0.1, 0.1)  # 10 level-0 px per mask px
     got = tissue_fractions(mask, x0, y0, 40, scale)
     for i in range(4):
-        l, t = x0[i] // 10, y0[i] // 10
-        assert got[i] == pytest.approx(mask[t : t + 4, l : l + 4].mean())
+        left, top = x0[i] // 10, y0[i] // 10
+        assert got[i] == pytest.approx(mask[top : top + 4, left : left + 4].mean())
 
 
 def test_tile_grid_follows_the_mask_and_geometry() -> None:

@@ -26,7 +26,7 @@ def _copies() -> IndependentTaskModels:
 def _mark(model: IndependentTaskModels, epoch: int) -> None:
     """Stand-in for an epoch of training: every weight becomes the epoch number."""
     with torch.no_grad():
-        for task, copy in model.models.items():
+        for copy in model.models.values():
             for parameter in copy.parameters():
                 if parameter.requires_grad:  # a stopped copy is not trained any more
                     parameter.fill_(float(epoch))

@@ -7,14 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import shared_file
 from histofuse.errors import SlideError
 from histofuse.features.extract import ExtractSettings, _tiff_reads
 from histofuse.features.regions import ReadJob
 from histofuse.slides.pyramid import write_pyramidal_tiff
 from histofuse.slides.reader import open_slide
 from histofuse.slides.tiff_regions import TiffRegionDecoder
-
-from conftest import shared_file
 
 CMU = ("data", "slides", "cmu_small_region.svs")
 TCGA = ("data", "slides", "tcga-cr-7395-01a-01-ts1.svs")

@@ -7,13 +7,12 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
+from conftest import shared_file
 from histofuse.errors import ConfigError
 from histofuse.slides.filters import PEN_COLOURS, pen_mark_pixels, remove_small_regions
 from histofuse.slides.mask import MaskSettings, compute_tissue_mask
 from histofuse.slides.reader import SlideInfo
 from histofuse.slides.tiling import TilingSettings, compute_tile_grid
-
-from conftest import shared_file
 
 TILE_MPP = 1.0  # the PNG tiles are treated as a slide scanned at 1 µm/px
 
@@ -102,7 +101,7 @@ def test_pen_filter_spares_stained_tissue(name: str) -> None:
 def test_each_ink_colour_is_found_on_a_drawn_image() -> None:
     tissue = _tile("tissue-level0-4302-10273-4814-10785.png")[:120, :160].copy()
     inks = {"blue": (40, 70, 190), "green": (40, 150, 70), "black": (25, 25, 30), "red": (200, 25, 30)}
-    for i, (colour, rgb) in enumerate(inks.items()):
+    for i, rgb in enumerate(inks.values()):
         tissue[10 + 25 * i : 25 + 25 * i, 20:140] = rgb  # a 15-px stroke per colour
     for i, colour in enumerate(inks):
         stroke = np.zeros(tissue.shape[:2], dtype=bool)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from histofuse.demo import DemoSpec
-from workflow_support import jobs_run, make_cohort, snakemake, write_config
 from workflow_support import demo_config as make_config
+from workflow_support import jobs_run, make_cohort, snakemake, write_config
 
 MODELS = ["mm_baseline", "abmil"]
 

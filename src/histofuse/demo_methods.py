@@ -41,14 +41,14 @@ from PIL import Image
 from scipy import ndimage
 
 from histofuse.demo import (
+    _CENSOR_MONTHS,
     _COARSE,
     _GENE_BASE,
     _MEDIAN_AT_ETA,
     _MEDIAN_MONTHS,
     _MID,
-    _WEIBULL_SHAPE,
-    _CENSOR_MONTHS,
     _RADII,
+    _WEIBULL_SHAPE,
     GENE_GROUPS,
     DemoSpec,
     _add_grain,

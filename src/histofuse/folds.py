@@ -9,9 +9,8 @@ cohort may give (a folds table or id lists per split, :func:`histofuse.cohorts.s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -30,8 +30,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 from sksurv.linear_model import CoxPHSurvivalAnalysis
-from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
+from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
 __all__ = [

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -141,7 +142,9 @@ def read_ablation_fold(path: Path) -> tuple[str, dict[str, TaskFold]]:
     folds = {}
     for task, (metric, labelled, columns, event) in _task_arrays(full).items():
 
-        def values(part: pd.DataFrame) -> NDArray[np.float64]:
+        def values(
+            part: pd.DataFrame, labelled: Any = labelled, columns: list[str] = columns, metric: str = metric
+        ) -> NDArray[np.float64]:
             array = part.loc[labelled, columns].to_numpy(dtype=np.float64)
             return array[:, 0] if metric == "cindex" else array
 

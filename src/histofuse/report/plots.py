@@ -28,8 +28,8 @@ from histofuse.errors import HistofuseError
 from histofuse.evaluate import (
     grade_probability_columns,
     has_grade_task,
-    probability_columns,
     has_survival_task,
+    probability_columns,
     read_predictions,
 )
 from histofuse.io import atomic_path
