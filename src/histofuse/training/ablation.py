@@ -17,8 +17,7 @@ from histofuse.errors import HistofuseError
 from histofuse.io import atomic_path
 from histofuse.modality_ablation import FULL, MODALITIES
 from histofuse.models.registry import TaskSpec
-from histofuse.preprocess import FoldPreprocessing
-from histofuse.training.data import FoldData, load_fold_data
+from histofuse.training.data import FoldData, load_fold_for
 from histofuse.training.settings import TrainSettings
 from histofuse.training.trainer import infer, load_trained_model, prediction_table
 
@@ -102,16 +101,14 @@ def ablation_fold(
         raise HistofuseError(f"checkpoint is of fold {content['fold']}, not fold {fold}.", path=checkpoint)
     settings = TrainSettings.from_mapping({**content["settings"], "device": "cpu", "resume": False})
     spec = TaskSpec.from_dict(content["task_spec"])
-    data = load_fold_data(
+    data = load_fold_for(
+        settings,
         fold=fold,
-        features_dir=Path(features_dir),
-        tables_dir=Path(tables_dir),
-        folds_tsv=Path(folds_tsv),
-        tasks=settings.tasks,
-        n_bins=settings.n_bins,
-        preprocessing=FoldPreprocessing.read(preprocessing),
+        features_dir=features_dir,
+        tables_dir=tables_dir,
+        folds_tsv=folds_tsv,
+        preprocessing=preprocessing,
         use_wsi=use_wsi,
-        binary_label=settings.binary_label,
     )
     test = data.indices("test")
     device = torch.device("cpu")

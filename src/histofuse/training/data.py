@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,9 @@ from histofuse.losses import survival_bins, to_bin
 from histofuse.models.registry import CLASSIFICATION_TASKS
 from histofuse.preprocess import FoldPreprocessing, PreprocessSettings, fit_fold_preprocessing
 from histofuse.training.bags import BagStore, empty_bag_store, open_bag_store
+
+if TYPE_CHECKING:
+    from histofuse.training.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -500,6 +503,31 @@ def load_fold_data(
         bin_edges=survival.bin_edges,
         binary_label=binary_label,
         tasks=tuple(tasks),
+    )
+
+
+def load_fold_for(
+    settings: TrainSettings,
+    *,
+    fold: int,
+    features_dir: Path,
+    tables_dir: Path,
+    folds_tsv: Path,
+    preprocessing: Path | None,
+    use_wsi: bool,
+) -> FoldData:
+    """:func:`load_fold_data` with the tasks, bins and binary label of a model's training settings
+    and the fold's preprocessing read from its JSON file (None: fitted on the fold's train split)."""
+    return load_fold_data(
+        fold=fold,
+        features_dir=Path(features_dir),
+        tables_dir=Path(tables_dir),
+        folds_tsv=Path(folds_tsv),
+        tasks=settings.tasks,
+        n_bins=settings.n_bins,
+        preprocessing=None if preprocessing is None else FoldPreprocessing.read(preprocessing),
+        use_wsi=use_wsi,
+        binary_label=settings.binary_label,
     )
 
 

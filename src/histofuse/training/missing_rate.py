@@ -31,8 +31,7 @@ import torch
 
 from histofuse.errors import ConfigError, HistofuseError
 from histofuse.io import atomic_path
-from histofuse.preprocess import FoldPreprocessing
-from histofuse.training.data import imputed_clinical_row, load_fold_data
+from histofuse.training.data import imputed_clinical_row, load_fold_for
 from histofuse.training.settings import TrainSettings
 from histofuse.training.trainer import infer, load_trained_model, task_auc
 
@@ -79,16 +78,14 @@ def missing_rate_fold(
         )
     if int(content["fold"]) != fold:
         raise HistofuseError(f"checkpoint is of fold {content['fold']}, not fold {fold}.", path=checkpoint)
-    data = load_fold_data(
+    data = load_fold_for(
+        settings,
         fold=fold,
-        features_dir=Path(features_dir),
-        tables_dir=Path(tables_dir),
-        folds_tsv=Path(folds_tsv),
-        tasks=settings.tasks,
-        n_bins=settings.n_bins,
-        preprocessing=FoldPreprocessing.read(preprocessing),
+        features_dir=features_dir,
+        tables_dir=tables_dir,
+        folds_tsv=folds_tsv,
+        preprocessing=preprocessing,
         use_wsi=use_wsi,
-        binary_label=settings.binary_label,
     )
     test = data.indices("test")
     labelled = data.mask(task)[torch.from_numpy(test)].numpy()

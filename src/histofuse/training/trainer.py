@@ -57,9 +57,8 @@ from histofuse.left_out import write_predictions
 from histofuse.losses import risk_from_logits
 from histofuse.models.gradient_coordination import coordinate_rows
 from histofuse.models.registry import CLASSIFICATION_TASKS, SLIDES_ONLY_MODELS, TaskSpec, build_model
-from histofuse.preprocess import FoldPreprocessing
 from histofuse.training.bags import Bag
-from histofuse.training.data import FoldData, load_fold_data
+from histofuse.training.data import FoldData, load_fold_for
 from histofuse.training.objective import Objective
 from histofuse.training.selection import finish_task_copies, freeze_stopped, select_task_copies, task_copies
 from histofuse.training.settings import TrainSettings, check_min_batch
@@ -655,16 +654,14 @@ def train_fold(
     device = settings.resolve_device()
     description = f"{model_name} fold {fold}"
     with _reproducible(settings.seed):
-        data = load_fold_data(
+        data = load_fold_for(
+            settings,
             fold=fold,
-            features_dir=Path(features_dir),
-            tables_dir=Path(tables_dir),
-            folds_tsv=Path(folds_tsv),
-            tasks=settings.tasks,
-            n_bins=settings.n_bins,
-            preprocessing=None if preprocessing is None else FoldPreprocessing.read(preprocessing),
+            features_dir=features_dir,
+            tables_dir=tables_dir,
+            folds_tsv=folds_tsv,
+            preprocessing=preprocessing,
             use_wsi=use_wsi,
-            binary_label=settings.binary_label,
         )
         task_spec = _task_spec(data, settings)
         torch.manual_seed(settings.seed)
