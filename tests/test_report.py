@@ -8,16 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import jinja2
 import numpy as np
 import pandas as pd
-import browser
 import pytest
 from PIL import Image
 
+import browser
 import histofuse
-from histofuse.evaluate import EvaluationSettings, run_evaluate
 from histofuse.errors import HistofuseError
-from histofuse.report import attention, build_report, figures, html as report_html, plots
+from histofuse.evaluate import EvaluationSettings, run_evaluate
+from histofuse.report import attention, build_report, figures, plots
+from histofuse.report import html as report_html
+from histofuse.report.markup import TEMPLATES, Fragment, MetricCell, Table, picture
 
 CLASSES = ["2", "3", "4"]
 N_PATIENTS = 30
@@ -341,7 +344,7 @@ def test_optional_sections_show_their_inputs(tmp_path: Path, report_inputs: dict
     assert re.search(r'<img class="plot missing-rate" src="data:image/png;base64,', text)
     assert re.search(r'<img class="plot attention" src="data:image/png;base64,', text)
     # The curve's table: mean ± sd over folds per model and rate.
-    for model, slope in (("bidistill", 0.1), ("mm_baseline", 0.4)):
+    for _model, slope in (("bidistill", 0.1), ("mm_baseline", 0.4)):
         for rate in rates:
             values = [0.9 - slope * rate + 0.01 * fold for fold in range(N_FOLDS)]
             assert f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" in text
@@ -434,3 +437,30 @@ def test_roc_of_a_binary_task_from_binary_prob(tmp_path: Path) -> None:
     (ax,) = [ax for ax in figure.axes if ax.lines]
     curves = [line for line in ax.lines if line.get_label().startswith("binary positive")]
     assert len(curves) == 1 and "AUC" in curves[0].get_label()  # the positive class only
+
+
+def test_templates_escape_every_value() -> None:
+    hostile = '<em class="x">it\'s & more</em>'
+    escaped = "&lt;em class=&#34;x&#34;&gt;it&#39;s &amp; more&lt;/em&gt;"
+    table = Table.of([hostile, "n"], [[hostile, MetricCell(text=hostile, count=hostile, interval=hostile)]], numeric=(1,))
+    html = Fragment("exclusions.html.j2", {"facts": [(hostile, hostile)], "table": table}).render()
+    assert "<em" not in html and html.count(escaped) == 7
+    assert '<th class="num">n</th>' in html and '<td class="num">' in html
+    assert f'<span class="n">{escaped}</span><br><span class="ci">{escaped}</span>' in html
+    image = picture(b"\x89PNG", hostile, css_class=hostile)
+    html = Fragment("training.html.j2", {"curves": image}).render()
+    assert f'<img class="{escaped}" src="data:image/png;base64,iVBORw==" alt="{escaped}">' in html
+
+
+def test_templates_compile_and_mark_nothing_safe() -> None:
+    names = TEMPLATES.list_templates(extensions=["j2"])
+    assert "report.html.j2" in names and "macros.html.j2" in names
+    for name in names:
+        TEMPLATES.get_template(name)
+    report = Path(report_html.__file__).parent
+    sources = [path.read_text(encoding="utf-8") for path in sorted(report.glob("templates/*"))]
+    sources += [path.read_text(encoding="utf-8") for path in sorted(report.glob("*.py"))]
+    for text in sources:
+        assert not re.search(r"\|\s*safe\b|Markup\(|autoescape\s+false", text)
+    with pytest.raises(jinja2.UndefinedError):  # a missing value is an error, not an empty string
+        Fragment("training.html.j2", {}).render()

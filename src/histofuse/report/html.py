@@ -1,18 +1,17 @@
 """The self-contained HTML report: cohort, slide QC, features, results, plots and provenance.
 
 Everything the page shows is inside the one file: images are base64 PNG data URIs, the style sheet
-is inline, and there is no script. All text taken from inputs is escaped with :func:`html.escape`.
+is inline, and there is no script. This module reads the inputs and prepares what each section
+shows; the markup is in the Jinja2 templates of :mod:`histofuse.report.markup`, which escape all
+text taken from inputs.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
 import importlib.metadata
 import io
 import logging
-import math
 import platform
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,7 +38,17 @@ from histofuse.evaluate import (
 from histofuse.io import write_text_atomic
 from histofuse.notes import NOTES_FILE, read_notes
 from histofuse.report import figures, plots, sections
-from histofuse.report.markup import _esc, _facts, _fmt, _fmt_count, _img, _section, _table
+from histofuse.report.markup import (
+    Fragment,
+    Section,
+    Table,
+    fmt_count,
+    fmt_number,
+    note,
+    picture,
+    plot,
+    render_page,
+)
 
 __all__ = ["build_report"]
 
@@ -60,40 +69,6 @@ PROVENANCE_PACKAGES = (
     "h5py",
     "matplotlib",
 )
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
-       max-width: 1180px; margin: 0 auto; padding: 1.5rem 2rem 4rem; line-height: 1.45; }
-header { border-bottom: 2px solid #2c5d8a; margin-bottom: 1rem; }
-h1 { margin: 0 0 .3rem; color: #2c5d8a; }
-h2 { margin-top: 2.4rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
-h3 { margin-top: 1.4rem; }
-nav a { margin-right: 1rem; color: #2c5d8a; text-decoration: none; }
-.meta { color: #666; font-size: .92rem; }
-.note { color: #666; font-size: .9rem; }
-table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .9rem; }
-th, td { border-bottom: 1px solid #e2e2e2; padding: .3rem .7rem; text-align: left;
-         vertical-align: top; }
-th { background: #f3f6f9; font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td .n { color: #888; font-size: .8rem; margin-left: .3rem; }
-td .ci { color: #666; font-size: .78rem; }
-.wide { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: .8rem; }
-.wide figure { margin: 0; } .wide img { width: 100%; height: auto; }
-dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2rem 1.2rem; }
-dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
-.thumbs { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr));
-          gap: .8rem; }
-.thumbs figure { margin: 0; border: 1px solid #e2e2e2; border-radius: 4px; padding: .3rem;
-                 background: #fafafa; }
-.thumbs img { width: 100%; height: auto; display: block; }
-.thumbs figcaption { font-size: .8rem; word-break: break-all; margin-top: .2rem; }
-.plot { max-width: 100%; height: auto; }
-details summary { cursor: pointer; color: #2c5d8a; margin: .4rem 0; }
-pre { background: #f6f8fa; border: 1px solid #e2e2e2; padding: .8rem; overflow-x: auto;
-      font-size: .82rem; }
-code { font-size: .85rem; }
-"""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -158,7 +133,61 @@ def _median_followup(time: pd.Series, event: pd.Series) -> float:
     return float(fitter.median_survival_time_)
 
 
-def _cohort_section(*, tables_dir: Path, folds_tsv: Path, classes: Sequence[str]) -> str:
+def _cohort_facts(patients: pd.DataFrame, slides: pd.DataFrame) -> list[tuple[str, str]]:
+    facts = [
+        ("Patients", fmt_count(len(patients))),
+        ("Slides", fmt_count(len(slides))),
+        ("Patients with a slide", fmt_count(slides["patient_id"].astype(str).nunique())),
+    ]
+    if "event" in patients and "survival_time" in patients:
+        event = pd.to_numeric(patients["event"], errors="coerce")
+        time = pd.to_numeric(patients["survival_time"], errors="coerce")
+        known = event.notna() & time.notna()
+        facts += [
+            ("Events (deaths)", fmt_count(int((event[known] == 1).sum()))),
+            ("Censored", fmt_count(int((event[known] == 0).sum()))),
+            ("Survival missing", fmt_count(int((~known).sum()))),
+            (
+                "Median follow-up (reverse Kaplan–Meier)",
+                f"{fmt_number(_median_followup(time[known], event[known]), 1)} months",
+            ),
+            ("Median observed time", f"{fmt_number(float(time[known].median()), 1)} months"),
+        ]
+    return facts
+
+
+def _grade_table(patients: pd.DataFrame, classes: Sequence[str]) -> Table:
+    counts = patients["grade_label"].value_counts()
+    rows = [
+        [label, fmt_count(int(counts[label])), f"{100 * counts[label] / len(patients):.1f}%"]
+        for label in _ordered_labels(counts.index, classes)
+    ]
+    return Table.of(["Grade", "Patients", "Share"], rows, numeric=(1, 2))
+
+
+def _fold_table(folds: pd.DataFrame, patients: pd.DataFrame, classes: Sequence[str]) -> tuple[Table, str]:
+    """Patients per fold and split, and per grade (counts of the splits joined by `` / ``); the split names."""
+    merged = folds.merge(patients[["patient_id", "grade_label"]], on="patient_id", how="left")
+    merged["grade_label"] = merged["grade_label"].fillna("missing")
+    splits = ["train", "val", "test"]
+    splits += sorted(set(merged["split"]) - set(splits))
+    fold_labels = _ordered_labels(merged["grade_label"], classes)
+    size = merged.groupby(["fold", "split"]).size()
+    by_grade = merged.groupby(["fold", "grade_label", "split"]).size()
+    rows = []
+    for fold in sorted(merged["fold"].unique()):
+        row = [str(fold)] + [fmt_count(int(size.get((fold, split), 0))) for split in splits]
+        row += [
+            " / ".join(str(int(by_grade.get((fold, label, split), 0))) for split in splits)
+            for label in fold_labels
+        ]
+        rows.append(row)
+    split_names = " / ".join(splits)
+    header = ["Fold", *splits, *(f"grade {label} ({split_names})" for label in fold_labels)]
+    return Table.of(header, rows, numeric=range(1, len(header))), split_names
+
+
+def _cohort_fragment(*, tables_dir: Path, folds_tsv: Path, classes: Sequence[str]) -> Fragment:
     patients_path = tables_dir / "patients.parquet"
     slides_path = tables_dir / "slides.parquet"
     patients = _read_table(patients_path, "patient table")
@@ -171,73 +200,18 @@ def _cohort_section(*, tables_dir: Path, folds_tsv: Path, classes: Sequence[str]
     patients = patients.assign(patient_id=patients["patient_id"].astype(str))
     grade = patients["grade"] if "grade" in patients else pd.Series(pd.NA, index=patients.index)
     patients = patients.assign(grade_label=[_grade_label(value, classes) for value in grade])
-
-    facts = [
-        ("Patients", _fmt_count(len(patients))),
-        ("Slides", _fmt_count(len(slides))),
-        ("Patients with a slide", _fmt_count(slides["patient_id"].astype(str).nunique())),
-    ]
-    if "event" in patients and "survival_time" in patients:
-        event = pd.to_numeric(patients["event"], errors="coerce")
-        time = pd.to_numeric(patients["survival_time"], errors="coerce")
-        known = event.notna() & time.notna()
-        facts += [
-            ("Events (deaths)", _fmt_count(int((event[known] == 1).sum()))),
-            ("Censored", _fmt_count(int((event[known] == 0).sum()))),
-            ("Survival missing", _fmt_count(int((~known).sum()))),
-            (
-                "Median follow-up (reverse Kaplan–Meier)",
-                f"{_fmt(_median_followup(time[known], event[known]), 1)} months",
-            ),
-            ("Median observed time", f"{_fmt(float(time[known].median()), 1)} months"),
-        ]
-    counts = patients["grade_label"].value_counts()
-    grade_labels = _ordered_labels(counts.index, classes)
-    grade_rows = [
-        [label, _fmt_count(int(counts[label])), f"{100 * counts[label] / len(patients):.1f}%"]
-        for label in grade_labels
-    ]
-
-    folds = folds.assign(
-        patient_id=folds["patient_id"].astype(str), split=folds["split"].astype(str)
-    )
-    merged = folds.merge(patients[["patient_id", "grade_label"]], on="patient_id", how="left")
-    merged["grade_label"] = merged["grade_label"].fillna("missing")
-    splits = ["train", "val", "test"]
-    splits += sorted(set(merged["split"]) - set(splits))
-    fold_labels = _ordered_labels(merged["grade_label"], classes)
-    size = merged.groupby(["fold", "split"]).size()
-    by_grade = merged.groupby(["fold", "grade_label", "split"]).size()
-    fold_rows = []
-    for fold in sorted(merged["fold"].unique()):
-        row = [str(fold)] + [_fmt_count(int(size.get((fold, split), 0))) for split in splits]
-        row += [
-            " / ".join(str(int(by_grade.get((fold, label, split), 0))) for split in splits)
-            for label in fold_labels
-        ]
-        fold_rows.append(row)
-    split_names = " / ".join(splits)
-    fold_header = ["Fold", *splits, *(f"grade {label} ({split_names})" for label in fold_labels)]
-
-    return "\n".join(
-        [
-            _facts(facts),
-            "<h3>Grade distribution</h3>",
-            _table(["Grade", "Patients", "Share"], grade_rows, numeric=(1, 2)),
-            "<h3>Cross-validation folds</h3>",
-            _table(fold_header, fold_rows, numeric=range(1, len(fold_header))),
-            '<p class="note">Grade columns give patient counts per split in the order '
-            f"{_esc(split_names)}.</p>",
-            _img(
-                plots.fig_to_png_bytes(
-                    figures.fold_composition_figure(
-                        folds, patients.set_index("patient_id")["grade_label"]
-                    )
-                ),
-                "Fold composition",
-                css_class="plot composition",
-            ),
-        ]
+    folds = folds.assign(patient_id=folds["patient_id"].astype(str), split=folds["split"].astype(str))
+    fold_table, split_names = _fold_table(folds, patients, classes)
+    composition = figures.fold_composition_figure(folds, patients.set_index("patient_id")["grade_label"])
+    return Fragment(
+        "cohort.html.j2",
+        {
+            "facts": _cohort_facts(patients, slides),
+            "grades": _grade_table(patients, classes),
+            "folds": fold_table,
+            "split_names": split_names,
+            "composition": plot(composition, "Fold composition", "composition"),
+        },
     )
 
 
@@ -306,11 +280,11 @@ def read_feature_info(path: Path) -> FeatureInfo:
 def _thumbnail_png(path: Path) -> bytes | None:
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG", optimize=True)
-            return buffer.getvalue()
+            rgb = image.convert("RGB")
+        rgb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="PNG", optimize=True)
+        return buffer.getvalue()
     except (OSError, ValueError) as exc:
         log.warning("%s: cannot read QC image (%s)", path, exc)
         return None
@@ -321,78 +295,66 @@ def _distinct(values: Iterable[str | None]) -> str:
     return ", ".join(found) if found else "unknown"
 
 
-def _qc_section(qc_pngs: Sequence[Path], tiles: Mapping[str, TileInfo]) -> str:
+def _thumbnail(path: Path, info: TileInfo | None) -> dict[str, Any]:
+    """One slide's QC thumbnail (``picture`` is ``None`` when the image is unreadable) and tile count."""
+    tiles = f"{fmt_count(info.n_tiles)} tiles" if info and info.n_tiles is not None else "tiles: n/a"
+    png = _thumbnail_png(path)
+    image = picture(png, f"QC of {path.stem}") if png else None
+    return {"slide_id": path.stem, "tiles": tiles, "picture": image}
+
+
+def _qc_fragment(qc_pngs: Sequence[Path], tiles: Mapping[str, TileInfo]) -> Fragment:
     ordered = sorted((Path(path) for path in qc_pngs), key=lambda path: path.stem)
     counts = [info.n_tiles for info in tiles.values() if info.n_tiles is not None]
     facts = [
-        ("Slides with QC images", _fmt_count(len(ordered))),
-        ("Slides with tiles", _fmt_count(len(counts))),
-        ("Tiles in total", _fmt_count(sum(counts))),
-        ("Tiles per slide (median)", _fmt_count(int(np.median(counts))) if counts else "n/a"),
+        ("Slides with QC images", fmt_count(len(ordered))),
+        ("Slides with tiles", fmt_count(len(counts))),
+        ("Tiles in total", fmt_count(sum(counts))),
+        ("Tiles per slide (median)", fmt_count(int(np.median(counts))) if counts else "n/a"),
         ("Tile size (px)", _distinct(info.tile_px for info in tiles.values())),
         ("Tile resolution (µm/px)", _distinct(info.target_mpp for info in tiles.values())),
     ]
-    figures = []
-    for path in ordered[:MAX_THUMBNAILS]:
-        slide_id = path.stem
-        info = tiles.get(slide_id)
-        tile_text = (
-            f"{_fmt_count(info.n_tiles)} tiles"
-            if info and info.n_tiles is not None
-            else "tiles: n/a"
-        )
-        png = _thumbnail_png(path)
-        image = _img(png, f"QC of {slide_id}") if png else '<p class="note">image unreadable</p>'
-        figures.append(
-            f"<figure>{image}<figcaption><strong>{_esc(slide_id)}</strong><br>"
-            f"{_esc(tile_text)}</figcaption></figure>"
-        )
-    parts = [_facts(facts)]
-    if figures:
-        parts.append('<div class="thumbs">' + "\n".join(figures) + "</div>")
-    else:
-        parts.append('<p class="note">No QC images.</p>')
-    omitted = len(ordered) - MAX_THUMBNAILS
-    if omitted > 0:
-        parts.append(
-            f'<p class="note">Showing the first {MAX_THUMBNAILS} slides by id; '
-            f"{omitted} more slide(s) omitted.</p>"
-        )
-    return "\n".join(parts)
+    thumbnails = [_thumbnail(path, tiles.get(path.stem)) for path in ordered[:MAX_THUMBNAILS]]
+    return Fragment(
+        "slides_qc.html.j2",
+        {
+            "facts": facts,
+            "thumbnails": thumbnails,
+            "shown": MAX_THUMBNAILS,
+            "omitted": len(ordered) - MAX_THUMBNAILS,
+        },
+    )
 
 
-def _features_section(feature_files: Sequence[Path], tiles: Mapping[str, TileInfo]) -> str:
-    infos = [read_feature_info(Path(path)) for path in feature_files]
-    if not infos:
-        return '<p class="note">No feature files.</p>'
+def _features_fragment(feature_infos: Sequence[FeatureInfo], tiles: Mapping[str, TileInfo]) -> Fragment:
+    if not feature_infos:
+        return note("No feature files.")
     groups: dict[tuple[str, str, str, str], list[FeatureInfo]] = {}
-    for info in infos:
+    for info in feature_infos:
         key = (info.encoder, info.dim, info.precision, info.weights_sha256)
         groups.setdefault(key, []).append(info)
     rows = []
     for (encoder, dim, precision, sha), members in sorted(groups.items()):
         tile_counts = [tiles[m.slide_id].n_tiles for m in members if m.slide_id in tiles]
         total = sum(count for count in tile_counts if count is not None)
-        rows.append(
-            [encoder, dim, precision, sha[:12], _fmt_count(len(members)), _fmt_count(total)]
-        )
+        rows.append([encoder, dim, precision, sha[:12], fmt_count(len(members)), fmt_count(total)])
     header = ["Encoder", "Dim", "Precision", "Weights SHA-256", "Slides", "Tiles"]
-    note = (
-        '<p class="note">More than one row per encoder means feature files disagree on their '
-        "attributes: re-extract the stale ones.</p>"
-        if len({key[0] for key in groups}) < len(groups)
-        else ""
+    return Fragment(
+        "features.html.j2",
+        {
+            "table": Table.of(header, rows, numeric=(1, 4, 5)),
+            "disagree": len({key[0] for key in groups}) < len(groups),
+        },
     )
-    return _table(header, rows, numeric=(1, 4, 5)) + note
 
 
 # --------------------------------------------------------------------------- task figures
 
 
-def _km_block(predictions: pd.DataFrame) -> str:
+def _km_fragment(predictions: pd.DataFrame) -> Fragment:
     groups = plots.assign_risk_groups(predictions)
     if groups.empty:
-        return '<p class="note">No survival predictions.</p>'
+        return note("No survival predictions.")
     rows = []
     for model, subset in groups.groupby("model", sort=True):
         low = subset[subset["risk_group"] == "low"]
@@ -400,54 +362,29 @@ def _km_block(predictions: pd.DataFrame) -> str:
         rows.append(
             [
                 str(model),
-                _fmt_count(len(low)),
-                _fmt_count(int(low["event"].sum())),
-                _fmt_count(len(high)),
-                _fmt_count(int(high["event"].sum())),
+                fmt_count(len(low)),
+                fmt_count(int(low["event"].sum())),
+                fmt_count(len(high)),
+                fmt_count(int(high["event"].sum())),
                 plots.format_pvalue(plots.logrank_pvalue(subset)),
             ]
         )
-    figure = plots.km_figure(groups)
-    return "\n".join(
-        [
-            "<h3>Kaplan–Meier by predicted risk</h3>",
-            '<p class="note">Pooled test predictions of all folds. Within each fold, patients whose '
-            "predicted risk exceeds the median risk of that fold's training patients form the "
-            "high-risk group.</p>",
-            _img(
-                plots.fig_to_png_bytes(figure),
-                "Kaplan–Meier curves by predicted risk group",
-                css_class="plot km",
-            ),
-            _table(
-                ["Model", "Low risk n", "Low risk events", "High risk n", "High risk events", "Log-rank"],
-                rows,
-                numeric=(1, 2, 3, 4),
-            ),
-        ]
-    )
+    header = ["Model", "Low risk n", "Low risk events", "High risk n", "High risk events", "Log-rank"]
+    curves = plot(plots.km_figure(groups), "Kaplan–Meier curves by predicted risk group", "km")
+    return Fragment("km.html.j2", {"curves": curves, "table": Table.of(header, rows, numeric=(1, 2, 3, 4))})
 
 
-def _classification_blocks(
+def _classification_fragment(
     predictions: pd.DataFrame, confusion: pd.DataFrame | None, task: str, class_names: Sequence[str]
-) -> list[str]:
-    blocks = []
+) -> Fragment:
+    roc = None
     if plots.pooled_test_rows(predictions, task):
-        figure = plots.roc_figure(predictions, class_names, task)
-        blocks += [
-            "<h3>ROC curves</h3>",
-            '<p class="note">One-vs-rest ROC curves per class on pooled test predictions of all '
-            "folds.</p>",
-            _img(plots.fig_to_png_bytes(figure), f"ROC curves for {task}", css_class="plot roc"),
-        ]
+        roc = plot(plots.roc_figure(predictions, class_names, task), f"ROC curves for {task}", "roc")
+    matrices = None
     if confusion is not None and not confusion[confusion["task"] == task].empty:
         figure = figures.confusion_figure(confusion, task, class_names)
-        blocks += [
-            "<h3>Confusion matrices</h3>",
-            '<p class="note">Test predictions summed over folds; shade = share of the true class.</p>',
-            _img(plots.fig_to_png_bytes(figure), f"Confusion matrices for {task}", css_class="plot confusion"),
-        ]
-    return blocks
+        matrices = plot(figure, f"Confusion matrices for {task}", "confusion")
+    return Fragment("classification.html.j2", {"roc": roc, "confusion": matrices})
 
 
 def _read_optional(path: Path | None, kind: str, columns: Sequence[str]) -> pd.DataFrame | None:
@@ -506,9 +443,9 @@ def git_revision() -> str:
     return revision if result.returncode == 0 and revision else "unknown"
 
 
-def _provenance_section(
+def _provenance_fragment(
     config: Mapping[str, Any], feature_infos: Sequence[FeatureInfo], run_date: str
-) -> str:
+) -> Fragment:
     try:
         versions = package_versions()
         encoders = sorted({(info.encoder, info.weights_sha256) for info in feature_infos})
@@ -522,18 +459,13 @@ def _provenance_section(
         facts += [("Encoder", f"{name} (weights SHA-256 {sha})") for name, sha in encoders] or [
             ("Encoder", "none (no slide features)")
         ]
-        return "\n".join(
-            [
-                _facts(facts),
-                "<h3>Packages</h3>",
-                _table(["Package", "Version"], list(versions.items())),
-                "<h3>Configuration</h3>",
-                f"<pre>{_esc(_config_yaml(config))}</pre>",
-            ]
+        packages = Table.of(["Package", "Version"], [[name, version] for name, version in versions.items()])
+        return Fragment(
+            "provenance.html.j2", {"facts": facts, "packages": packages, "config": _config_yaml(config)}
         )
     except Exception as exc:  # noqa: BLE001 - provenance must never fail the report
         log.warning("provenance incomplete (%s)", exc)
-        return f'<p class="note">Provenance unavailable: {_esc(exc)}</p>'
+        return note(f"Provenance unavailable: {exc}")
 
 
 # --------------------------------------------------------------------------- report
@@ -544,6 +476,84 @@ def _class_names(tables_dir: Path, predictions: pd.DataFrame) -> list[str]:
     if has_grade_task(predictions):
         n_classes = len(grade_probability_columns(predictions.columns))
     return plots.read_class_names(tables_dir / "labels.json", n_classes)
+
+
+def _read_metrics(summary_tsv: Path, folds_tsv_metrics: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The metric summary and the per-fold metrics of :func:`histofuse.evaluate.run_evaluate`."""
+    summary = _read_table(Path(summary_tsv), "metric summary")
+    _require(summary, ["model", "task", "metric", "mean", "sd", "n_folds"], Path(summary_tsv))
+    metric_folds = _read_table(Path(folds_tsv_metrics), "per-fold metrics")
+    _require(metric_folds, ["model", "task", "metric", "fold", "value", "n"], Path(folds_tsv_metrics))
+    for frame in (summary, metric_folds):
+        for column in ("model", "task", "metric"):
+            frame[column] = frame[column].astype(str)
+    return summary, metric_folds
+
+
+def _task_sections(
+    predictions: pd.DataFrame,
+    *,
+    summary_tsv: Path,
+    folds_tsv_metrics: Path,
+    comparison_tsv: Path | None,
+    confusion_tsv: Path | None,
+    tables_dir: Path,
+    class_names: Sequence[str],
+    n_boot: int | None,
+) -> list[Section]:
+    """One section per task: survival first, then the classification tasks, then any other task with metrics."""
+    summary, metric_folds = _read_metrics(summary_tsv, folds_tsv_metrics)
+    comparison = _read_optional(comparison_tsv, "model comparison", ["task", "metric", "model_a", "model_b"])
+    confusion_columns = ["model", "task", "fold", "true", "predicted", "count"]
+    confusion = _read_optional(confusion_tsv, "confusion counts", confusion_columns)
+    tasks = ["survival"] if has_survival_task(predictions) or "survival" in set(summary["task"]) else []
+    tasks += [task for task in classification_tasks(predictions) if task not in tasks]
+    tasks += sorted(set(summary["task"]) - set(tasks))
+    task_sections = []
+    for task in tasks:
+        if task == "survival":
+            task_figures = _km_fragment(predictions)
+        else:
+            names = class_names if task == "grade" else plots.read_class_names_for(tables_dir / "labels.json", task)
+            task_figures = _classification_fragment(predictions, confusion, task, names)
+        metrics = sections.task_fragment(
+            task, summary=summary, folds=metric_folds, comparison=comparison, n_boot=n_boot
+        )
+        task_sections.append(Section(f"task-{task}", f"Task: {task}", [metrics, task_figures]))
+    return task_sections or [Section("tasks", "Tasks", [note("No metrics were computed.")])]
+
+
+def _input_sections(
+    *,
+    tables_dir: Path,
+    folds_tsv: Path,
+    class_names: Sequence[str],
+    preprocessing_files: Sequence[Path],
+    qc_pngs: Sequence[Path],
+    tiles: Mapping[str, TileInfo],
+    feature_infos: Sequence[FeatureInfo],
+    benchmarks_dir: Path | None,
+) -> list[Section]:
+    """Cohort, data preparation, slides QC and feature extraction."""
+    encoder = feature_infos[0].encoder if feature_infos else None
+    tile_counts = {slide: info.n_tiles for slide, info in tiles.items()}
+    features = [
+        _features_fragment(feature_infos, tiles),
+        sections.throughput_fragment(benchmarks_dir, encoder, tile_counts),
+    ]
+    cohort = _cohort_fragment(tables_dir=tables_dir, folds_tsv=folds_tsv, classes=class_names)
+    preparation = sections.preparation_fragment(tables_dir / "labels.json", preprocessing_files)
+    return [
+        Section("cohort", "Cohort", [cohort]),
+        Section("preparation", "Data preparation", [preparation]),
+        Section("slides-qc", "Slides QC", [_qc_fragment(qc_pngs, tiles)]),
+        Section("features", "Feature extraction", features),
+    ]
+
+
+def _bootstrap_replicates(config: Mapping[str, Any]) -> int | None:
+    evaluation = config.get("evaluation")
+    return evaluation.get("bootstrap") if isinstance(evaluation, Mapping) else None
 
 
 def build_report(
@@ -585,81 +595,40 @@ def build_report(
     tiles = {info.slide_id: info for info in (read_tile_info(Path(p)) for p in tile_files)}
     feature_infos = [read_feature_info(Path(path)) for path in feature_files]
     run_date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-    summary = _read_table(Path(summary_tsv), "metric summary")
-    _require(summary, ["model", "task", "metric", "mean", "sd", "n_folds"], Path(summary_tsv))
-    metric_folds = _read_table(Path(folds_tsv_metrics), "per-fold metrics")
-    _require(metric_folds, ["model", "task", "metric", "fold", "value", "n"], Path(folds_tsv_metrics))
-    for frame in (summary, metric_folds):
-        for column in ("model", "task", "metric"):
-            frame[column] = frame[column].astype(str)
-    comparison = _read_optional(comparison_tsv, "model comparison", ["task", "metric", "model_a", "model_b"])
-    confusion = _read_optional(confusion_tsv, "confusion counts", ["model", "task", "fold", "true", "predicted", "count"])
-    n_boot = config.get("evaluation", {}).get("bootstrap") if isinstance(config.get("evaluation"), Mapping) else None
-
-    tasks = ["survival"] if has_survival_task(predictions) or "survival" in set(summary["task"]) else []
-    tasks += [task for task in classification_tasks(predictions) if task not in tasks]
-    tasks += sorted(set(summary["task"]) - set(tasks))
-    task_sections = []
-    for task in tasks:
-        if task == "survival":
-            blocks = [_km_block(predictions)]
-        else:
-            names = class_names if task == "grade" else plots.read_class_names_for(tables_dir / "labels.json", task)
-            blocks = _classification_blocks(predictions, confusion, task, names)
-        body = sections.task_section(
-            task, summary=summary, folds=metric_folds, comparison=comparison, figures_html=blocks, n_boot=n_boot
-        )
-        task_sections.append((f"task-{task}", f"Task: {task}", body))
-    if not task_sections:
-        task_sections.append(("tasks", "Tasks", '<p class="note">No metrics were computed.</p>'))
-
-    encoder = feature_infos[0].encoder if feature_infos else None
-    tile_counts = {slide: info.n_tiles for slide, info in tiles.items()}
+    task_sections = _task_sections(
+        predictions,
+        summary_tsv=summary_tsv,
+        folds_tsv_metrics=folds_tsv_metrics,
+        comparison_tsv=comparison_tsv,
+        confusion_tsv=confusion_tsv,
+        tables_dir=tables_dir,
+        class_names=class_names,
+        n_boot=_bootstrap_replicates(config),
+    )
     all_sections = [
-        (
-            "cohort",
-            "Cohort",
-            _cohort_section(tables_dir=tables_dir, folds_tsv=Path(folds_tsv), classes=class_names),
-        ),
-        (
-            "preparation",
-            "Data preparation",
-            sections.preparation_section(tables_dir / "labels.json", [Path(p) for p in preprocessing_files]),
-        ),
-        ("slides-qc", "Slides QC", _qc_section(qc_pngs, tiles)),
-        (
-            "features",
-            "Feature extraction",
-            _features_section(feature_files, tiles)
-            + sections.throughput_block(benchmarks_dir, encoder, tile_counts),
+        *_input_sections(
+            tables_dir=tables_dir,
+            folds_tsv=Path(folds_tsv),
+            class_names=class_names,
+            preprocessing_files=[Path(p) for p in preprocessing_files],
+            qc_pngs=qc_pngs,
+            tiles=tiles,
+            feature_infos=feature_infos,
+            benchmarks_dir=benchmarks_dir,
         ),
         *task_sections,
-        ("training", "Training", sections.training_section(history_files)),
-        ("attention", "Attention", sections.attention_section(attention_pngs)),
-        ("robustness", "Missing-modality robustness", sections.robustness_section(missing_rate_tsv)),
-        ("modalities", "Modality ablation", sections.modality_section(modality_ablation_tsv)),
-        ("exclusions", "Exclusions", sections.exclusions_section(exclusions_tsv)),
-        (
+        Section("training", "Training", [sections.training_fragment(history_files)]),
+        Section("attention", "Attention", [sections.attention_fragment(attention_pngs)]),
+        Section("robustness", "Missing-modality robustness", [sections.robustness_fragment(missing_rate_tsv)]),
+        Section("modalities", "Modality ablation", [sections.modality_fragment(modality_ablation_tsv)]),
+        Section("exclusions", "Exclusions", [sections.exclusions_fragment(exclusions_tsv)]),
+        Section(
             "input-notes",
             "Input notes",
-            sections.input_notes_section(read_notes(tables_dir / NOTES_FILE), prediction_files),
+            [sections.input_notes_fragment(read_notes(tables_dir / NOTES_FILE), prediction_files)],
         ),
-        ("provenance", "Provenance", _provenance_section(config, feature_infos, run_date)),
+        Section("provenance", "Provenance", [_provenance_fragment(config, feature_infos, run_date)]),
     ]
-    nav = "".join(f'<a href="#{_esc(anchor)}">{_esc(name)}</a>' for anchor, name, _ in all_sections)
-    header = (
-        f"<header><h1>{_esc(title)}</h1>"
-        f'<p class="meta">Generated {_esc(run_date)} · histofuse {_esc(histofuse.__version__)}'
-        f"</p><nav>{nav}</nav></header>"
-    )
-    body = "\n".join(_section(anchor, name, content) for anchor, name, content in all_sections)
-    document = (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
-        f"<body>\n{header}\n{body}\n</body>\n</html>\n"
-    )
+    document = render_page(title=title, run_date=run_date, version=histofuse.__version__, sections=all_sections)
     write_text_atomic(Path(out_html), document)
     log.info("report written to %s (%.1f kB)", out_html, len(document) / 1024)

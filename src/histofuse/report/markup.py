@@ -1,64 +1,138 @@
-"""Small HTML building blocks of the report; every text taken from inputs is escaped."""
+"""The report's templates and the data they draw.
+
+The markup lives in ``templates/*.html.j2`` (Jinja2, autoescaping on for every template, undefined
+names an error). Python prepares the data: numbers formatted as text, tables as a header and lists
+of rows (:class:`Table`), images as PNG data URIs (:class:`Picture`), and hands each part of a
+section to its template as a :class:`Fragment`. No value is marked safe: a data URI made by
+:func:`picture` holds only characters that escaping leaves as they are.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["_esc", "_facts", "_fmt", "_fmt_count", "_img", "_note", "_section", "_table"]
+import jinja2
+from matplotlib.figure import Figure
+
+from histofuse.report import plots
+
+__all__ = [
+    "TEMPLATES",
+    "Fragment",
+    "MetricCell",
+    "Picture",
+    "Section",
+    "Table",
+    "fmt_count",
+    "fmt_number",
+    "note",
+    "picture",
+    "plot",
+    "render_page",
+]
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+@dataclass(frozen=True)
+class MetricCell:
+    """A table cell with a metric: ``text``, then ``count`` in grey, then ``interval`` below (if any)."""
+
+    text: str
+    count: str
+    interval: str | None = None
 
 
-def _img(png: bytes, alt: str, *, css_class: str | None = None) -> str:
+@dataclass(frozen=True)
+class Table:
+    """A table: ``header`` texts, ``rows`` of cells (text or :class:`MetricCell`), right-aligned ``numeric`` columns."""
+
+    header: Sequence[str]
+    rows: Sequence[Sequence[str | MetricCell]]
+    numeric: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(
+        cls,
+        header: Sequence[str],
+        rows: Iterable[Sequence[str | MetricCell]],
+        *,
+        numeric: Iterable[int] = (),
+    ) -> Table:
+        """A table from any iterables of rows and numeric column indices."""
+        return cls(list(header), [list(row) for row in rows], frozenset(numeric))
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image embedded in the page: ``src`` is a ``data:image/png;base64,`` URI."""
+
+    src: str
+    alt: str
+    css_class: str | None = None
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One part of a section: the template that draws it and its data (``data`` in the template)."""
+
+    template: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def render(self) -> str:
+        """The fragment alone as HTML."""
+        return TEMPLATES.get_template(self.template).render(data=self.data)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the page: its ``anchor`` (id), ``title`` (heading and navigation) and ``parts``."""
+
+    anchor: str
+    title: str
+    parts: Sequence[Fragment]
+
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("histofuse.report", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+TEMPLATES.tests["metric_cell"] = lambda value: isinstance(value, MetricCell)
+
+
+def render_page(*, title: str, run_date: str, version: str, sections: Sequence[Section]) -> str:
+    """The whole report as one HTML document."""
+    return TEMPLATES.get_template("report.html.j2").render(
+        title=title, run_date=run_date, version=version, sections=sections
+    )
+
+
+def note(text: str) -> Fragment:
+    """A part that is only a grey explanatory paragraph (``text`` is escaped)."""
+    return Fragment("note.html.j2", {"text": text})
+
+
+def picture(png: bytes, alt: str, *, css_class: str | None = None) -> Picture:
+    """``png`` as an image embedded in the page."""
     data = base64.b64encode(png).decode("ascii")
-    cls = f' class="{_esc(css_class)}"' if css_class else ""
-    return f'<img{cls} src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+    return Picture(src=f"data:image/png;base64,{data}", alt=alt, css_class=css_class)
 
 
-def _fmt(value: float, digits: int = 3) -> str:
+def plot(fig: Figure, alt: str, kind: str) -> Picture:
+    """A figure as an embedded PNG of CSS class ``plot {kind}``."""
+    return picture(plots.fig_to_png_bytes(fig), alt, css_class=f"plot {kind}")
+
+
+def fmt_number(value: float | None, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, or ``n/a`` when missing or not finite."""
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _fmt_count(value: int) -> str:
+def fmt_count(value: int) -> str:
+    """A count with thousands separators."""
     return f"{value:,}"
-
-
-def _table(
-    header: Sequence[str],
-    rows: Iterable[Sequence[str]],
-    *,
-    numeric: Iterable[int] = (),
-    raw: bool = False,
-) -> str:
-    """An HTML table; cells are escaped unless ``raw`` (then callers escape themselves)."""
-    numeric_cols = set(numeric)
-
-    def cell(tag: str, index: int, text: str) -> str:
-        cls = ' class="num"' if index in numeric_cols else ""
-        return f"<{tag}{cls}>{text if raw and tag == 'td' else _esc(text)}</{tag}>"
-
-    head = "".join(cell("th", index, text) for index, text in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(cell("td", index, text) for index, text in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _facts(items: Sequence[tuple[str, str]]) -> str:
-    body = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in items)
-    return f'<dl class="facts">{body}</dl>'
-
-
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{_esc(anchor)}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
-
-
-def _note(text: str) -> str:
-    """A grey explanatory paragraph (``text`` is escaped)."""
-    return f'<p class="note">{_esc(text)}</p>'
