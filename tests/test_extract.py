@@ -441,7 +441,7 @@ def test_workers_hand_tiles_over_in_shared_slots(jpeg_slide: Path, start_method:
     )
     carried: list[object] = []
 
-    def items() -> Any:
+    def items(loader: DataLoader = loader) -> Any:
         for indices, slot in loader:
             carried.append(slot)
             yield indices, slot

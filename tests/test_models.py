@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from histofuse.errors import ConfigError
-from histofuse.models import registry
 from histofuse.models import (
     MODELS,
     GatedAttentionMIL,
@@ -15,6 +14,7 @@ from histofuse.models import (
     TaskSpec,
     build_model,
     register_model,
+    registry,
 )
 
 SPEC = TaskSpec(tasks=("grade", "survival"), n_classes=3, n_bins=4)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import REPO
 from histofuse.cli import main
 from histofuse.errors import SlideError
 from histofuse.features.encoders import sha256_file
@@ -18,8 +19,6 @@ from histofuse.features.precomputed import (
     find_precomputed_features,
     import_precomputed_features,
 )
-
-from conftest import REPO
 
 ENCODER = "uni_v1"
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO, shared_file
 from histofuse.errors import SlideError
 from histofuse.slides.pyramid import write_pyramidal_tiff
 from histofuse.slides.reader import READERS, SlideReader, open_slide
-
-from conftest import REPO, shared_file
 
 BACKENDS = ("openslide", "tiatoolbox")
 CMU = ("data", "slides", "cmu_small_region.svs")

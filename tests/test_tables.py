@@ -57,7 +57,7 @@ def test_prepare_tables_types_and_labels(cohort: dict[str, Path], tmp_path: Path
     genomics = pd.read_parquet(out / "genomics.parquet")
     assert genomics.dtypes["EGFR_cnv"] == np.float64 and np.isnan(genomics["EGFR_cnv"][1])
     groups = pd.read_parquet(out / "gene_groups.parquet")
-    assert dict(zip(groups["feature"], groups["group"])) == {"TP53_mut": "tumor_suppressor", "EGFR_cnv": "oncogene"}
+    assert dict(zip(groups["feature"], groups["group"], strict=True)) == {"TP53_mut": "tumor_suppressor", "EGFR_cnv": "oncogene"}
     clinical = pd.read_parquet(out / "clinical.parquet")
     assert clinical["age"].dtype == np.float64 and clinical["sex"].tolist() == ["F", "M", "F", "M"]
     assert json.loads((out / "labels.json").read_text())["grade"]["classes"] == ["2", "3", "4"]
@@ -172,4 +172,4 @@ def test_a_gene_group_list_replaces_the_formats_groups(tmp_path: Path) -> None:
     lists.write_text("gene,group\nTP53,tumour\nCD8A,microenvironment\n")
     replaced = write_cohort_tables(cohort, tmp_path, modalities=("genomics",), gene_groups=lists)
     groups = pd.read_parquet(replaced["gene_groups"])
-    assert dict(zip(groups["feature"], groups["group"])) == {"TP53_cnv": "tumour", "CD8A_rnaseq": "microenvironment"}
+    assert dict(zip(groups["feature"], groups["group"], strict=True)) == {"TP53_cnv": "tumour", "CD8A_rnaseq": "microenvironment"}

@@ -7,9 +7,9 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Any
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from histofuse import __version__
 from histofuse.errors import HistofuseError
@@ -168,10 +168,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_import_features(args: argparse.Namespace) -> None:
-    from histofuse.features.precomputed import import_precomputed_features
-
     from histofuse.errors import SlideError
     from histofuse.exclusions import Exclusion, check_on_error, write_excluded_features
+    from histofuse.features.precomputed import import_precomputed_features
 
     check_on_error(args.on_error)
     try:

@@ -221,8 +221,8 @@ def ablation_table(paths: Sequence[Path], *, n_boot: int, seed: int, out: Path |
         model, folds = read_ablation_fold(Path(path))
         by_model.setdefault(model, []).append(folds)
     records = []
-    for model, folds in sorted(by_model.items()):
-        records.extend(_model_rows(model, folds, n_boot=n_boot, seed=seed))
+    for model, model_folds in sorted(by_model.items()):
+        records.extend(_model_rows(model, model_folds, n_boot=n_boot, seed=seed))
     table = pd.DataFrame.from_records(records, columns=list(ABLATION_COLUMNS))
     table = table.sort_values(["model", "task", "modality"], kind="stable").reset_index(drop=True)
     if out is not None:

@@ -14,18 +14,16 @@ happen per fold, on its training part (:mod:`histofuse.preprocess`).
 
 from __future__ import annotations
 
-import os
-
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-
-from typing import TYPE_CHECKING, Any
 
 from histofuse.config import note_unread_columns, read_sheet
 from histofuse.errors import ConfigError

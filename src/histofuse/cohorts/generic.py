@@ -24,7 +24,14 @@ from histofuse.cohorts.checks import (
     require_columns,
     text_column,
 )
-from histofuse.cohorts.labels import LABEL_COLUMNS, MONTHS_PER_UNIT, event_indicator, parse_grade, parse_subtype, survival_months
+from histofuse.cohorts.labels import (
+    LABEL_COLUMNS,
+    MONTHS_PER_UNIT,
+    event_indicator,
+    parse_grade,
+    parse_subtype,
+    survival_months,
+)
 from histofuse.cohorts.model import CohortTables
 from histofuse.cohorts.reading import read_table
 from histofuse.errors import ConfigError

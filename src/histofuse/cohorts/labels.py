@@ -193,7 +193,7 @@ def molecular_grade4(diagnosis: pd.Series, cdkn2a_homdel: pd.Series) -> pd.Serie
     status gives NA. Oligodendrogliomas are never grade 4 (0). No diagnosis gives NA.
     """
     homdel = binary_column(cdkn2a_homdel.reindex(diagnosis.index), path=None, column="CDKN2A homozygous deletion")
-    values = []
+    values: list[int | None] = []
     for label, deleted in zip(diagnosis, homdel, strict=True):
         if pd.isna(label):
             values.append(None)

@@ -47,7 +47,7 @@ def read_signatures(path: str | Path) -> pd.DataFrame:
     table = read_table(path)
     if table.empty or len(table.columns) == 0:
         raise ConfigError("no gene families.", path=path, fix="list one family per column, its genes below the header.")
-    rows = []
+    rows: list[tuple[str, str]] = []
     for column in table.columns:
         group = re.sub(r"[^0-9a-z]+", "_", column.lower()).strip("_")
         if not group:

@@ -55,7 +55,22 @@ _SOURCES = {
 }
 _WHERE = {name: module for module, names in _SOURCES.items() for name in names}
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "ENCODERS",
+    "Encoder",
+    "ExtractSettings",
+    "build_encoder",
+    "candidate_paths",
+    "check_features_encoder",
+    "extract_slide_features",
+    "find_precomputed_features",
+    "import_precomputed_features",
+    "is_known_encoder",
+    "list_encoders",
+    "read_features",
+    "register_encoder",
+    "sha256_file",
+]
 
 
 def __getattr__(name: str) -> Any:

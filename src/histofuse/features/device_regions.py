@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
-from functools import lru_cache
+from collections.abc import Generator, Iterator
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ _PREFETCH_GROUPS = 3
 """Groups of reads the reading thread keeps ready."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def device_decoding_available(device: str) -> bool:
     """Whether torchvision decodes JPEG on ``device`` (a CUDA build with nvJPEG): one tiny decode."""
     from torchvision.io import decode_jpeg, encode_jpeg
@@ -225,7 +225,7 @@ def _groups(jobs: list[ReadJob], group_tiles: int) -> list[list[ReadJob]]:
 
 def device_batches(
     chunks: Iterator[tuple[np.ndarray, torch.Tensor]], batch_size: int
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+) -> Generator[tuple[np.ndarray, torch.Tensor], None, None]:
     """Device chunks regrouped into (indices, (B, tile_px, tile_px, 3)) batches of exactly ``batch_size`` (the last may be smaller)."""
     pending_idx: list[np.ndarray] = []
     pending: list[torch.Tensor] = []

@@ -255,7 +255,7 @@ class PreLogitsFeatures(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # a timm model: forward_features / forward_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
@@ -343,7 +343,7 @@ def _efficientnet_lite0(*, name: str, weights: Path | None, options: Mapping[str
         input_px=224,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        dim=int(net.num_features),
+        dim=int(net.num_features),  # type: ignore[arg-type]
         weights_sha256=sha256_file(path),
         weights_path=str(path),
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +48,8 @@ from histofuse.features.regions import ReadJob, plan_reads
 from histofuse.features.stain import STAIN_NORMS, MacenkoNormaliser, load_normaliser
 from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for
 from histofuse.io import atomic_path
-from histofuse.slides.reader import SlideInfo, SlideReader, open_slide
 from histofuse.slides.jpeg_tiles import JpegTileReader
+from histofuse.slides.reader import SlideInfo, SlideReader, open_slide
 from histofuse.slides.tiff_regions import TiffRegionDecoder, check_region_decoder
 
 log = logging.getLogger(__name__)
@@ -361,7 +361,7 @@ class TileLoader:
 
 def _rebatch(
     chunks: Iterable[tuple[np.ndarray, torch.Tensor]], batch_size: int, *, pin: bool, reuse: bool = False
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+) -> Generator[tuple[np.ndarray, torch.Tensor], None, None]:
     """Regroup (indices, tiles) chunks of any size into batches of exactly ``batch_size`` (the last may be smaller).
 
     Each tile is copied once, from its chunk straight into the batch; with ``pin`` the batch lives
@@ -396,6 +396,7 @@ def _rebatch(
             filled += take
             start += take
             if filled == batch_size:
+                assert batch is not None
                 yield batch_idx.copy(), batch
                 batch, batch_np, filled = None, None, 0
     if filled and batch is not None:
@@ -475,7 +476,7 @@ def _autocast(device: torch.device, precision: str) -> AbstractContextManager[An
 def _prepare_model(encoder: Encoder, device: torch.device, *, compile_model: bool) -> nn.Module:
     """The encoder on ``device`` in channels-last format, compiled when asked."""
     # channels-last suits cuDNN and oneDNN alike (about 1.5× faster on CPU for the CNN encoders)
-    model = encoder.model.to(device=device, memory_format=torch.channels_last)
+    model = encoder.model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     model.eval()
     if compile_model:
         log.info("compiling %s with torch.compile (one-off cost per process)", encoder.name)
@@ -515,7 +516,7 @@ def _encode_batches(
     device: torch.device,
     precision: str,
     pad_to: int | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """(tile indices, float32 features) of each batch, in batch order.
 
     Results are handed out one batch late: while the device encodes batch k, the host writes the
@@ -706,7 +707,7 @@ def _decoder_label(tiff_reads: int, reads: int, reader: str) -> str:
     return reader if tiff_reads == 0 else f"tifffile+{reader}"
 
 
-def _progress(total: int, label: str) -> tqdm:  # type: ignore[type-arg]
+def _progress(total: int, label: str) -> tqdm:
     """A per-slide progress bar on stderr; sparse updates when stderr is a log file, not a terminal."""
     interactive = sys.stderr.isatty()
     return tqdm(
@@ -718,6 +719,80 @@ def _progress(total: int, label: str) -> tqdm:  # type: ignore[type-arg]
         leave=not interactive,
         dynamic_ncols=interactive,
     )
+
+
+def _tile_batches(
+    slide_path: Path,
+    info: Any,
+    spec: TileSpec,
+    dataset: Any,
+    tiff_reads: int,
+    settings: ExtractSettings,
+    device: torch.device,
+) -> tuple[TileLoader | DeviceTileChunks, Generator[Any, None, None], str]:
+    """The tile source (GPU-decoded chunks or CPU reader processes), its batches and the decoder's label."""
+    jobs = dataset.jobs
+    device_reader = _device_reader(slide_path, info, jobs, spec.read_level, settings.region_decoder, device)
+    if device_reader is not None:
+        chunks = DeviceTileChunks(
+            slide_path=slide_path,
+            reader=device_reader,
+            jobs=jobs,
+            read_level=spec.read_level,
+            read_tile_px=spec.read_tile_px,
+            tile_px=spec.tile_px,
+            device=device,
+            group_tiles=settings.batch_size,
+        )
+        log.info("%s: every read decoded on %s from the stored JPEG tiles", slide_path.name, device)
+        return chunks, device_batches(iter(chunks), settings.batch_size), "gpu"
+    on_cuda = device.type == "cuda"
+    loader = TileLoader(dataset, num_workers=settings.num_workers)
+    # on the CPU a batch is converted to a new tensor before the next is asked for: one buffer serves
+    batches = _rebatch(iter(loader), settings.batch_size, pin=on_cuda, reuse=not on_cuda)
+    return loader, batches, _decoder_label(tiff_reads, len(jobs), settings.reader)
+
+
+def _write_header(
+    h5: h5py.File,
+    *,
+    spec: TileSpec,
+    encoder: Encoder,
+    precision: str,
+    device: torch.device,
+    settings: ExtractSettings,
+) -> None:
+    """The features dataset (to be filled), the tiles' coordinates and extra datasets, the attributes."""
+    n = int(spec.coords.shape[0])
+    h5.create_dataset("features", shape=(n, encoder.dim), dtype="float32")
+    coords = h5.create_dataset("coords", data=spec.coords, dtype="int64")
+    for key, value in spec.coords_attrs.items():
+        coords.attrs[key] = value
+    for name, data in spec.extra.items():
+        h5.create_dataset(name, data=data)
+    _write_attrs(h5, spec=spec, encoder=encoder, precision=precision, device=device, settings=settings)
+
+
+def _write_encoded(
+    features: h5py.Dataset,
+    encoded: Iterator[tuple[np.ndarray, np.ndarray]],
+    *,
+    n: int,
+    label: str,
+    cancelled: Callable[[], bool] | None,
+) -> None:
+    """Write each encoded chunk at its tiles' rows; stop with :class:`ExtractionCancelled` when asked."""
+    done = 0
+    with _progress(n, label) as bar:
+        for indices, chunk in encoded:
+            if cancelled is not None and cancelled():
+                raise ExtractionCancelled(f"extraction of {label} cancelled after {done} of {n} tiles")
+            order = np.argsort(indices)
+            features[indices[order]] = chunk[order]
+            done += len(indices)
+            bar.update(len(indices))
+    if done != n:  # pragma: no cover - every tile is in exactly one read
+        raise RuntimeError(f"encoded {done} of {n} tiles")
 
 
 def extract_slide_features(
@@ -763,28 +838,7 @@ def extract_slide_features(
         settings.reader,
     )
     model = _prepare_model(encoder, device, compile_model=settings.compile)
-    on_cuda = device.type == "cuda"
-    device_reader = _device_reader(slide_path, info, jobs, spec.read_level, settings.region_decoder, device)
-    loader: TileLoader | DeviceTileChunks
-    if device_reader is not None:
-        loader = DeviceTileChunks(
-            slide_path=slide_path,
-            reader=device_reader,
-            jobs=jobs,
-            read_level=spec.read_level,
-            read_tile_px=spec.read_tile_px,
-            tile_px=spec.tile_px,
-            device=device,
-            group_tiles=settings.batch_size,
-        )
-        batches = device_batches(iter(loader), settings.batch_size)
-        decoder_label = "gpu"
-        log.info("%s: every read decoded on %s from the stored JPEG tiles", slide_path.name, device)
-    else:
-        loader = TileLoader(dataset, num_workers=settings.num_workers)
-        # on the CPU a batch is converted to a new tensor before the next is asked for: one buffer serves
-        batches = _rebatch(iter(loader), settings.batch_size, pin=on_cuda, reuse=not on_cuda)
-        decoder_label = _decoder_label(tiff_reads, len(jobs), settings.reader)
+    loader, batches, decoder_label = _tile_batches(slide_path, info, spec, dataset, tiff_reads, settings, device)
     encoded = _encode_batches(
         batches,
         encoder=encoder,
@@ -797,25 +851,9 @@ def extract_slide_features(
     start = time.perf_counter()
     try:
         with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
-            features = h5.create_dataset("features", shape=(n, encoder.dim), dtype="float32")
-            coords = h5.create_dataset("coords", data=spec.coords, dtype="int64")
-            for key, value in spec.coords_attrs.items():
-                coords.attrs[key] = value
-            for name, data in spec.extra.items():
-                h5.create_dataset(name, data=data)
-            _write_attrs(h5, spec=spec, encoder=encoder, precision=precision, device=device, settings=settings)
+            _write_header(h5, spec=spec, encoder=encoder, precision=precision, device=device, settings=settings)
             h5.attrs["region_decoder"] = decoder_label
-            done = 0
-            with _progress(n, label) as bar:
-                for indices, chunk in encoded:
-                    if cancelled is not None and cancelled():
-                        raise ExtractionCancelled(f"extraction of {label} cancelled after {done} of {n} tiles")
-                    order = np.argsort(indices)
-                    features[indices[order]] = chunk[order]
-                    done += len(indices)
-                    bar.update(len(indices))
-            if done != n:  # pragma: no cover - every tile is in exactly one read
-                raise RuntimeError(f"encoded {done} of {n} tiles")
+            _write_encoded(h5["features"], encoded, n=n, label=label, cancelled=cancelled)
     finally:
         encoded.close()
         batches.close()

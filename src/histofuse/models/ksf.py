@@ -155,7 +155,9 @@ class SubspaceBranch(nn.Module):
     def forward(self, bags: Sequence[Tensor], layouts: Sequence[_Layout | None], genes: Tensor) -> BranchOutput:
         """Read every patient's slide steered by its gene embedding."""
         gene_embedding = self.gene_encoder(genes)
-        pooled, reads, attention = [], [], []
+        pooled: list[Tensor] = []
+        reads: list[DeformableRead | None] = []
+        attention: list[Tensor] = []
         for index, (bag, layout) in enumerate(zip(bags, layouts, strict=True)):
             if layout is None:
                 pooled.append(self.missing)

@@ -313,8 +313,9 @@ class _Run:
 
     def _coordinate(self, chunk: npt.NDArray[np.int64], halves: list[dict[str, tuple[Tensor, Tensor]]]) -> None:
         """Coordinate each fused head's accumulated weight gradient by the branches' step confidences."""
-        split = int(self.model.hidden_dim)
-        for task, head in self.model.coordination_heads().items():
+        model: Any = self.model  # one with coordination_heads (see `coordinated`)
+        split = int(model.hidden_dim)
+        for task, head in model.coordination_heads().items():
             if head.weight.grad is None:
                 continue
             first = torch.cat([batch[task][0] for batch in halves])
