@@ -432,24 +432,10 @@ def _class_index(values: pd.Series, classes: Sequence[str]) -> pd.Series:
     return pd.array([None if pd.isna(v) else lookup[str(v)] for v in values], dtype="Int64")
 
 
-def write_cohort_tables(
-    cohort: CohortTables,
-    out_dir: Path,
-    *,
-    slides_sheet: Path | None = None,
-    modalities: Sequence[str] = MODALITIES,
-    gene_groups: Path | None = None,
-) -> dict[str, Path]:
-    """Write a cohort read from a published format in the layout :func:`prepare_tables` writes.
-
-    Slides come from histofuse's slides sheet (``slides_sheet``; the formats carry no slide paths);
-    the tables of modalities not in ``modalities`` are written empty. ``gene_groups``: a
-    ``gene,group`` csv (e.g. tumour / microenvironment lists) used instead of the format's own groups.
-    """
+def _cohort_patients(cohort: CohortTables) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The patients table (labels as class indices) and ``labels.json``'s content."""
     from histofuse.cohorts.labels import TEXT_LABELS
 
-    _check_modalities(modalities)
-    out_dir = Path(out_dir)
     source = cohort.patients
     patients = pd.DataFrame({"patient_id": source["patient_id"].astype(str)})
     labels: dict[str, Any] = {"survival": {"unit": "months"}, "source": cohort.source}
@@ -470,40 +456,97 @@ def write_cohort_tables(
         if name in source.columns:
             patients[name] = source[name].astype("Int64")
             labels[name] = {"classes": ["0", "1"]}
-    known = pd.Index(patients["patient_id"])
+    return patients, labels
+
+
+def _cohort_slides(slides_sheet: Path, known: pd.Index, source: str) -> pd.DataFrame:
+    """The slides sheet's rows, refused where a slide's patient is not in the cohort."""
+    slides = _read_slides(slides_sheet)
+    unknown = ~slides["patient_id"].astype(str).isin(known)
+    if unknown.any():
+        raise ConfigError(
+            f"slides whose patient is not in the {source} cohort: {_row_list(slides, unknown, 'slide_id')}.",
+            path=slides_sheet,
+            column="patient_id",
+            fix="correct the patient ids or remove those slides.",
+        )
+    if "mpp" not in slides.columns:
+        slides["mpp"] = np.nan
+    slides["mpp"] = pd.to_numeric(slides["mpp"], errors="coerce")
+    return slides[["slide_id", "patient_id", "path", "mpp"]]
+
+
+def _cohort_genomics(
+    cohort: CohortTables, modalities: Sequence[str], gene_groups: Path | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The genomic table and its gene groups (both empty when genomics is not used)."""
+    if cohort.genomics is None or "genomics" not in modalities:
+        return pd.DataFrame({"patient_id": pd.Series(dtype=str)}), _gene_groups(None, pd.Index([]))
+    features = cohort.genomics.columns.drop("patient_id")
+    if gene_groups is None and cohort.gene_groups is not None:
+        return cohort.genomics, _expand_groups(_gene_groups(None, features)[["feature", "gene"]], cohort.gene_groups)
+    return cohort.genomics, _gene_groups(gene_groups, features)
+
+
+def _check_covered(patients: pd.DataFrame, covered: set[str], source: str, modalities: Sequence[str]) -> None:
+    orphans = patients["patient_id"][~patients["patient_id"].isin(covered)]
+    if not orphans.empty:
+        raise ConfigError(
+            f"{len(orphans)} patient(s) of the {source} cohort have no data in the modalities used "
+            f"({', '.join(modalities)}): {', '.join(orphans.head(10))}"
+            + (f" … and {len(orphans) - 10} more" if len(orphans) > 10 else "")
+            + ".",
+            column="modalities",
+            fix="add a modality that covers them (e.g. clinical), or give them slides or genomic data.",
+        )
+
+
+def _known_splits(cohort: CohortTables, patients: pd.DataFrame) -> pd.DataFrame | None:
+    """The cohort's own splits without rows of patients it does not have (a warning lists them)."""
+    splits = cohort.splits
+    if splits is None:
+        return None
+    known_split = splits["patient_id"].isin(patients["patient_id"])
+    if not known_split.all():
+        from histofuse.cohorts.checks import id_list
+
+        log.warning(
+            "%s cohort splits: %d row(s) for patients not in the cohort are left out: %s",
+            cohort.source,
+            int((~known_split).sum()),
+            id_list(splits.loc[~known_split, "patient_id"].unique()),
+        )
+    return splits[known_split]
+
+
+def write_cohort_tables(
+    cohort: CohortTables,
+    out_dir: Path,
+    *,
+    slides_sheet: Path | None = None,
+    modalities: Sequence[str] = MODALITIES,
+    gene_groups: Path | None = None,
+) -> dict[str, Path]:
+    """Write a cohort read from a published format in the layout :func:`prepare_tables` writes.
+
+    Slides come from histofuse's slides sheet (``slides_sheet``; the formats carry no slide paths);
+    the tables of modalities not in ``modalities`` are written empty. ``gene_groups``: a
+    ``gene,group`` csv (e.g. tumour / microenvironment lists) used instead of the format's own groups.
+    """
+    _check_modalities(modalities)
+    out_dir = Path(out_dir)
+    patients, labels = _cohort_patients(cohort)
     outputs = {name: out_dir / f"{name}.parquet" for name in ("patients", "slides", "genomics", "gene_groups", "clinical")}
     outputs["labels"] = out_dir / "labels.json"
 
     covered: set[str] = set()
     slides = _EMPTY_SLIDES
     if slides_sheet is not None and "wsi" in modalities:
-        slides = _read_slides(slides_sheet)
-        unknown = ~slides["patient_id"].astype(str).isin(known)
-        if unknown.any():
-            raise ConfigError(
-                f"slides whose patient is not in the {cohort.source} cohort: {_row_list(slides, unknown, 'slide_id')}.",
-                path=slides_sheet,
-                column="patient_id",
-                fix="correct the patient ids or remove those slides.",
-            )
-        if "mpp" not in slides.columns:
-            slides["mpp"] = np.nan
-        slides["mpp"] = pd.to_numeric(slides["mpp"], errors="coerce")
-        slides = slides[["slide_id", "patient_id", "path", "mpp"]]
+        slides = _cohort_slides(slides_sheet, pd.Index(patients["patient_id"]), cohort.source)
         covered |= set(slides["patient_id"].astype(str))
     write_parquet(slides, outputs["slides"])
-
-    if cohort.genomics is not None and "genomics" in modalities:
-        genomics = cohort.genomics
-        features = genomics.columns.drop("patient_id")
-        if gene_groups is None and cohort.gene_groups is not None:
-            groups = _expand_groups(_gene_groups(None, features)[["feature", "gene"]], cohort.gene_groups)
-        else:
-            groups = _gene_groups(gene_groups, features)
-        covered |= set(genomics["patient_id"])
-    else:
-        genomics = pd.DataFrame({"patient_id": pd.Series(dtype=str)})
-        groups = _gene_groups(None, pd.Index([]))
+    genomics, groups = _cohort_genomics(cohort, modalities, gene_groups)
+    covered |= set(genomics["patient_id"])
     write_parquet(genomics, outputs["genomics"])
     write_parquet(groups, outputs["gene_groups"])
     if cohort.clinical is not None and "clinical" in modalities:
@@ -513,32 +556,10 @@ def write_cohort_tables(
         clinical = pd.DataFrame({"patient_id": pd.Series(dtype=str)})
     write_parquet(clinical, outputs["clinical"])
 
-    orphans = patients["patient_id"][~patients["patient_id"].isin(covered)]
-    if not orphans.empty:
-        raise ConfigError(
-            f"{len(orphans)} patient(s) of the {cohort.source} cohort have no data in the modalities used "
-            f"({', '.join(modalities)}): {', '.join(orphans.head(10))}"
-            + (f" … and {len(orphans) - 10} more" if len(orphans) > 10 else "")
-            + ".",
-            column="modalities",
-            fix="add a modality that covers them (e.g. clinical), or give them slides or genomic data.",
-        )
+    _check_covered(patients, covered, cohort.source, modalities)
     write_parquet(patients, outputs["patients"])
     write_text_atomic(outputs["labels"], json.dumps(labels, indent=2))
-    splits = cohort.splits
-    if splits is not None:
-        known_split = splits["patient_id"].isin(patients["patient_id"])
-        if not known_split.all():
-            from histofuse.cohorts.checks import id_list
-
-            log.warning(
-                "%s cohort splits: %d row(s) for patients not in the cohort are left out: %s",
-                cohort.source,
-                int((~known_split).sum()),
-                id_list(splits.loc[~known_split, "patient_id"].unique()),
-            )
-        splits = splits[known_split]
-    outputs["splits"] = write_cohort_splits(splits, out_dir)
+    outputs["splits"] = write_cohort_splits(_known_splits(cohort, patients), out_dir)
     log.info("tables (%s format): %d patients; modalities used: %s", cohort.source, len(patients), list(modalities))
     return outputs
 
