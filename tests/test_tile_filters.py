@@ -11,7 +11,7 @@ from conftest import shared_file
 from histofuse.errors import ConfigError
 from histofuse.slides.filters import PEN_COLOURS, pen_mark_pixels, remove_small_regions
 from histofuse.slides.mask import MaskSettings, compute_tissue_mask
-from histofuse.slides.reader import SlideInfo
+from histofuse.slides.reader_base import SlideInfo
 from histofuse.slides.tiling import TilingSettings, compute_tile_grid
 
 TILE_MPP = 1.0  # the PNG tiles are treated as a slide scanned at 1 µm/px

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from histofuse.errors import SlideError
-from histofuse.slides.reader import SlideInfo
+from histofuse.slides.reader_base import SlideInfo
 from histofuse.slides.tiff_regions import TiffLevel, qualifying_levels, readable
 
 __all__ = ["ADOBE_RGB", "JpegTileReader", "RegionTiles", "complete_stream"]

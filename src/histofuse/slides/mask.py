@@ -25,7 +25,7 @@ from PIL import Image
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path
 from histofuse.slides.filters import PEN_COLOURS, blank_background_pixels, pen_mark_pixels, remove_small_regions
-from histofuse.slides.reader import SlideReader
+from histofuse.slides.reader_base import SlideReader
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""tiatoolbox's ``WSIReader`` behind histofuse's :class:`~histofuse.slides.reader.SlideReader` interface.
+"""tiatoolbox's ``WSIReader`` behind histofuse's :class:`~histofuse.slides.reader_base.SlideReader` interface.
 
 Selected with ``reader: tiatoolbox``. ``WSIReader.open`` picks tiatoolbox's own backend for the file
 (OpenSlide for SVS and most vendor formats, tifffile + zarr for generic pyramidal BigTIFF, wsidicom
@@ -20,7 +20,7 @@ import numpy as np
 from tiatoolbox.wsicore.wsireader import WSIReader
 
 from histofuse.errors import SlideError
-from histofuse.slides.reader import (
+from histofuse.slides.reader_base import (
     SlideInfo,
     missing_mpp_error,
     positive_or_none,

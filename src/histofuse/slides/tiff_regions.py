@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from histofuse.errors import SlideError
-from histofuse.slides.reader import SlideInfo, unreadable_region_error
+from histofuse.slides.reader_base import SlideInfo, unreadable_region_error
 
 log = logging.getLogger(__name__)
 

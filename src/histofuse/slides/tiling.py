@@ -25,7 +25,7 @@ import numpy as np
 from histofuse import __version__
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path
-from histofuse.slides.reader import SlideInfo
+from histofuse.slides.reader_base import SlideInfo
 
 log = logging.getLogger(__name__)
 
