@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from histofuse.config import read_sheet, validate_config, validate_sheet
+from histofuse.config import validate_config
 from histofuse.errors import ConfigError
+from histofuse.sheets import read_sheet, validate_sheet
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "workflow" / "schemas"
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"

@@ -17,11 +17,12 @@ import yaml
 
 from conftest import shared_file
 from histofuse import cli
-from histofuse.config import check_plain_data, read_sheet, validate_config, validate_sheet
+from histofuse.config import check_plain_data, validate_config
 from histofuse.errors import ConfigError, HistofuseError, SlideError
 from histofuse.exclusions import EXCLUSION_COLUMNS, collect_exclusions, read_exclusion, read_exclusions
 from histofuse.folds import check_fold_labels
 from histofuse.samples import check_data_root, check_slide_patients, check_weights_file, missing_slide_files
+from histofuse.sheets import read_sheet, validate_sheet
 from histofuse.slides.job import TileJob, run_tile_job
 from histofuse.slides.mask import MaskSettings
 from histofuse.slides.pyramid import write_pyramidal_tiff

@@ -157,3 +157,21 @@ def test_ksf_with_a_batch_of_one_stops_the_run_before_any_job(tmp_path: Path) ->
     text = proc.stdout + proc.stderr
     assert "ksf needs batch_size >= 2, got 1" in text and "training.overrides.ksf.batch_size" in text
     assert "rule tile" not in text
+
+
+def test_folds_are_checked_before_any_job_unless_the_run_stops_before_them(tmp_path: Path) -> None:
+    """The committed 9-patient cohort cannot make 5 folds: the full run stops at DAG build, naming
+    the fix; `--until tile` (and feature files as targets) still tile a cohort that small."""
+    overlay = write_config(tmp_path / "five_folds.yaml", {"folds": {"k": 5}, "results": str(tmp_path / "results")})
+    configs = ("--configfile", str(TEST_CONFIG), str(overlay))
+    full = snakemake("-n", "--cores", "1", *configs)
+    assert full.returncode != 0
+    text = full.stdout + full.stderr
+    assert "9 patients are too few for 5 folds" in text and "Fix: lower folds.k" in text
+    until = snakemake("-n", "--cores", "1", "--until", "tile", *configs)
+    assert until.returncode == 0, until.stderr[-3000:]
+    assert "tile" in until.stdout and "make_folds" not in until.stdout
+    features = str(tmp_path / "results" / "features" / "efficientnet_lite0" / "DEMO-P001-A.h5")
+    targeted = snakemake("-n", "--cores", "1", features, *configs)
+    assert targeted.returncode == 0, targeted.stderr[-3000:]
+    assert "extract_features" in targeted.stdout and "make_folds" not in targeted.stdout

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from histofuse.config import note_unread_columns, read_sheet
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path, write_text_atomic
 from histofuse.notes import NOTES_FILE, collect_warnings, write_notes
+from histofuse.sheets import note_unread_columns, read_sheet
 
 if TYPE_CHECKING:
     from histofuse.cohorts import CohortTables

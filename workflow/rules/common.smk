@@ -11,16 +11,12 @@ from pathlib import Path
 import pandas as pd
 from snakemake.settings.types import DeploymentMethod
 
-from histofuse.config import (
-    check_plain_data,
-    read_sheet,
-    validate_config,
-    validate_sheet,
-)
+from histofuse.config import check_plain_data, validate_config
 from histofuse.cohorts.formats import check_format_options
 from histofuse.cohorts.splits import check_split_files
 from histofuse.exclusions import EXCLUSIONS_TSV
 from histofuse.notes import collect_warnings
+from histofuse.sheets import read_sheet, validate_sheet
 from histofuse.samples import (
     check_data_root,
     check_slide_patients,
@@ -355,52 +351,75 @@ def get_table_inputs(wildcards):
     return inputs
 
 
+STAGES_BEFORE_FOLDS = frozenset(
+    {"tile", "extract_features", "import_features", "exclusions", "prepare_tables"}
+)
+"""Rules that neither need the folds nor lead to them (`--until` one of them skips the fold check)."""
+
+CHECKED_TABLES = {}
+"""The folder of the tables prepared when the DAG is built (kept until Snakemake exits)."""
+
+
 def check_cohort_tables():
     """Every check of the cohort's tables, before any job: they are prepared into a temporary folder.
 
-    The folds are made from them too, so that a task whose labels a fold lacks stops here. A bad
-    table stops the run here with its message; the notes about the input (ids stripped of
+    A bad table stops the run here with its message; the notes about the input (ids stripped of
     surrounding whitespace, rows of patients the cohort does not have…) are printed. prepare_tables
     writes the same notes to tables/notes.tsv for the report. Jobs that Snakemake runs in a process
-    of their own (cluster jobs) skip this.
+    of their own (cluster jobs) skip this. The folds are checked when make_folds enters the DAG
+    (:func:`check_cohort_folds`), so that a run that stops before them (`--until tile`, feature
+    files as targets) works on a cohort too small to fold.
     """
+    import atexit
+    import shutil
     import tempfile
 
     from snakemake.logging import logger
 
     inputs = get_table_inputs(None)
-    with tempfile.TemporaryDirectory(prefix="histofuse-tables-") as tmp:
-        notes = prepare_cohort_tables(
-            cohort_format=COHORT_FORMAT,
-            format_options=COHORT_OPTIONS,
-            slides=Path(inputs["slides"]) if "slides" in inputs else None,
-            patients=Path(inputs["patients"]) if "patients" in inputs else None,
-            genomics=Path(inputs["genomics"]) if "genomics" in inputs else None,
-            gene_groups=(
-                Path(inputs["gene_groups"]) if "gene_groups" in inputs else None
-            ),
-            clinical=Path(inputs["clinical"]) if "clinical" in inputs else None,
-            grade_classes=tuple(str(c) for c in config["labels"]["grade_classes"]),
-            modalities=tuple(MODALITIES),
-            out_dir=Path(tmp),
-        )
-        folds = config["folds"]
-        folds_for_tables(
-            Path(tmp) / "patients.parquet",
-            FoldSettings(
-                **{
-                    key: folds[key]
-                    for key in ("k", "seed", "val_fraction", "source", "stratify")
-                }
-            ),
-            tasks=tuple(config["training"]["tasks"]),
-            binary_label=config["training"]["binary_label"],
-            cohort_splits=Path(tmp) / "cohort_splits.tsv",
-            split_files=dict(folds.get("files") or {}) or None,
-            source=inputs.get("patients") or CONFIG_SOURCE,
-        )
+    tmp = tempfile.mkdtemp(prefix="histofuse-tables-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    notes = prepare_cohort_tables(
+        cohort_format=COHORT_FORMAT,
+        format_options=COHORT_OPTIONS,
+        slides=Path(inputs["slides"]) if "slides" in inputs else None,
+        patients=Path(inputs["patients"]) if "patients" in inputs else None,
+        genomics=Path(inputs["genomics"]) if "genomics" in inputs else None,
+        gene_groups=(Path(inputs["gene_groups"]) if "gene_groups" in inputs else None),
+        clinical=Path(inputs["clinical"]) if "clinical" in inputs else None,
+        grade_classes=tuple(str(c) for c in config["labels"]["grade_classes"]),
+        modalities=tuple(MODALITIES),
+        out_dir=Path(tmp),
+    )
+    CHECKED_TABLES["dir"] = Path(tmp)
     for note in notes:
         logger.warning(f"histofuse: {note}")
+
+
+def check_cohort_folds():
+    """The folds made from the tables checked at DAG build: a task whose labels a fold lacks, or a
+    cohort too small for folds.k, stops the run before any job. Once per run."""
+    tmp = CHECKED_TABLES.pop("dir", None)
+    if tmp is None:  # checked already, or a job in a process of its own
+        return
+    until = set(getattr(workflow.dag_settings, "until", None) or ())
+    if until and until <= STAGES_BEFORE_FOLDS:  # make_folds will not run
+        return
+    folds = config["folds"]
+    folds_for_tables(
+        tmp / "patients.parquet",
+        FoldSettings(
+            **{
+                key: folds[key]
+                for key in ("k", "seed", "val_fraction", "source", "stratify")
+            }
+        ),
+        tasks=tuple(config["training"]["tasks"]),
+        binary_label=config["training"]["binary_label"],
+        cohort_splits=tmp / "cohort_splits.tsv",
+        split_files=dict(folds.get("files") or {}) or None,
+        source=get_table_inputs(None).get("patients") or CONFIG_SOURCE,
+    )
 
 
 def get_table_args(wildcards, input):
@@ -499,6 +518,7 @@ if config["folds"]["source"] == "files":
 
 def get_fold_inputs(wildcards):
     """make_folds reads the format's split files (source cohort) or folds.files (source files)."""
+    check_cohort_folds()
     inputs = {"patients": f"{RESULTS}/tables/patients.parquet"}
     if config["folds"]["source"] == "cohort":
         inputs["cohort_splits"] = f"{RESULTS}/tables/cohort_splits.tsv"

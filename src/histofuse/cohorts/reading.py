@@ -21,13 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from histofuse.config import check_unique_columns
 from histofuse.errors import ConfigError
+from histofuse.sheets import MISSING_TOKENS, check_unique_columns
 
 log = logging.getLogger(__name__)
 
-MISSING_TOKENS: frozenset[str] = frozenset({"", "NA"})
-"""Cell texts that mean "missing"; anything else (``NaN``, ``inf``, ``n/a``…) is a value to check."""
 
 PADDED = "padded_cells"
 """``frame.attrs`` key of :func:`read_table`: column → {file row: the cell as written} for every cell
