@@ -585,3 +585,16 @@ def test_repeating_slide_rows_keeps_the_patients(rows: list[list[str]], repeats:
     for table in ("patients", "genomics", "clinical"):
         pd.testing.assert_frame_equal(getattr(single, table), getattr(repeated, table))
     assert len(repeated.slides) == len(rows) + len(repeats)
+
+
+def test_histofuse_is_a_format_of_the_registry_that_takes_no_options() -> None:
+    from histofuse.cohorts.formats import FORMATS, check_format_options, format_parameters, is_published
+    from histofuse.errors import ConfigError
+
+    assert FORMATS[0] == "histofuse" and not is_published("histofuse") and is_published("mcat")
+    assert format_parameters("histofuse") == {}
+    check_format_options("histofuse", {})
+    with pytest.raises(ConfigError, match="takes: no options"):
+        check_format_options("histofuse", {"table": "x.csv"})
+    with pytest.raises(ConfigError, match="use one of: histofuse, pathomic_gbmlgg"):
+        is_published("tcga")

@@ -197,7 +197,7 @@ def cmd_prepare_tables(args: argparse.Namespace) -> None:
 
     prepare_cohort_tables(
         cohort_format=args.format,
-        format_options=json.loads(args.format_options) if args.format != "histofuse" else {},
+        format_options=json.loads(args.format_options),
         slides=args.slides,
         patients=args.patients,
         genomics=args.genomics,

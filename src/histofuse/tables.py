@@ -332,11 +332,12 @@ def prepare_cohort_tables(
     Histofuse's own sheets go through :func:`prepare_tables`, a published format through
     :func:`histofuse.cohorts.read_cohort` and :func:`write_cohort_tables`.
     """
-    out_dir = Path(out_dir)
-    with collect_warnings() as notes:
-        if cohort_format != "histofuse":
-            from histofuse.cohorts import read_cohort
+    from histofuse.cohorts.formats import check_format_options, is_published, read_cohort
 
+    out_dir = Path(out_dir)
+    check_format_options(cohort_format, format_options)
+    with collect_warnings() as notes:
+        if is_published(cohort_format):
             cohort = read_cohort(cohort_format, **format_options)
             write_cohort_tables(cohort, out_dir, slides_sheet=slides, modalities=modalities, gene_groups=gene_groups)
         else:

@@ -12,7 +12,7 @@ import pandas as pd
 from snakemake.settings.types import DeploymentMethod
 
 from histofuse.config import check_plain_data, validate_config
-from histofuse.cohorts.formats import check_format_options
+from histofuse.cohorts.formats import check_format_options, is_published
 from histofuse.cohorts.splits import check_split_files
 from histofuse.exclusions import EXCLUSIONS_TSV
 from histofuse.notes import collect_warnings
@@ -84,8 +84,7 @@ if _untrained:
 
 COHORT_FORMAT = config["cohort"]["format"]
 COHORT_OPTIONS = config["cohort"]["options"]
-if COHORT_FORMAT != "histofuse":
-    check_format_options(COHORT_FORMAT, COHORT_OPTIONS, source=CONFIG_SOURCE)
+check_format_options(COHORT_FORMAT, COHORT_OPTIONS, source=CONFIG_SOURCE)
 MODALITIES = list(config["modalities"])
 SLIDES_SHEET = (
     Path(config["samples"]["slides"]) if config["samples"].get("slides") else None
@@ -93,7 +92,7 @@ SLIDES_SHEET = (
 PATIENTS_SHEET = (
     Path(config["samples"]["patients"]) if config["samples"].get("patients") else None
 )
-if COHORT_FORMAT == "histofuse" and PATIENTS_SHEET is None:
+if not is_published(COHORT_FORMAT) and PATIENTS_SHEET is None:
     raise ValueError(
         f"{', '.join(map(str, workflow.configfiles))}: samples.patients is required with cohort.format "
         "histofuse. Fix: name the patients sheet, or set cohort.format to a published format."
@@ -143,7 +142,7 @@ if USE_WSI:
     check_data_root(
         slides, sheet=SLIDES_SHEET, data_root=config["samples"].get("data_root")
     )
-    if patients is not None and COHORT_FORMAT == "histofuse":
+    if patients is not None and not is_published(COHORT_FORMAT):
         check_slide_patients(
             slides,
             slides_sheet=SLIDES_SHEET,
@@ -335,7 +334,7 @@ def get_table_inputs(wildcards):
     inputs = {}
     if USE_WSI:
         inputs["slides"] = str(SLIDES_SHEET)
-    if COHORT_FORMAT != "histofuse":
+    if is_published(COHORT_FORMAT):
         for key in COHORT_FILE_OPTIONS:
             value = COHORT_OPTIONS.get(key)
             if isinstance(value, str) and value:
@@ -425,7 +424,7 @@ def check_cohort_folds():
 def get_table_args(wildcards, input):
     """Command-line options naming the cohort's format and the tables that exist in it."""
     args = [f"--format {COHORT_FORMAT}", f"--modalities {' '.join(MODALITIES)}"]
-    if COHORT_FORMAT != "histofuse":
+    if is_published(COHORT_FORMAT):
         args.append(f"--format-options '{json.dumps(COHORT_OPTIONS, sort_keys=True)}'")
     for key in ("slides", "patients", "genomics", "gene_groups", "clinical"):
         if key in input.keys():
@@ -473,7 +472,7 @@ def clinical_sheet_columns():
     path = config["tables"].get("clinical")
     if (
         "cox_clinical" not in MODELS
-        or COHORT_FORMAT != "histofuse"
+        or is_published(COHORT_FORMAT)
         or not path
         or not Path(path).is_file()
     ):

@@ -1,4 +1,4 @@
-"""Choose a cohort reader by format name."""
+"""The cohort formats by name: histofuse's own sheets and the published formats' readers."""
 
 from __future__ import annotations
 
@@ -19,21 +19,45 @@ READERS: dict[str, Callable[..., CohortTables]] = {
     "bcnb": read_bcnb,
     "generic": read_generic,
 }
-"""Format name → reader; the reader's parameters are the paths and options that format takes."""
+"""Published format name → reader; the reader's parameters are the paths and options that format takes."""
+
+NATIVE_FORMAT = "histofuse"
+"""histofuse's own sheets (samples: and tables: in the config): no options, no reader here."""
+
+FORMATS: tuple[str, ...] = (NATIVE_FORMAT, *READERS)
+"""Every value of ``cohort.format``."""
+
+
+def is_published(format: str) -> bool:
+    """Whether ``format`` is read by a published format's reader (else histofuse's own sheets)."""
+    _check_known(format)
+    return format != NATIVE_FORMAT
 
 
 def format_parameters(format: str) -> dict[str, bool]:
-    """The paths and options a format takes, each with whether it is required."""
+    """The paths and options a format takes, each with whether it is required (none for histofuse's own)."""
+    if not is_published(format):
+        return {}
     reader = _reader(format)
     return {
         name: parameter.default is inspect.Parameter.empty for name, parameter in inspect.signature(reader).parameters.items()
     }
 
 
-def _reader(format: str) -> Callable[..., CohortTables]:
-    if format not in READERS:
+def _check_known(format: str) -> None:
+    if format not in FORMATS:
         raise ConfigError(
             f"unknown cohort format {format!r}.",
+            column="format",
+            fix=f"use one of: {', '.join(FORMATS)}.",
+        )
+
+
+def _reader(format: str) -> Callable[..., CohortTables]:
+    _check_known(format)
+    if format not in READERS:
+        raise ConfigError(
+            f"the {format!r} format has no reader: its tables are histofuse's own sheets.",
             column="format",
             fix=f"use one of: {', '.join(READERS)}.",
         )
@@ -52,6 +76,8 @@ def check_format_options(format: str, options: Any, *, source: str | None = None
         if missing:
             problems.append(f"missing {', '.join(missing)}")
         described = ", ".join(f"{name}{'' if required else ' (optional)'}" for name, required in parameters.items())
+        if not parameters:
+            described = "no options (its files are named under samples: and tables:)"
         raise ConfigError(
             f"format {format!r}: {'; '.join(problems)}.",
             path=source,
