@@ -23,12 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pandas as pd
 
-from histofuse import __version__
 from histofuse.errors import ConfigError, HistofuseError
+from histofuse.h5files import EXCLUSION_FIELDS, read_exclusion_record, write_excluded
 from histofuse.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -37,7 +35,6 @@ EXCLUSIONS_TSV = "exclusions.tsv"
 """The cohort's exclusions, relative to the results folder (``results/exclusions.tsv``)."""
 EXCLUSION_COLUMNS: tuple[str, ...] = ("slide", "stage", "reason", "fix", "file")
 ON_ERROR_CHOICES: tuple[str, ...] = ("stop", "skip")
-_PREFIX = "exclusion_"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,59 +77,40 @@ def check_on_error(value: str) -> str:
     return value
 
 
-def _set_attrs(h5: h5py.File, exclusion: Exclusion) -> None:
-    h5.attrs["excluded"] = True
-    h5.attrs["slide_id"] = exclusion.slide
-    for name in ("stage", "file", "reason", "fix"):
-        h5.attrs[_PREFIX + name] = getattr(exclusion, name)
-    h5.attrs["n_tiles"] = 0
-    h5.attrs["histofuse_version"] = __version__
+def _record(exclusion: Exclusion) -> dict[str, str]:
+    return {name: getattr(exclusion, name) for name in EXCLUSION_FIELDS}
 
 
 def write_excluded_tiles(path: str | Path, exclusion: Exclusion) -> None:
     """A tiles file with no tiles that carries the exclusion record."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("coords", data=np.zeros((0, 2), dtype=np.int64))
-        h5.create_dataset("tissue_fraction", data=np.zeros((0,), dtype=np.float32))
-        _set_attrs(h5, exclusion)
+    write_excluded(path, kind="tiles", record=_record(exclusion), slide_id=exclusion.slide)
     log.warning("%s", exclusion.describe())
 
 
 def write_excluded_features(path: str | Path, exclusion: Exclusion, *, encoder: str) -> None:
     """A features file with no tiles (0 × 0 features) that carries the exclusion record."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("features", data=np.zeros((0, 0), dtype=np.float32))
-        h5.create_dataset("coords", data=np.zeros((0, 2), dtype=np.int64))
-        h5.attrs["encoder"] = encoder
-        h5.attrs["dim"] = 0
-        _set_attrs(h5, exclusion)
+    write_excluded(path, kind="features", record=_record(exclusion), slide_id=exclusion.slide, encoder=encoder)
     log.warning("%s", exclusion.describe())
 
 
 def read_exclusion(path: str | Path) -> Exclusion | None:
     """The exclusion record of a tiles or features file; ``None`` for a slide that was processed."""
     try:
-        with h5py.File(path, "r") as h5:
-            if not bool(h5.attrs.get("excluded", False)):
-                return None
-            attrs = {key: h5.attrs.get(key) for key in h5.attrs}
+        record = read_exclusion_record(path)
     except OSError as err:
         raise HistofuseError(
             f"cannot read the file ({err}).",
             path=path,
             fix="delete it so that the pipeline rebuilds it.",
         ) from err
-
-    def text(name: str) -> str:
-        value = attrs.get(name, "")
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
+    if record is None:
+        return None
     return Exclusion(
-        slide=text("slide_id") or Path(path).stem,
-        stage=text(_PREFIX + "stage"),
-        file=text(_PREFIX + "file"),
-        reason=text(_PREFIX + "reason"),
-        fix=text(_PREFIX + "fix"),
+        slide=record["slide_id"] or Path(path).stem,
+        stage=record["stage"],
+        file=record["file"],
+        reason=record["reason"],
+        fix=record["fix"],
     )
 
 

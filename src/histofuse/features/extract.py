@@ -47,7 +47,15 @@ from histofuse.features.encoders import Encoder
 from histofuse.features.regions import ReadJob, plan_reads
 from histofuse.features.stain import STAIN_NORMS, MacenkoNormaliser, load_normaliser
 from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for
-from histofuse.io import atomic_path
+from histofuse.h5files import (
+    COORDS,
+    FEATURES,
+    create_features,
+    read_attrs,
+    read_features_file,
+    read_tiles_full,
+    writing,
+)
 from histofuse.slides.jpeg_tiles import JpegTileReader
 from histofuse.slides.reader import SlideInfo, SlideReader, open_slide
 from histofuse.slides.tiff_regions import TiffRegionDecoder, check_region_decoder
@@ -173,13 +181,9 @@ def read_tile_spec(tiles_h5: str | Path) -> TileSpec:
     if not path.is_file():
         raise HistofuseError("tiles file does not exist.", path=path, fix=fix)
     try:
-        with h5py.File(path, "r") as h5:
-            if "coords" not in h5:
-                raise HistofuseError("tiles file has no 'coords' dataset.", path=path, fix=fix)
-            coords = np.asarray(h5["coords"][()], dtype=np.int64).reshape(-1, 2)
-            attrs = {key: _plain(value) for key, value in h5.attrs.items()}
-            coords_attrs = {key: _plain(value) for key, value in h5["coords"].attrs.items()}
-            extra = {name: h5[name][()] for name in _COPIED_DATASETS if name in h5}
+        coords, attrs, coords_attrs, extra = read_tiles_full(path, _COPIED_DATASETS)
+    except KeyError:
+        raise HistofuseError(f"tiles file has no '{COORDS}' dataset.", path=path, fix=fix) from None
     except OSError as err:
         raise HistofuseError(f"cannot read the tiles file ({err}).", path=path, fix=fix) from err
     missing = [key for key in _REQUIRED_TILE_ATTRS if key not in attrs]
@@ -194,15 +198,6 @@ def read_tile_spec(tiles_h5: str | Path) -> TileSpec:
         coords_attrs=coords_attrs,
         extra=extra,
     )
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars → Python scalars, bytes → str; arrays are kept."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ------------------------------------------------------------------------------------------ reads
@@ -671,33 +666,35 @@ def slide_tile_dataset(
     return dataset, tiff_reads
 
 
-def _write_attrs(
-    h5: h5py.File,
+def _feature_attrs(
     *,
     spec: TileSpec,
     encoder: Encoder,
     precision: str,
     device: torch.device,
     settings: ExtractSettings,
-) -> None:
-    for key, value in spec.attrs.items():
-        h5.attrs[key] = value
+) -> dict[str, Any]:
+    """A features file's attributes: the tiles file's, then the encoder's and the extraction's."""
+    attrs = dict(spec.attrs)
     if "histofuse_version" in spec.attrs:
-        h5.attrs["tiles_histofuse_version"] = spec.attrs["histofuse_version"]
-    h5.attrs["encoder"] = encoder.name
-    h5.attrs["dim"] = int(encoder.dim)
-    h5.attrs["encoder_input_px"] = int(encoder.input_px)
-    h5.attrs["precision"] = precision
-    h5.attrs["weights_sha256"] = encoder.weights_sha256
-    h5.attrs["weights_path"] = encoder.weights_path
-    h5.attrs["histofuse_version"] = __version__
-    h5.attrs["device"] = str(device)
-    h5.attrs["n_tiles"] = int(spec.coords.shape[0])
-    h5.attrs["source"] = "extracted"
-    h5.attrs["stain_norm"] = settings.stain_norm or "none"
-    h5.attrs["tile_resize"] = TILE_RESIZE if spec.read_tile_px != spec.tile_px else "none"
+        attrs["tiles_histofuse_version"] = spec.attrs["histofuse_version"]
+    attrs.update(
+        encoder=encoder.name,
+        dim=int(encoder.dim),
+        encoder_input_px=int(encoder.input_px),
+        precision=precision,
+        weights_sha256=encoder.weights_sha256,
+        weights_path=encoder.weights_path,
+        histofuse_version=__version__,
+        device=str(device),
+        n_tiles=int(spec.coords.shape[0]),
+        source="extracted",
+        stain_norm=settings.stain_norm or "none",
+        tile_resize=TILE_RESIZE if spec.read_tile_px != spec.tile_px else "none",
+    )
     if settings.stain_target:
-        h5.attrs["stain_target"] = str(settings.stain_target)
+        attrs["stain_target"] = str(settings.stain_target)
+    return attrs
 
 
 def _decoder_label(tiff_reads: int, reads: int, reader: str) -> str:
@@ -763,14 +760,15 @@ def _write_header(
     settings: ExtractSettings,
 ) -> None:
     """The features dataset (to be filled), the tiles' coordinates and extra datasets, the attributes."""
-    n = int(spec.coords.shape[0])
-    h5.create_dataset("features", shape=(n, encoder.dim), dtype="float32")
-    coords = h5.create_dataset("coords", data=spec.coords, dtype="int64")
-    for key, value in spec.coords_attrs.items():
-        coords.attrs[key] = value
-    for name, data in spec.extra.items():
-        h5.create_dataset(name, data=data)
-    _write_attrs(h5, spec=spec, encoder=encoder, precision=precision, device=device, settings=settings)
+    create_features(
+        h5,
+        n_tiles=int(spec.coords.shape[0]),
+        dim=int(encoder.dim),
+        coords=spec.coords,
+        coords_attrs=spec.coords_attrs,
+        extra=spec.extra,
+        attrs=_feature_attrs(spec=spec, encoder=encoder, precision=precision, device=device, settings=settings),
+    )
 
 
 def _write_encoded(
@@ -850,10 +848,10 @@ def extract_slide_features(
     label = str(spec.attrs.get("slide_id", slide_path.stem))
     start = time.perf_counter()
     try:
-        with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        with writing(out_h5) as h5:
             _write_header(h5, spec=spec, encoder=encoder, precision=precision, device=device, settings=settings)
             h5.attrs["region_decoder"] = decoder_label
-            _write_encoded(h5["features"], encoded, n=n, label=label, cancelled=cancelled)
+            _write_encoded(h5[FEATURES], encoded, n=n, label=label, cancelled=cancelled)
     finally:
         encoded.close()
         batches.close()
@@ -882,13 +880,9 @@ def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, A
     if not path.is_file():
         raise HistofuseError("features file does not exist.", path=path, fix=fix)
     try:
-        with h5py.File(path, "r") as h5:
-            features = np.asarray(h5["features"][()], dtype=np.float32)
-            coords = np.asarray(h5["coords"][()], dtype=np.int64)
-            attrs = {key: _plain(value) for key, value in h5.attrs.items()}
+        return read_features_file(path)
     except (OSError, KeyError) as err:
         raise HistofuseError(f"cannot read the features file ({err}).", path=path, fix=fix) from err
-    return features, coords, attrs
 
 
 def check_features_encoder(path: str | Path, expected_encoder: str, *, expected_sha256: str | None = None) -> None:
@@ -904,11 +898,10 @@ def check_features_encoder(path: str | Path, expected_encoder: str, *, expected_
     if not path.is_file():
         raise HistofuseError("features file does not exist.", path=path, fix=fix)
     try:
-        with h5py.File(path, "r") as h5:
-            found = _plain(h5.attrs.get("encoder"))
-            found_sha = _plain(h5.attrs.get("weights_sha256"))
+        attrs = read_attrs(path)
     except OSError as err:
         raise HistofuseError(f"cannot read the features file ({err}).", path=path, fix=fix) from err
+    found, found_sha = attrs.get("encoder"), attrs.get("weights_sha256")
     if found != expected_encoder:
         raise HistofuseError(
             f"features were extracted with encoder '{found}', but '{expected_encoder}' is configured.",

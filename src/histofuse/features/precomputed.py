@@ -22,12 +22,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from histofuse import __version__
 from histofuse.errors import ConfigError, SlideError
-from histofuse.io import atomic_path
+from histofuse.h5files import CLAM_TILE_SIZES, read_foreign_features, write_features
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +106,6 @@ def find_precomputed_features(folder: str | Path, slide_id: str, encoder: str) -
     return found[0]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def read_precomputed(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
     """Validated ``features`` (N × D float32), ``coords`` (N × 2 int64), file and ``coords`` attributes."""
     path = Path(path)
@@ -127,16 +118,12 @@ def read_precomputed(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str
         return SlideError(problem, path=path, fix=fix)
 
     try:
-        with h5py.File(path, "r") as h5:
-            missing = [name for name in ("features", "coords") if name not in h5]
-            if missing:
-                raise bad(f"the file has no {' and no '.join(repr(m) for m in missing)} dataset.")
-            features = np.asarray(h5["features"][()])
-            coords = np.asarray(h5["coords"][()])
-            attrs = {key: _plain(value) for key, value in h5.attrs.items()}
-            coords_attrs = {key: _plain(value) for key, value in h5["coords"].attrs.items()}
+        found = read_foreign_features(path)
     except OSError as err:
         raise bad(f"cannot read the file as HDF5 ({err}).") from err
+    if isinstance(found, list):
+        raise bad(f"the file has no {' and no '.join(repr(m) for m in found)} dataset.")
+    features, coords, attrs, coords_attrs = found
     if features.ndim != 2:
         raise bad(f"'features' must be 2-D (tiles × dims), got shape {features.shape}.")
     if coords.ndim != 2 or coords.shape[1] != 2:
@@ -158,27 +145,23 @@ def import_precomputed_features(*, folder: str | Path, slide_id: str, encoder: s
     source = find_precomputed_features(folder, slide_id, encoder)
     features, coords, attrs, coords_attrs = read_precomputed(source)
     layout = {0: "flat", 1: "clam", 2: "trident"}[candidate_paths(folder, slide_id, encoder).index(source)]
-    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("features", data=features, dtype="float32")
-        h5.create_dataset("coords", data=coords, dtype="int64")
-        for key, value in coords_attrs.items():
-            h5["coords"].attrs[key] = value
-        for key, value in attrs.items():
-            if value is not None and key not in _OURS:
-                h5.attrs[key] = value
-        if "encoder" in attrs and attrs["encoder"] != encoder:
-            h5.attrs["source_encoder"] = attrs["encoder"]
-        for ours, theirs in (("tile_px", "patch_size"), ("tile_px_level0", "patch_size_level0")):
-            if ours not in attrs and theirs in coords_attrs:
-                h5.attrs[ours] = coords_attrs[theirs]
-        h5.attrs["slide_id"] = slide_id
-        h5.attrs["encoder"] = encoder
-        h5.attrs["dim"] = int(features.shape[1])
-        h5.attrs["n_tiles"] = int(features.shape[0])
-        h5.attrs["source"] = "precomputed"
-        h5.attrs["source_layout"] = layout
-        h5.attrs["source_path"] = str(source.resolve())
-        h5.attrs["source_sha256"] = _sha256(source)
-        h5.attrs["histofuse_version"] = __version__
+    ours = {key: value for key, value in attrs.items() if value is not None and key not in _OURS}
+    if "encoder" in attrs and attrs["encoder"] != encoder:
+        ours["source_encoder"] = attrs["encoder"]
+    for name, theirs in CLAM_TILE_SIZES:
+        if name not in attrs and theirs in coords_attrs:
+            ours[name] = coords_attrs[theirs]
+    ours.update(
+        slide_id=slide_id,
+        encoder=encoder,
+        dim=int(features.shape[1]),
+        n_tiles=int(features.shape[0]),
+        source="precomputed",
+        source_layout=layout,
+        source_path=str(source.resolve()),
+        source_sha256=_sha256(source),
+        histofuse_version=__version__,
+    )
+    write_features(out_h5, features=features, coords=coords, coords_attrs=coords_attrs, attrs=ours)
     log.info("%s: %d × %d precomputed features imported from %s (%s layout)", slide_id, *features.shape, source, layout)
     return int(features.shape[0])

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from histofuse.errors import HistofuseError
+from histofuse.h5files import read_features_file
 from histofuse.report.plots import new_figure, save_figure
 from histofuse.slides.reader import open_slide
 from histofuse.training.trainer import load_trained_model
@@ -63,7 +64,7 @@ def choose_fold(
     return fold
 
 
-def _attr(attrs: h5py.AttributeManager, name: str, path: Path) -> int:
+def _attr(attrs: dict[str, Any], name: str, path: Path) -> int:
     if name not in attrs:
         raise HistofuseError(
             "feature file lacks an attribute", path=path, column=name, fix="re-extract the features"
@@ -74,12 +75,10 @@ def _attr(attrs: h5py.AttributeManager, name: str, path: Path) -> int:
 def slide_attention(checkpoint: Path, features_h5: Path, *, slide_id: str, fold: int) -> SlideAttention:
     """Attention of the model in ``checkpoint`` over the tiles of one feature file."""
     model, content = load_trained_model(checkpoint)
-    with h5py.File(features_h5, "r") as handle:
-        features = np.asarray(handle["features"], dtype=np.float32)
-        coords = np.asarray(handle["coords"], dtype=np.int64)
-        tile_px_level0 = _attr(handle.attrs, "tile_px_level0", features_h5)
-        read_level = _attr(handle.attrs, "read_level", features_h5)
-        read_tile_px = _attr(handle.attrs, "read_tile_px", features_h5)
+    features, coords, attrs = read_features_file(features_h5)
+    tile_px_level0 = _attr(attrs, "tile_px_level0", features_h5)
+    read_level = _attr(attrs, "read_level", features_h5)
+    read_tile_px = _attr(attrs, "read_tile_px", features_h5)
     if len(features) == 0:
         raise HistofuseError("feature file has no tiles", path=features_h5)
     with torch.inference_mode():

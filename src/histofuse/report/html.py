@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import yaml
@@ -35,6 +34,7 @@ from histofuse.evaluate import (
     has_survival_task,
     read_predictions,
 )
+from histofuse.h5files import read_attrs, read_tiles
 from histofuse.io import write_text_atomic
 from histofuse.notes import NOTES_FILE, read_notes
 from histofuse.report import figures, plots, sections
@@ -242,9 +242,8 @@ class FeatureInfo:
 def read_tile_info(path: Path) -> TileInfo:
     """Tile count (rows of ``coords``) and attributes of a tile file; ``None`` when unreadable."""
     try:
-        with h5py.File(path, "r") as handle:
-            n_tiles = int(handle["coords"].shape[0])
-            attrs = dict(handle.attrs)
+        coords, attrs = read_tiles(path)
+        n_tiles = int(coords.shape[0])
     except (OSError, KeyError) as exc:
         log.warning("%s: cannot read tiles (%s)", path, exc)
         return TileInfo(slide_id=path.stem, n_tiles=None, tile_px=None, target_mpp=None)
@@ -260,8 +259,7 @@ def read_feature_info(path: Path) -> FeatureInfo:
     """Encoder attributes of a features file (``unknown`` for what cannot be read)."""
     attrs: dict[str, Any] = {}
     try:
-        with h5py.File(path, "r") as handle:
-            attrs = dict(handle.attrs)
+        attrs = read_attrs(path)
     except OSError as exc:
         log.warning("%s: cannot read features (%s)", path, exc)
 

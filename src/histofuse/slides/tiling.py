@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from histofuse import __version__
 from histofuse.errors import ConfigError
-from histofuse.io import atomic_path
+from histofuse.h5files import read_tiles, write_tiles
 from histofuse.slides.reader_base import SlideInfo
 
 log = logging.getLogger(__name__)
@@ -204,24 +202,16 @@ def coords_attributes(attrs: dict[str, Any], *, slide_id: str, save_path: str | 
 
 def write_tiles_h5(grid: TileGrid, path: str | Path, *, slide_id: str, reader: str) -> None:
     """Write the grid as ``coords`` + ``tissue_fraction`` with self-describing attributes."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("coords", data=grid.coords, dtype="int64")
-            h5.create_dataset("tissue_fraction", data=grid.tissue, dtype="float32")
-            for key, value in grid.attrs.items():
-                h5.attrs[key] = value
-            for key, value in coords_attributes(grid.attrs, slide_id=slide_id, save_path=Path(path).parent).items():
-                h5["coords"].attrs[key] = value
-            h5.attrs["slide_id"] = slide_id
-            h5.attrs["reader"] = reader
-            h5.attrs["n_tiles"] = int(grid.coords.shape[0])
-            h5.attrs["histofuse_version"] = __version__
+    write_tiles(
+        path,
+        coords=grid.coords,
+        tissue_fraction=grid.tissue,
+        attrs={**grid.attrs, "slide_id": slide_id, "reader": reader},
+        coords_attrs=coords_attributes(grid.attrs, slide_id=slide_id, save_path=Path(path).parent),
+    )
     log.info("%s: %d tiles written to %s", slide_id, grid.coords.shape[0], path)
 
 
 def read_tiles_h5(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Coordinates and attributes of a tiles file."""
-    with h5py.File(path, "r") as h5:
-        coords = h5["coords"][()]
-        attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in h5.attrs.items()}
-    return coords, attrs
+    return read_tiles(path)

@@ -19,13 +19,13 @@ from functools import reduce
 from math import gcd
 from pathlib import Path
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
 
 from histofuse.errors import HistofuseError
+from histofuse.h5files import FEATURES, features_shape, read_feature_rows
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +52,17 @@ def _file_shape(path: Path) -> tuple[int, int, bool, str | None] | None:
             fix="run feature extraction for this slide, or remove the slide from the sample sheet.",
         )
     try:
-        with h5py.File(path, "r") as handle:
-            if bool(handle.attrs.get("excluded", False)):
-                return None
-            if "features" not in handle:
-                raise HistofuseError("no 'features' dataset.", path=path)
-            shape = handle["features"].shape
-            has_coords = "coords" in handle and handle["coords"].shape == (shape[0], 2)
-            encoder = handle.attrs.get("encoder")
+        found = features_shape(path)
+    except KeyError:
+        raise HistofuseError(f"no '{FEATURES}' dataset.", path=path) from None
     except OSError as exc:
         raise HistofuseError(f"cannot read the tile features ({exc}).", path=path) from None
+    if found is None:
+        return None
+    shape, has_coords, attrs = found
     if len(shape) != 2:
-        raise HistofuseError(f"'features' must be 2-D (tiles × dims), got shape {shape}.", path=path)
-    if isinstance(encoder, bytes):
-        encoder = encoder.decode()
+        raise HistofuseError(f"'{FEATURES}' must be 2-D (tiles × dims), got shape {shape}.", path=path)
+    encoder = attrs.get("encoder")
     return int(shape[0]), int(shape[1]), has_coords, None if encoder is None else str(encoder)
 
 
@@ -108,21 +105,13 @@ class BagStore:
             if size == 0:
                 continue
             try:
-                with h5py.File(path, "r") as handle:
-                    if rows is None:
-                        block = np.asarray(handle["features"][()], dtype=np.float32)
-                        xy = np.asarray(handle["coords"][()], dtype=np.int64) if self.has_coords else None
-                    else:
-                        block = np.asarray(handle["features"][rows], dtype=np.float32)
-                        xy = np.asarray(handle["coords"][rows], dtype=np.int64) if self.has_coords else None
-                        if self.has_coords:
-                            # the slide's full coordinates fix its grid step and extent
-                            all_xy = np.asarray(handle["coords"][()], dtype=np.int64)
+                # with a subset, the slide's full coordinates (all_xy) fix its grid step and extent
+                block, xy, all_xy = read_feature_rows(path, rows, with_coords=self.has_coords)
             except OSError as exc:
                 raise HistofuseError(f"cannot read the tile features ({exc}).", path=path) from None
             features.append(block)
             if xy is not None:
-                reference = xy if rows is None else all_xy
+                reference = xy if all_xy is None else all_xy
                 step = _grid_step(reference)
                 origin = reference.min(axis=0)
                 shifted = xy - origin
