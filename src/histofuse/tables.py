@@ -104,7 +104,8 @@ def _read_slides(sheet: Path) -> pd.DataFrame:
     return slides
 
 
-def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
+def _patient_rows(path: Path) -> pd.DataFrame:
+    """A per-patient table's rows as text, refused without a ``patient_id`` column or with a patient twice."""
     frame = read_sheet(path)
     if "patient_id" not in frame.columns:
         raise ConfigError("no 'patient_id' column.", path=path, fix="name the patient identifier column 'patient_id'.")
@@ -116,6 +117,11 @@ def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
             column="patient_id",
             fix="keep one row per patient.",
         )
+    return frame
+
+
+def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
+    frame = _patient_rows(path)
     out = pd.DataFrame({"patient_id": frame["patient_id"].astype(str)})
     for column in frame.columns.drop("patient_id"):
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -127,7 +133,7 @@ def _numeric_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
                 f"non-numeric or infinite values in {_row_list(frame, mask, 'patient_id', value_column=column)}.",
                 path=path,
                 column=str(column),
-                fix="use finite numbers, leave missing values empty (not NaN or NA; they are imputed per fold), "
+                fix="use finite numbers, leave missing values empty or NA (not NaN; they are imputed per fold), "
                 "or drop the column.",
             )
         out[str(column)] = values.astype("float64")
@@ -148,17 +154,7 @@ def _drop_unknown_patients(frame: pd.DataFrame, known_patients: pd.Index, *, pat
 
 
 def _clinical_table(path: Path, *, known_patients: pd.Index) -> pd.DataFrame:
-    frame = read_sheet(path)
-    if "patient_id" not in frame.columns:
-        raise ConfigError("no 'patient_id' column.", path=path, fix="name the patient identifier column 'patient_id'.")
-    dup = frame["patient_id"].duplicated(keep=False)
-    if dup.any():
-        raise ConfigError(
-            f"duplicate patient ids: {_row_list(frame, dup, 'patient_id')}.",
-            path=path,
-            column="patient_id",
-            fix="keep one row per patient.",
-        )
+    frame = _patient_rows(path)
     out = frame.copy()
     for column in out.columns.drop("patient_id"):
         numeric = pd.to_numeric(out[column], errors="coerce")
