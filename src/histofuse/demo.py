@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,7 @@ from histofuse.io import write_text_atomic
 from histofuse.slides.pyramid import write_pyramidal_tiff
 
 log = logging.getLogger(__name__)
+P = TypeVar("P")
 
 # Independent random streams, combined with the seed and patient/slide numbers.
 _STREAM_PATIENT = 1
@@ -581,11 +583,21 @@ def make_demo_cohort(out_dir: Path, spec: DemoSpec = DemoSpec(), *, workers: int
         spec.max_side_px,
         out_dir,
     )
+    write_slides(plans, lambda plan: _write_slide(plan, slides_dir), workers=workers)
+    paths = write_cohort_tables(make_demo_tables(spec), out_dir)
+    log.info("demo cohort written to %s", out_dir)
+    return {**paths, "slides_dir": slides_dir}
+
+
+def write_slides(plans: Sequence[P], write: Callable[[P], Path], *, workers: int) -> None:
+    """Render and write the planned slides with ``write``, ``workers`` at a time (threads), with a progress bar."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for path in _progress(pool.map(lambda p: _write_slide(p, slides_dir), plans), len(plans)):
+        for path in _progress(pool.map(write, plans), len(plans)):
             log.debug("wrote %s", path)
 
-    tables = make_demo_tables(spec)
+
+def write_cohort_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, Path]:
+    """The sheets and tables of a synthetic cohort in ``out_dir`` (gene groups as csv); their paths."""
     paths = {
         "slides_sheet": out_dir / "slides.tsv",
         "patients_sheet": out_dir / "patients.tsv",
@@ -593,10 +605,7 @@ def make_demo_cohort(out_dir: Path, spec: DemoSpec = DemoSpec(), *, workers: int
         "gene_groups": out_dir / "gene_groups.csv",
         "clinical": out_dir / "clinical.tsv",
     }
-    _write_table(tables["slides"], paths["slides_sheet"])
-    _write_table(tables["patients"], paths["patients_sheet"])
-    _write_table(tables["genomics"], paths["genomics"])
+    for name, key in (("slides", "slides_sheet"), ("patients", "patients_sheet"), ("genomics", "genomics"), ("clinical", "clinical")):
+        _write_table(tables[name], paths[key])
     _write_table(tables["gene_groups"], paths["gene_groups"], sep=",")
-    _write_table(tables["clinical"], paths["clinical"])
-    log.info("demo cohort written to %s", out_dir)
-    return {**paths, "slides_dir": slides_dir}
+    return paths

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +52,6 @@ from histofuse.demo import (
     DemoSpec,
     _add_grain,
     _base_colour,
-    _progress,
     _rng,
     _sharpen,
     _side_lengths,
@@ -61,9 +59,10 @@ from histofuse.demo import (
     _tissue_field,
     _unit_noise,
     _upsample,
-    _write_table,
     pyramid_levels,
     stamp_nuclei,
+    write_cohort_tables,
+    write_slides,
 )
 from histofuse.slides.pyramid import write_pyramidal_tiff
 
@@ -347,19 +346,7 @@ def make_methods_cohort(out_dir: Path, spec: DemoSpec | None = None, *, workers:
     patients = draw_methods_patients(spec)
     plans = plan_methods_slides(spec, patients)
     log.info("methods cohort: %d patients, %d slides -> %s", spec.n_patients, len(plans), out_dir)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for path in _progress(pool.map(lambda p: _write_slide(p, slides_dir), plans), len(plans)):
-            log.debug("wrote %s", path)
-    tables = make_methods_tables(spec)
-    paths = {
-        "slides_sheet": out_dir / "slides.tsv",
-        "patients_sheet": out_dir / "patients.tsv",
-        "genomics": out_dir / "genomics.tsv",
-        "gene_groups": out_dir / "gene_groups.csv",
-        "clinical": out_dir / "clinical.tsv",
-    }
-    for name, key in (("slides", "slides_sheet"), ("patients", "patients_sheet"), ("genomics", "genomics"), ("clinical", "clinical")):
-        _write_table(tables[name], paths[key])
-    _write_table(tables["gene_groups"], paths["gene_groups"], sep=",")
+    write_slides(plans, lambda plan: _write_slide(plan, slides_dir), workers=workers)
+    paths = write_cohort_tables(make_methods_tables(spec), out_dir)
     log.info("methods cohort written to %s", out_dir)
     return {**paths, "slides_dir": slides_dir}

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 from histofuse.errors import SlideError
 from histofuse.slides.reader_base import (
+    ClosingReader,
     SlideInfo,
     SlideReader,
     missing_mpp_error,
@@ -51,7 +51,7 @@ def _mpp_from_tiff_tags(props: dict[str, str]) -> float | None:
 # ----------------------------------------------------------------------------------- OpenSlide
 
 
-class OpenSlideReader:
+class OpenSlideReader(ClosingReader):
     """OpenSlide backend: SVS, generic pyramidal TIFF, NDPI, MRXS, DICOM and more."""
 
     name = "openslide"
@@ -119,17 +119,6 @@ class OpenSlideReader:
 
     def close(self) -> None:
         self._slide.close()
-
-    def __enter__(self) -> OpenSlideReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------------------------- factory

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 from tiatoolbox.wsicore.wsireader import WSIReader
 
 from histofuse.errors import SlideError
 from histofuse.slides.reader_base import (
+    ClosingReader,
     SlideInfo,
     missing_mpp_error,
     positive_or_none,
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 _BACKGROUND = 255
 
 
-class TiatoolboxReader:
+class TiatoolboxReader(ClosingReader):
     """tiatoolbox backend: whatever ``WSIReader.open`` reads (SVS, NDPI, generic TIFF, DICOM, OME-TIFF…)."""
 
     name = "tiatoolbox"
@@ -110,14 +110,3 @@ class TiatoolboxReader:
         closer = getattr(self._wsi, "close", None)
         if callable(closer):
             closer()
-
-    def __enter__(self) -> TiatoolboxReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
