@@ -50,9 +50,9 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 
 CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 check_plain_data(workflow.configfiles)
-validate_config(
-    config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE
-)
+# The one validation of the configuration (histofuse.configuration's models): defaults filled in
+# `config`, and SETTINGS, the typed sections the rules hand to their stage commands.
+SETTINGS = validate_config(config, source=CONFIG_SOURCE)
 ON_ERROR = config["on_error"]
 # Settings that never change a good slide's outputs: on_error decides only what happens to a slide
 # that fails, features.num_workers only how many processes read tiles, features.server and
