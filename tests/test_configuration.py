@@ -161,3 +161,48 @@ def test_section_json_round_trips_a_quote() -> None:
     config = HistofuseConfig.model_validate({"samples": {}, "features": {"weights": "it's/weights.pt"}})
     text = section_json(config.features)
     assert type(config.features).model_validate_json(text).weights == "it's/weights.pt"
+
+
+def _shell_command(text: str, rule: str) -> str:
+    """The first shell command a dry run (``-p``) prints for ``rule``."""
+    import re
+
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", text, flags=re.M):
+        if re.match(rf"(?:local)?rule {rule}:$", block, flags=re.M):
+            lines = [line.split("Shell command:", 1)[1] for line in block.splitlines() if "Shell command:" in line]
+            if lines:
+                return lines[0].strip()
+    raise AssertionError(f"no shell command of {rule} in the dry run")
+
+
+def test_values_with_quotes_survive_the_shell(tmp_path: Path) -> None:
+    """A results folder and a weights path holding a single quote reach the stage commands intact."""
+    import json
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from workflow_support import TINY, demo_config, make_cohort, snakemake, write_config
+
+    weights = tmp_path / "it's weights.pt"
+    weights.write_bytes(b"")
+    cohort = make_cohort(tmp_path, TINY)
+    config = demo_config(tmp_path, cohort, features={"weights": str(weights)})
+    config["results"] = str(tmp_path / "it's results")
+    path = write_config(tmp_path / "config.yaml", config)
+    proc = snakemake("-n", "-p", "--cores", "1", "--configfile", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    extract = shlex.split(_shell_command(text, "extract_features"))
+    assert json.loads(extract[extract.index("--settings") + 1])["weights"] == str(weights)
+    tile = _shell_command(text, "tile")
+    argv = shlex.split(tile.split(" > ")[0])
+    for flag in ("--mask", "--mask-qc", "--out", "--qc"):
+        Path(argv[argv.index(flag) + 1]).parent.mkdir(parents=True, exist_ok=True)
+    Path(shlex.split(tile.split(" > ")[1])[0]).parent.mkdir(parents=True, exist_ok=True)
+    shell = f'histofuse() {{ {shlex.quote(sys.executable)} -m histofuse "$@"; }}; {tile}'
+    env = {**os.environ, "HISTOFUSE_ON_ERROR": "stop"}  # set by the workflow for every job
+    run = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=False, env=env)
+    assert run.returncode == 0, run.stderr
+    assert Path(argv[argv.index("--out") + 1]).is_file()

@@ -60,10 +60,10 @@ def check_plain_data(paths: list[str] | list[Path]) -> None:
             )
 
 
-def validate_config(config: dict[str, Any], *, source: str = "config") -> HistofuseConfig:
-    """Validate ``config`` against :class:`HistofuseConfig` and fill in its defaults, in place.
+def load_config(config: dict[str, Any], *, source: str = "config") -> HistofuseConfig:
+    """The typed configuration of ``config``, whose defaults are filled in, in place.
 
-    Returns the typed configuration; a ConfigError lists every problem with its key path and fix.
+    A ConfigError lists every problem with its key path and fix.
     """
     try:
         typed = HistofuseConfig.model_validate(config)
@@ -76,6 +76,12 @@ def validate_config(config: dict[str, Any], *, source: str = "config") -> Histof
     config.clear()
     config.update(typed.model_dump(mode="json"))
     return typed
+
+
+def validate_config(config: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` against :class:`HistofuseConfig` and fill in its defaults, in place."""
+    load_config(config, source=source)
+    return config
 
 
 ID_COLUMNS: tuple[str, ...] = ("slide_id", "patient_id")

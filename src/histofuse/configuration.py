@@ -135,7 +135,7 @@ class TissueMaskConfig(Section):
     @model_validator(mode="after")
     def _unique_pen_marks(self) -> TissueMaskConfig:
         if len(set(self.pen_marks)) != len(self.pen_marks):
-            raise ValueError(f"pen_marks lists a colour twice: {self.pen_marks}")
+            raise ValueError(f"pen_marks: lists a colour twice: {self.pen_marks}")
         return self
 
 
@@ -184,9 +184,9 @@ class FeaturesConfig(Section):
     @model_validator(mode="after")
     def _required_companions(self) -> FeaturesConfig:
         if self.source == "precomputed" and not self.precomputed_dir:
-            raise ValueError("source: precomputed needs precomputed_dir, the folder of the feature files")
+            raise ValueError("precomputed_dir: is required with source: precomputed (the folder of the feature files)")
         if self.stain_norm == "macenko" and not self.stain_target:
-            raise ValueError("stain_norm: macenko needs stain_target, the target H&E image")
+            raise ValueError("stain_target: is required with stain_norm: macenko (the target H&E image)")
         return self
 
 
@@ -367,14 +367,23 @@ class HistofuseConfig(Section):
     @model_validator(mode="after")
     def _unique_modalities(self) -> HistofuseConfig:
         if len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities lists a modality twice: {self.modalities}")
+            raise ValueError(f"modalities: lists a modality twice: {self.modalities}")
         return self
 
 
-def section_json(section: BaseModel | dict[str, BaseModel]) -> str:
-    """A section (or several, by name) as the JSON a stage command's ``--settings`` reads."""
+def section_json(
+    section: BaseModel | Mapping[str, BaseModel],
+    *,
+    include: set[str] | None = None,
+    exclude: set[str] | None = None,
+) -> str:
+    """A section (or several, by name) as the JSON a stage command's ``--settings`` reads.
+
+    ``include`` / ``exclude`` pick the keys of a single section (the keys a stage does not read stay
+    out, so that changing them does not rerun its jobs).
+    """
     if isinstance(section, BaseModel):
-        data: Any = section.model_dump(mode="json")
+        data: Any = section.model_dump(mode="json", include=include, exclude=exclude)
     else:
         data = {name: model.model_dump(mode="json") for name, model in section.items()}
     return json.dumps(data, sort_keys=True)
@@ -429,8 +438,13 @@ def _problem(model: type[BaseModel], error: Mapping[str, Any], keys_file: str) -
     parts = _key_parts(error["loc"])
     where = ".".join(parts) or "(top level)"
     kind = error["type"]
-    if kind == "value_error":
-        return where, str(error["msg"]).removeprefix("Value error, "), f"see the comments in {keys_file}."
+    if kind == "value_error":  # a section's own check: "<key>: problem" names the key
+        message = str(error["msg"]).removeprefix("Value error, ")
+        key, _, rest = message.partition(": ")
+        section = _section_at(model, parts)
+        if rest and section is not None and key in section.model_fields:
+            return ".".join([*parts, key]), rest, f"see the comment on this key in {keys_file}."
+        return where, message, f"see the comments in {keys_file}."
     if kind == "missing":
         return where, "is required", f"add the key (see {keys_file})."
     problem = f"{error['msg']} (got {error['input']!r})"
@@ -442,9 +456,9 @@ def _problem(model: type[BaseModel], error: Mapping[str, Any], keys_file: str) -
 
 
 def validation_problems(
-    err: ValidationError, model: type[BaseModel], *, keys_file: str = "config/config.yaml"
+    err: ValidationError, model: type[BaseModel], *, keys_file: str = "config/config.yaml", prefix: str = ""
 ) -> list[str]:
-    """One line per problem of ``err``: the key path, what is wrong and the fix, sorted by key."""
+    """One line per problem of ``err``: the key path (below ``prefix``), what is wrong and the fix."""
     problems: list[tuple[str, str, str]] = []
     unknown: dict[tuple[str, ...], list[str]] = {}
     for error in err.errors():
@@ -456,6 +470,8 @@ def validation_problems(
     problems += [_unknown_keys_problem(model, list(parent), keys) for parent, keys in unknown.items()]
     merged: dict[str, tuple[list[str], str]] = {}
     for where, problem, fix in sorted(problems):  # a union's members each report the same key
+        if prefix:
+            where = prefix if where == "(top level)" else f"{prefix}.{where}"
         merged.setdefault(where, ([], fix))[0].append(problem)
     return [f"  - key '{where}': {'; or '.join(listed)}. Fix: {fix}" for where, (listed, fix) in merged.items()]
 
