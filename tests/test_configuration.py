@@ -143,9 +143,9 @@ def test_bounds_are_the_runtime_limits() -> None:
 
 
 def test_companion_keys_are_required() -> None:
-    with pytest.raises(ConfigError, match="precomputed_dir"):
+    with pytest.raises(ConfigError, match="key 'features.precomputed_dir': is required"):
         validate_config({"samples": {}, "features": {"source": "precomputed"}}, source="c.yaml")
-    with pytest.raises(ConfigError, match="key 'features'.*stain_target"):
+    with pytest.raises(ConfigError, match="key 'features.stain_target': is required with stain_norm: macenko"):
         validate_config({"samples": {}, "features": {"stain_norm": "macenko"}})
 
 
