@@ -159,10 +159,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_import_features(args: argparse.Namespace) -> None:
-    from histofuse.features.precomputed import import_precomputed_features
-
     from histofuse.errors import SlideError
     from histofuse.exclusions import Exclusion, check_on_error, write_excluded_features
+    from histofuse.features.precomputed import import_precomputed_features
 
     check_on_error(args.on_error)
     try:
@@ -228,7 +227,7 @@ def cmd_make_folds(args: argparse.Namespace) -> None:
         tasks=tuple(args.tasks),
         binary_label=args.binary_label,
         cohort_splits=None if args.cohort_splits is None else Path(args.cohort_splits),
-        split_files=dict(folds.files) if folds.source == "files" and folds.files else None,
+        split_files={str(key): path for key, path in folds.files.items()} if folds.source == "files" and folds.files else None,
     )
     write_folds(written, Path(args.out))
 
@@ -239,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from histofuse.training.trainer import train_fold
 
     _limit_torch_threads(args.threads)
-    outputs = {
+    outputs: dict[str, Any] = {
         "out_checkpoint": Path(args.checkpoint),
         "out_predictions": Path(args.predictions),
         "out_history": _optional_path(args.history or ""),

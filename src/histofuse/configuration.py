@@ -72,43 +72,43 @@ class CohortConfig(Section):
     """How the cohort's tables are laid out."""
 
     format: Literal["histofuse", "pathomic_gbmlgg", "mcat", "bcnb", "generic"] = Field(
-        "histofuse",
+        default="histofuse",
         description="how the cohort's tables are laid out: histofuse's own sheets (samples + tables) "
         "or a published format",
     )
     options: dict[str, Any] = Field(
-        default={}, description="the format's files and options (see README, \"Cohort formats\")"
+       default={}, description="the format's files and options (see README, \"Cohort formats\")"
     )
-    gene_groups: str | None = Field(None, description="gene,group csv replacing a published format's own gene groups")
+    gene_groups: str | None = Field(default=None, description="gene,group csv replacing a published format's own gene groups")
 
 
 class SamplesConfig(Section):
     """The sample sheets."""
 
     slides: str | None = Field(
-        None, description="slides sheet (slide_id, patient_id, path[, mpp]); null for a cohort without slides"
+        default=None, description="slides sheet (slide_id, patient_id, path[, mpp]); null for a cohort without slides"
     )
     patients: str | None = Field(
-        None, description="patients sheet (patient_id, grade, survival_months, event); cohort.format histofuse only"
+        default=None, description="patients sheet (patient_id, grade, survival_months, event); cohort.format histofuse only"
     )
     data_root: str | None = Field(
-        None, description="folder every slide path must lie in (after '..' and links are resolved); null = no check"
+        default=None, description="folder every slide path must lie in (after '..' and links are resolved); null = no check"
     )
 
 
 class TablesConfig(Section):
     """histofuse's own tables beside the sheets."""
 
-    genomics: str | None = Field(None, description="genomics table (patient_id + numeric columns)")
-    gene_groups: str | None = Field(None, description="gene,group csv assigning genes to groups")
-    clinical: str | None = Field(None, description="clinical table (patient_id + columns)")
+    genomics: str | None = Field(default=None, description="genomics table (patient_id + numeric columns)")
+    gene_groups: str | None = Field(default=None, description="gene,group csv assigning genes to groups")
+    clinical: str | None = Field(default=None, description="clinical table (patient_id + columns)")
 
 
 class LabelsConfig(Section):
     """Label encodings."""
 
     grade_classes: list[str | int] = Field(
-        default=["2", "3", "4"],
+       default=["2", "3", "4"],
         min_length=2,
         description="grade values in order, mapped to class indices 0..K-1",
     )
@@ -120,14 +120,14 @@ PenColour = Literal["blue", "green", "red", "black"]
 class TissueMaskConfig(Section):
     """The tissue mask of each slide (:class:`histofuse.slides.mask.MaskSettings`)."""
 
-    method: Literal["otsu", "morphological"] = Field("otsu", description="tiatoolbox masker")
-    mpp: float = Field(8.0, gt=0, description="resolution of the mask (µm/px)")
-    background_filter: bool = Field(True, description="blank-background filter (bright/grey pixels, debris)")
-    max_background_grey: int = Field(220, ge=0, le=255, description="brighter pixels are background")
-    min_saturation: int = Field(12, ge=0, le=255, description="pixels with a smaller RGB spread are background")
-    min_tissue_um2: float = Field(100.0, ge=0, description="smaller tissue regions (µm²) are debris")
+    method: Literal["otsu", "morphological"] = Field(default="otsu", description="tiatoolbox masker")
+    mpp: float = Field(default=8.0, gt=0, description="resolution of the mask (µm/px)")
+    background_filter: bool = Field(default=True, description="blank-background filter (bright/grey pixels, debris)")
+    max_background_grey: int = Field(default=220, ge=0, le=255, description="brighter pixels are background")
+    min_saturation: int = Field(default=12, ge=0, le=255, description="pixels with a smaller RGB spread are background")
+    min_tissue_um2: float = Field(default=100.0, ge=0, description="smaller tissue regions (µm²) are debris")
     pen_marks: list[PenColour] = Field(
-        default=[],
+       default=[],
         json_schema_extra={"uniqueItems": True},
         description="marker ink colours removed from the mask ([] = keep pen marks)",
     )
@@ -142,44 +142,44 @@ class TissueMaskConfig(Section):
 class TilingConfig(Section):
     """The tile grid of each slide (:class:`histofuse.slides.tiling.TilingSettings`)."""
 
-    mpp: float = Field(0.5, gt=0, description="target resolution (µm/px)")
-    tile_px: int = Field(256, ge=16, description="tile side at the target resolution")
-    overlap_px: int = Field(0, ge=0, description="overlap between tiles (px at target)")
-    tissue_threshold: float = Field(0.5, ge=0, le=1, description="minimum tissue fraction of a kept tile")
-    max_tiles: int | None = Field(None, ge=1, description="cap on tiles per slide, sampled at random (null = none)")
-    seed: int = Field(0, description="seed of the sampling under max_tiles")
+    mpp: float = Field(default=0.5, gt=0, description="target resolution (µm/px)")
+    tile_px: int = Field(default=256, ge=16, description="tile side at the target resolution")
+    overlap_px: int = Field(default=0, ge=0, description="overlap between tiles (px at target)")
+    tissue_threshold: float = Field(default=0.5, ge=0, le=1, description="minimum tissue fraction of a kept tile")
+    max_tiles: int | None = Field(default=None, ge=1, description="cap on tiles per slide, sampled at random (null = none)")
+    seed: int = Field(default=0, description="seed of the sampling under max_tiles")
 
 
 class FeaturesConfig(Section):
     """Tile features: extracted with an encoder, or imported precomputed."""
 
     source: Literal["extract", "precomputed"] = Field(
-        "extract", description="extract features, or import precomputed CLAM/TRIDENT files"
+        default="extract", description="extract features, or import precomputed CLAM/TRIDENT files"
     )
     precomputed_dir: str | None = Field(
-        None, description="folder of precomputed feature files (source: precomputed)"
+        default=None, description="folder of precomputed feature files (source: precomputed)"
     )
-    encoder: str = Field("efficientnet_lite0", description="encoder registry name (or timm:<model>)")
-    weights: str | None = Field(None, description="local weights file for the encoder")
-    batch_size: int = Field(64, ge=1, description="tiles per forward pass")
-    num_workers: int = Field(0, ge=0, description="DataLoader workers reading tiles")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses a GPU when present")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
-    region_px: int = Field(2048, ge=0, description="side of the shared region reads (0 = tile by tile)")
+    encoder: str = Field(default="efficientnet_lite0", description="encoder registry name (or timm:<model>)")
+    weights: str | None = Field(default=None, description="local weights file for the encoder")
+    batch_size: int = Field(default=64, ge=1, description="tiles per forward pass")
+    num_workers: int = Field(default=0, ge=0, description="DataLoader workers reading tiles")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto uses a GPU when present")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 on GPU, fp32 on CPU")
+    region_px: int = Field(default=2048, ge=0, description="side of the shared region reads (0 = tile by tile)")
     region_decoder: Literal["auto", "reader", "tifffile", "gpu"] = Field(
-        "auto",
+        default="auto",
         description="who decodes the reads: tifffile for tiled JPEG TIFF/SVS levels, the slide reader "
         "elsewhere (auto); always the slide reader; tifffile only; or the GPU only",
     )
-    compile: bool = Field(False, description="torch.compile the encoder")
+    compile: bool = Field(default=False, description="torch.compile the encoder")
     server: bool = Field(
-        True,
+        default=True,
         description="one extraction process per machine serves the slides' extract_features jobs, paying "
         "the encoder's start-up once; false: each job starts its own",
     )
-    server_idle_s: float = Field(60.0, gt=0, description="seconds an idle extraction server waits for the next slide")
-    stain_norm: Literal["macenko"] | None = Field(None, description="stain normalisation (null = none)")
-    stain_target: str | None = Field(None, description="target H&E image of the stain normalisation")
+    server_idle_s: float = Field(default=60.0, gt=0, description="seconds an idle extraction server waits for the next slide")
+    stain_norm: Literal["macenko"] | None = Field(default=None, description="stain normalisation (null = none)")
+    stain_target: str | None = Field(default=None, description="target H&E image of the stain normalisation")
 
     @model_validator(mode="after")
     def _required_companions(self) -> FeaturesConfig:
@@ -194,9 +194,9 @@ class PreprocessingConfig(Section):
     """Per-fold preprocessing of the genomic and clinical tables."""
 
     log1p_suffixes: list[str] = Field(default=["_rnaseq"], description="genomic columns ending so get log1p")
-    top_k_genomic: int | None = Field(None, ge=1, description="keep the k most variable genomic columns")
-    missing_indicators: bool = Field(True, description="add a 0/1 column per column with missing values")
-    clip: float = Field(10.0, gt=0, description="clip scaled values to ±clip")
+    top_k_genomic: int | None = Field(default=None, ge=1, description="keep the k most variable genomic columns")
+    missing_indicators: bool = Field(default=True, description="add a 0/1 column per column with missing values")
+    clip: float = Field(default=10.0, gt=0, description="clip scaled values to ±clip")
 
 
 SplitName = Literal["table", "train", "val", "test"]
@@ -205,18 +205,18 @@ SplitName = Literal["table", "train", "val", "test"]
 class FoldsConfig(Section):
     """Cross-validation folds."""
 
-    k: int = Field(5, ge=1, description="number of folds (source: cohort or files: the first k of the given splits)")
+    k: int = Field(default=5, ge=1, description="number of folds (source: cohort or files: the first k of the given splits)")
     source: Literal["kfold", "cohort", "files"] = Field(
-        "kfold", description="draw stratified folds, use the format's split files (cohort) or folds.files (files)"
+        default="kfold", description="draw stratified folds, use the format's split files (cohort) or folds.files (files)"
     )
     files: dict[SplitName, PathText] | None = Field(
-        None,
+        default=None,
         description="source: files: a folds table (table: patient_id, fold, split), or id lists per split "
         "(train, test, optional val: one id per line; one fixed split)",
     )
-    stratify: str = Field("grade", description="label column stratified on, with the event (none: the event only)")
-    seed: int = Field(0, description="random seed of the fold assignment")
-    val_fraction: float = Field(0.2, gt=0, lt=0.5, description="share of each training part held out for early stopping")
+    stratify: str = Field(default="grade", description="label column stratified on, with the event (none: the event only)")
+    seed: int = Field(default=0, description="random seed of the fold assignment")
+    val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="share of each training part held out for early stopping")
 
 
 ModelName = Literal[
@@ -230,24 +230,24 @@ class CoxConfig(Section):
     """cox_clinical: penalised Cox regression on patient-level covariates."""
 
     covariates: list[str] = Field(
-        default=["grade", "subtype"],
+       default=["grade", "subtype"],
         min_length=1,
         description="cox_clinical covariates (labels or clinical columns)",
     )
-    penalizer: float = Field(0.1, ge=0, description="L2 penalty of the Cox model")
+    penalizer: float = Field(default=0.1, ge=0, description="L2 penalty of the Cox model")
 
 
 class CoxGenomicConfig(Section):
     """cox_genomic: ridge / elastic-net Cox on the fold's preprocessed features."""
 
     inputs: list[Literal["genomics", "clinical"]] = Field(
-        default=["genomics"],
+       default=["genomics"],
         min_length=1,
         json_schema_extra={"uniqueItems": True},
         description="tables whose preprocessed features cox_genomic uses",
     )
-    penalizer: float = Field(0.1, gt=0, description="penalty strength of cox_genomic")
-    l1_ratio: float = Field(0.0, ge=0, le=1, description="share of L1 in the penalty (0 = ridge)")
+    penalizer: float = Field(default=0.1, gt=0, description="penalty strength of cox_genomic")
+    l1_ratio: float = Field(default=0.0, ge=0, le=1, description="share of L1 in the penalty (0 = ridge)")
 
 
 class TrainingRunConfig(Section):
@@ -255,40 +255,40 @@ class TrainingRunConfig(Section):
     (and ``tasks``), the fields of :class:`histofuse.training.settings.TrainSettings`."""
 
     tasks: list[Task] = Field(default=["grade", "survival"], min_length=1, description="tasks trained jointly")
-    epochs: int = Field(20, ge=1, description="maximum epochs")
-    optimizer: Literal["adamw", "adam"] = Field("adamw", description="adamw (decoupled weight decay) or adam (L2 weight decay)")
-    lr: float = Field(0.0002, gt=0, description="learning rate")
-    weight_decay: float = Field(0.00001, ge=0, description="weight decay")
-    patience: int = Field(5, ge=0, description="early-stopping patience in epochs (0 = never stop early)")
-    hidden_dim: int = Field(128, ge=1, description="width of embeddings")
-    dropout: float = Field(0.25, ge=0, lt=1, description="dropout rate")
-    n_bins: int = Field(4, ge=1, description="discrete survival time bins")
-    alpha_surv: float = Field(0.4, ge=0, le=1, description="weight of uncensored-only NLL")
-    survival_loss: Literal["nll", "cox"] = Field("nll", description="discrete-time NLL or Cox partial likelihood")
-    class_weights: Literal["none", "balanced"] = Field("none", description="cross-entropy class weights")
-    binary_label: str = Field("aln", min_length=1, description="patients-table column the binary task predicts")
-    max_tiles: int = Field(512, ge=0, description="tiles sampled per bag in training (0 = all)")
-    grad_accum: int = Field(8, ge=1, description="bags per optimiser step")
-    batch_size: int = Field(1, ge=1, description="bags per forward pass (<= grad_accum)")
-    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning-rate schedule")
-    warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up")
-    monitor: Literal["loss", "auc", "cindex"] = Field("loss", description="validation quantity choosing the best epoch")
-    seed: int = Field(0, ge=0, description="training seed")
+    epochs: int = Field(default=20, ge=1, description="maximum epochs")
+    optimizer: Literal["adamw", "adam"] = Field(default="adamw", description="adamw (decoupled weight decay) or adam (L2 weight decay)")
+    lr: float = Field(default=0.0002, gt=0, description="learning rate")
+    weight_decay: float = Field(default=0.00001, ge=0, description="weight decay")
+    patience: int = Field(default=5, ge=0, description="early-stopping patience in epochs (0 = never stop early)")
+    hidden_dim: int = Field(default=128, ge=1, description="width of embeddings")
+    dropout: float = Field(default=0.25, ge=0, lt=1, description="dropout rate")
+    n_bins: int = Field(default=4, ge=1, description="discrete survival time bins")
+    alpha_surv: float = Field(default=0.4, ge=0, le=1, description="weight of uncensored-only NLL")
+    survival_loss: Literal["nll", "cox"] = Field(default="nll", description="discrete-time NLL or Cox partial likelihood")
+    class_weights: Literal["none", "balanced"] = Field(default="none", description="cross-entropy class weights")
+    binary_label: str = Field(default="aln", min_length=1, description="patients-table column the binary task predicts")
+    max_tiles: int = Field(default=512, ge=0, description="tiles sampled per bag in training (0 = all)")
+    grad_accum: int = Field(default=8, ge=1, description="bags per optimiser step")
+    batch_size: int = Field(default=1, ge=1, description="bags per forward pass (<= grad_accum)")
+    lr_schedule: Literal["constant", "cosine"] = Field(default="constant", description="learning-rate schedule")
+    warmup_epochs: int = Field(default=0, ge=0, description="epochs of linear learning-rate warm-up")
+    monitor: Literal["loss", "auc", "cindex"] = Field(default="loss", description="validation quantity choosing the best epoch")
+    seed: int = Field(default=0, ge=0, description="training seed")
     device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="training device: auto, cpu, cuda or cuda:N"
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="training device: auto, cpu, cuda or cuda:N"
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
-    resume: bool = Field(True, description="continue from the fold's last-epoch state when it matches")
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    resume: bool = Field(default=True, description="continue from the fold's last-epoch state when it matches")
     task_weights: dict[str, NonNegative] = Field(default={}, description="loss weight per task")
     aux_weights: dict[str, NonNegative] = Field(default={}, description="weight per auxiliary loss of a model")
     coordination: Literal["project", "reflect", "none"] = Field(
-        "project", description="ksf: gradient coordination on the fused classifier (reflect = the authors' code)"
+        default="project", description="ksf: gradient coordination on the fused classifier (reflect = the authors' code)"
     )
     subspaces: dict[str, Annotated[list[str], Field(min_length=1)]] | None = Field(
-        None, description="ksf: genomic subspace -> gene-group names (null: groups named tumour and microenvironment)"
+        default=None, description="ksf: genomic subspace -> gene-group names (null: groups named tumour and microenvironment)"
     )
     model_options: dict[str, dict[str, Any]] = Field(
-        default={}, description="model name -> builder options (e.g. m2f: {n_heads: 4})"
+       default={}, description="model name -> builder options (e.g. m2f: {n_heads: 4})"
     )
 
 
@@ -297,7 +297,7 @@ class TrainingConfig(TrainingRunConfig):
 
     models: list[ModelName] = Field(default=["mm_baseline"], min_length=1, description="models to train (registry names)")
     overrides: dict[str, dict[str, Any]] = Field(
-        default={},
+       default={},
         description="model name -> training settings for that model only (e.g. snn: {lr: 0.001, epochs: 60})",
     )
     cox: CoxConfig = Field(default=CoxConfig(), description="cox_clinical's settings")
@@ -307,40 +307,40 @@ class TrainingConfig(TrainingRunConfig):
 class EvaluationConfig(Section):
     """Metrics, their bootstrap intervals and the modality ablation."""
 
-    bootstrap: int = Field(1000, ge=0, description="bootstrap replicates of the 95 % intervals (0 = none)")
-    seed: int = Field(0, description="seed of the bootstrap and of the modality permutations")
-    ablation_repeats: int = Field(5, ge=0, description="permutations per modality of the modality ablation (0 = none)")
+    bootstrap: int = Field(default=1000, ge=0, description="bootstrap replicates of the 95 % intervals (0 = none)")
+    seed: int = Field(default=0, description="seed of the bootstrap and of the modality permutations")
+    ablation_repeats: int = Field(default=5, ge=0, description="permutations per modality of the modality ablation (0 = none)")
 
 
 class MissingRateConfig(Section):
     """Test AUC with a share of the test patients' clinical data withheld."""
 
     models: list[str] = Field(
-        default=[],
+       default=[],
         description="trained models scored with clinical data withheld (e.g. bidistill, mm_impute, abmil); [] = none",
     )
     rates: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+       default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
         min_length=1,
         description="shares of test patients whose clinical data are withheld",
     )
-    seed: int = Field(0, ge=0, description="seed choosing the patients")
+    seed: int = Field(default=0, ge=0, description="seed choosing the patients")
 
 
 class ReportConfig(Section):
     """The HTML report."""
 
-    title: str = Field("histofuse report", description="title of report.html")
-    attention_slides: int = Field(4, ge=0, description="slides with an attention heatmap (abmil only; 0 = none)")
+    title: str = Field(default="histofuse report", description="title of report.html")
+    attention_slides: int = Field(default=4, ge=0, description="slides with an attention heatmap (abmil only; 0 = none)")
 
 
 class HistofuseConfig(Section):
     """histofuse configuration (config/config.yaml documents every key)."""
 
-    results: str = Field("results", min_length=1, description="output folder for this cohort")
+    results: str = Field(default="results", min_length=1, description="output folder for this cohort")
     cohort: CohortConfig = Field(default=CohortConfig(), description="how the cohort's tables are laid out")
     modalities: list[Literal["wsi", "genomics", "clinical"]] = Field(
-        default=["wsi", "genomics", "clinical"],
+       default=["wsi", "genomics", "clinical"],
         min_length=1,
         json_schema_extra={"uniqueItems": True},
         description="data the models use; without wsi no slide is tiled or encoded",
@@ -349,11 +349,11 @@ class HistofuseConfig(Section):
     tables: TablesConfig = Field(default=TablesConfig(), description="histofuse's own tables")
     labels: LabelsConfig = Field(default=LabelsConfig(), description="label encodings")
     on_error: Literal["stop", "skip"] = Field(
-        "stop",
+        default="stop",
         description="per-slide stages (tiling, feature extraction or import): stop the run at a slide that "
         "fails, or skip it (recorded in exclusions.tsv)",
     )
-    reader: Literal["openslide", "tiatoolbox"] = Field("openslide", description="whole-slide image reader backend")
+    reader: Literal["openslide", "tiatoolbox"] = Field(default="openslide", description="whole-slide image reader backend")
     tissue_mask: TissueMaskConfig = Field(default=TissueMaskConfig(), description="the tissue mask")
     tiling: TilingConfig = Field(default=TilingConfig(), description="the tile grid")
     features: FeaturesConfig = Field(default=FeaturesConfig(), description="tile features")
