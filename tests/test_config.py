@@ -22,7 +22,7 @@ def _config() -> dict:
 
 
 def test_shipped_config_is_valid_and_every_key_is_commented() -> None:
-    validate_config(_config(), schema_path=SCHEMAS / "config.schema.yaml")
+    validate_config(_config())
     lines = CONFIG.read_text().splitlines()
     for i, line in enumerate(lines):
         stripped = line.strip()
@@ -32,7 +32,7 @@ def test_shipped_config_is_valid_and_every_key_is_commented() -> None:
 
 def test_defaults_are_filled() -> None:
     config = {"samples": {"slides": "s.tsv", "patients": "p.tsv"}}
-    validate_config(config, schema_path=SCHEMAS / "config.schema.yaml")
+    validate_config(config)
     assert config["results"] == "results"
     assert config["tiling"]["mpp"] == 0.5 and config["tiling"]["tile_px"] == 256
     assert config["folds"]["k"] == 5
@@ -44,7 +44,7 @@ def test_misspelt_and_mistyped_keys_are_named() -> None:
     config["tiling"]["tile_size"] = 256
     config["folds"]["k"] = "five"
     with pytest.raises(ConfigError) as err:
-        validate_config(copy.deepcopy(config), schema_path=SCHEMAS / "config.schema.yaml", source="my.yaml")
+        validate_config(copy.deepcopy(config), source="my.yaml")
     text = str(err.value)
     assert "my.yaml" in text
     assert "'tiling'" in text and "tile_size" in text and "allowed keys" in text
@@ -78,7 +78,7 @@ def test_ksf_mcat_subspaces_name_mcat_families() -> None:
     overlay = yaml.safe_load((CONFIG.parent / "examples" / "ksf_subspaces_mcat.yaml").read_text())
     config = _config()
     config["training"].update(overlay["training"])
-    validate_config(config, schema_path=SCHEMAS / "config.schema.yaml")
+    validate_config(config)
     signatures = CONFIG.parents[1].parent / "shared" / "data" / "tables" / "mcat_ucec" / "datasets_csv_sig_signatures.csv"
     if not signatures.exists():
         pytest.skip(f"MCAT's gene families are not at {signatures}")

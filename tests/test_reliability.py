@@ -353,7 +353,7 @@ def test_misspelt_config_key_gets_a_did_you_mean() -> None:
     config["tiling"]["tile_pxx"] = 256
     config["on_eror"] = "skip"
     with pytest.raises(ConfigError) as err:
-        validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source="my.yaml")
+        validate_config(config, source="my.yaml")
     message = str(err.value)
     assert "my.yaml" in message and "'tile_pxx' -> 'tile_px'" in message and "'on_eror' -> 'on_error'" in message
 
@@ -363,7 +363,7 @@ def test_config_value_of_the_wrong_type() -> None:
     config["on_error"] = "ignore"
     config["tiling"]["tile_px"] = "256px"
     with pytest.raises(ConfigError) as err:
-        validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source="my.yaml")
+        validate_config(config, source="my.yaml")
     message = str(err.value)
     assert "'on_error'" in message and "use one of: stop, skip" in message and "'tiling.tile_px'" in message
 
@@ -610,7 +610,7 @@ def _validated(**changes: dict) -> dict:
     config = _config()
     for section, values in changes.items():
         config[section] = {**config[section], **values} if isinstance(config.get(section), dict) else values
-    return validate_config(config, schema_path=SCHEMAS / "config.schema.yaml", source="my.yaml")
+    return validate_config(config, source="my.yaml")
 
 
 @pytest.mark.parametrize(

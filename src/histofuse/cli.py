@@ -1,4 +1,9 @@
-"""``histofuse <stage> …``: thin command-line entry points called by the workflow's rules."""
+"""``histofuse <stage> …``: thin command-line entry points called by the workflow's rules.
+
+Settings that the configuration holds reach a stage as ``--settings`` JSON (the resolved sections
+it reads) or as single options; both, their help and their defaults come from
+:mod:`histofuse.configuration` (:mod:`histofuse.cli_settings`).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,44 @@ import dataclasses
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from histofuse import __version__
+from histofuse.cli_settings import SettingsGroup, add_settings, settings_from_args
+from histofuse.configuration import (
+    EvaluationConfig,
+    FeaturesConfig,
+    FoldsConfig,
+    HistofuseConfig,
+    MissingRateConfig,
+    PreprocessingConfig,
+    TilingConfig,
+    TissueMaskConfig,
+    TrainingRunConfig,
+)
 from histofuse.errors import HistofuseError
 
 log = logging.getLogger("histofuse")
 
 Handler = Callable[[argparse.Namespace], None]
+
+MASK = SettingsGroup("tissue_mask", TissueMaskConfig, flags={"mpp": "--mask-mpp"})
+TILING = SettingsGroup("tiling", TilingConfig, flags={"mpp": "--tile-mpp"})
+FEATURES = SettingsGroup(
+    "features",
+    FeaturesConfig,
+    keys=tuple(key for key in FeaturesConfig.model_fields if key not in ("source", "precomputed_dir")),
+    cli_defaults={"server": False},
+)
+FOLDS = SettingsGroup("folds", FoldsConfig)
+PREPROCESSING = SettingsGroup("preprocessing", PreprocessingConfig)
+TRAINING = SettingsGroup("training", TrainingRunConfig)
+BOOTSTRAP = SettingsGroup("evaluation", EvaluationConfig, keys=("bootstrap", "seed"))
+ABLATION = SettingsGroup("evaluation", EvaluationConfig, keys=("ablation_repeats", "seed"), flags={"ablation_repeats": "--repeats"})
+MISSING_RATE = SettingsGroup("missing_rate", MissingRateConfig, keys=("rates", "seed"))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -34,23 +67,6 @@ def _optional_float(value: str) -> float | None:
 
 def _optional_path(value: str) -> Path | None:
     return None if value in ("", "None") else Path(value)
-
-
-def _optional_int(value: str) -> int | None:
-    return None if value in ("", "None", "null") else int(value)
-
-
-def _optional_str(value: str) -> str | None:
-    return None if value in ("", "None", "null") else value
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
 
 
 def _limit_torch_threads(threads: int) -> None:
@@ -73,40 +89,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     log.info("demo cohort written: %s", ", ".join(f"{k}={v}" for k, v in written.items()))
 
 
-def cmd_tissue_mask(args: argparse.Namespace) -> None:
-    from histofuse.slides.mask import mask_slide
-    from histofuse.slides.reader import open_slide
-
-    with open_slide(args.slide, reader=args.reader, mpp=args.mpp) as reader:
-        mask_slide(reader, settings=_mask_settings(args), mask_png=args.mask, qc_png=args.qc)
-
-
-def _mask_settings(args: argparse.Namespace) -> Any:
-    from histofuse.slides.mask import MaskSettings
-
-    return MaskSettings(
-        method=args.method,
-        mpp=args.mask_mpp,
-        background_filter=args.background_filter,
-        max_background_grey=args.max_background_grey,
-        min_saturation=args.min_saturation,
-        min_tissue_um2=args.min_tissue_um2,
-        pen_marks=tuple(args.pen_marks),
-    )
-
-
 def cmd_tile(args: argparse.Namespace) -> None:
     from histofuse.slides.job import TileJob, run_tile_job
+    from histofuse.slides.mask import MaskSettings
     from histofuse.slides.tiling import TilingSettings
 
-    settings = TilingSettings(
-        mpp=args.tile_mpp,
-        tile_px=args.tile_px,
-        overlap_px=args.overlap_px,
-        tissue_threshold=args.tissue_threshold,
-        max_tiles=args.max_tiles,
-        seed=args.seed,
-    )
+    sections = settings_from_args(args, (MASK, TILING))
+    mask = sections["tissue_mask"].model_dump()
     job = TileJob(
         slide=args.slide,
         slide_id=args.slide_id or args.slide.stem,
@@ -117,12 +106,19 @@ def cmd_tile(args: argparse.Namespace) -> None:
         tiles=args.out,
         qc=args.qc,
     )
-    run_tile_job(job, mask_settings=_mask_settings(args), settings=settings, on_error=args.on_error)
+    run_tile_job(
+        job,
+        mask_settings=MaskSettings(**{**mask, "pen_marks": tuple(mask["pen_marks"])}),
+        settings=TilingSettings(**sections["tiling"].model_dump()),
+        on_error=args.on_error,
+    )
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from histofuse.features.extract_job import EncoderSpec, ExtractJob
 
+    features = typing.cast(FeaturesConfig, settings_from_args(args, (FEATURES,))["features"])
+    encoder = features.encoder
     job = ExtractJob(
         slide=str(args.slide),
         slide_id=args.slide_id,
@@ -131,28 +127,23 @@ def cmd_extract(args: argparse.Namespace) -> None:
         mpp=args.mpp,
         on_error=args.on_error,
     )
+    extract_keys = ("batch_size", "num_workers", "device", "precision", "region_px", "region_decoder", "compile")
     spec = EncoderSpec(
-        encoder=args.encoder,
-        weights=str(args.weights) if args.weights else None,
+        encoder=encoder,
+        weights=features.weights or None,
         threads=args.threads,
         settings={
-            "batch_size": args.batch_size,
-            "num_workers": args.num_workers,
-            "device": args.device,
-            "precision": args.precision,
+            **{key: getattr(features, key) for key in extract_keys},
             "reader": args.reader,
-            "region_px": args.region_px,
-            "region_decoder": args.region_decoder,
-            "compile": args.compile,
-            "stain_norm": args.stain_norm,
-            "stain_target": args.stain_target,
+            "stain_norm": features.stain_norm,
+            "stain_target": features.stain_target or None,
         },
     )
-    if args.server:
+    if features.server:
         from histofuse.features.server import absolute_paths, submit
 
         # the server may have been started from another folder: it gets no relative path
-        outcome = submit(*absolute_paths(job, spec), idle_s=args.server_idle_s)
+        outcome = submit(*absolute_paths(job, spec), idle_s=features.server_idle_s)
     else:
         from histofuse.features.encoders import build_encoder
         from histofuse.features.extract_job import run_extract_job
@@ -160,8 +151,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
         _limit_torch_threads(args.threads)
         outcome = run_extract_job(
             job,
-            encoder_name=args.encoder,
-            encoder=lambda: build_encoder(args.encoder, weights=args.weights),
+            encoder_name=encoder,
+            encoder=lambda: build_encoder(encoder, weights=spec.weights),
             settings=spec.extract_settings(),
         )
     log.info("%s: %s", args.slide_id or args.slide, outcome)
@@ -184,12 +175,6 @@ def cmd_import_features(args: argparse.Namespace) -> None:
         write_excluded_features(args.out, exclusion, encoder=args.encoder)
 
 
-def cmd_exclusions(args: argparse.Namespace) -> None:
-    from histofuse.exclusions import collect_exclusions
-
-    collect_exclusions(args.features, args.out, encoder=args.encoder)
-
-
 def cmd_prepare_tables(args: argparse.Namespace) -> None:
     import json
 
@@ -210,14 +195,13 @@ def cmd_prepare_tables(args: argparse.Namespace) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    import json
-
     import pandas as pd
 
     from histofuse.io import write_text_atomic
     from histofuse.preprocess import PreprocessSettings, fit_fold_preprocessing
     from histofuse.training.data import read_fold
 
+    section = settings_from_args(args, (PREPROCESSING,))["preprocessing"]
     tables = Path(args.tables_dir)
     fitted = fit_fold_preprocessing(
         fold=args.fold,
@@ -225,7 +209,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         genomics=pd.read_parquet(tables / "genomics.parquet"),
         clinical=pd.read_parquet(tables / "clinical.parquet"),
         gene_groups=pd.read_parquet(tables / "gene_groups.parquet"),
-        settings=PreprocessSettings.from_mapping(json.loads(args.settings)),
+        settings=PreprocessSettings.from_mapping(section.model_dump()),
     )
     write_text_atomic(Path(args.out), fitted.to_json())
 
@@ -233,20 +217,19 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 def cmd_make_folds(args: argparse.Namespace) -> None:
     from histofuse.folds import FoldSettings, folds_for_tables, write_folds
 
+    folds = typing.cast(FoldsConfig, settings_from_args(args, (FOLDS,))["folds"])
     settings = FoldSettings(
-        k=args.k, seed=args.seed, val_fraction=args.val_fraction, source=args.source, stratify=args.stratify
+        k=folds.k, seed=folds.seed, val_fraction=folds.val_fraction, source=folds.source, stratify=folds.stratify
     )
-    import json
-
-    folds = folds_for_tables(
+    written = folds_for_tables(
         Path(args.patients),
         settings,
         tasks=tuple(args.tasks),
         binary_label=args.binary_label,
         cohort_splits=None if args.cohort_splits is None else Path(args.cohort_splits),
-        split_files=json.loads(args.split_files) if args.split_files else None,
+        split_files={str(key): path for key, path in folds.files.items()} if folds.source == "files" and folds.files else None,
     )
-    write_folds(folds, Path(args.out))
+    write_folds(written, Path(args.out))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -255,43 +238,41 @@ def cmd_train(args: argparse.Namespace) -> None:
     from histofuse.training.trainer import train_fold
 
     _limit_torch_threads(args.threads)
+    outputs: dict[str, Any] = {
+        "out_checkpoint": Path(args.checkpoint),
+        "out_predictions": Path(args.predictions),
+        "out_history": _optional_path(args.history or ""),
+        "preprocessing": _optional_path(args.preprocessing or ""),
+    }
     if args.model in COX_MODELS:
+        cox_type = CoxFeatureSettings if args.model == "cox_genomic" else CoxSettings
         train_cox_fold(
             model_name=args.model,
             fold=args.fold,
             tables_dir=Path(args.tables_dir),
             folds_tsv=Path(args.folds),
-            settings=(
-                CoxFeatureSettings.from_mapping(json.loads(args.cox_settings))
-                if args.model == "cox_genomic"
-                else CoxSettings.from_mapping(json.loads(args.cox_settings))
-            ),
-            out_checkpoint=Path(args.checkpoint),
-            out_predictions=Path(args.predictions),
-            out_history=_optional_path(args.history or ""),
-            preprocessing=_optional_path(args.preprocessing or ""),
+            settings=cox_type.from_mapping(json.loads(args.cox_settings)),
+            **outputs,
         )
         return
-    settings = TrainSettings.from_mapping(json.loads(args.settings))
+    section = settings_from_args(args, (TRAINING,))["training"]
     train_fold(
         model_name=args.model,
         fold=args.fold,
         features_dir=Path(args.features_dir),
         tables_dir=Path(args.tables_dir),
         folds_tsv=Path(args.folds),
-        settings=settings,
-        out_checkpoint=Path(args.checkpoint),
-        out_predictions=Path(args.predictions),
-        out_history=_optional_path(args.history or ""),
-        preprocessing=_optional_path(args.preprocessing or ""),
+        settings=TrainSettings.from_mapping(section.model_dump()),
         use_wsi=not args.no_wsi,
         state=_optional_path(args.state or ""),
+        **outputs,
     )
 
 
 def cmd_missing_rate(args: argparse.Namespace) -> None:
     from histofuse.training.missing_rate import missing_rate_fold
 
+    section = typing.cast(MissingRateConfig, settings_from_args(args, (MISSING_RATE,))["missing_rate"])
     _limit_torch_threads(args.threads)
     missing_rate_fold(
         checkpoint=Path(args.checkpoint),
@@ -300,8 +281,8 @@ def cmd_missing_rate(args: argparse.Namespace) -> None:
         tables_dir=Path(args.tables_dir),
         folds_tsv=Path(args.folds),
         preprocessing=Path(args.preprocessing),
-        rates=args.rates,
-        seed=args.seed,
+        rates=list(section.rates),
+        seed=section.seed,
         out=Path(args.out),
         use_wsi=not args.no_wsi,
     )
@@ -316,6 +297,7 @@ def cmd_missing_rate_table(args: argparse.Namespace) -> None:
 def cmd_modality_ablation(args: argparse.Namespace) -> None:
     from histofuse.training.ablation import ablation_fold
 
+    section = typing.cast(EvaluationConfig, settings_from_args(args, (ABLATION,))["evaluation"])
     _limit_torch_threads(args.threads)
     ablation_fold(
         checkpoint=Path(args.checkpoint),
@@ -324,8 +306,8 @@ def cmd_modality_ablation(args: argparse.Namespace) -> None:
         tables_dir=Path(args.tables_dir),
         folds_tsv=Path(args.folds),
         preprocessing=Path(args.preprocessing),
-        repeats=args.repeats,
-        seed=args.seed,
+        repeats=section.ablation_repeats,
+        seed=section.seed,
         out=Path(args.out),
         use_wsi=not args.no_wsi,
     )
@@ -334,7 +316,9 @@ def cmd_modality_ablation(args: argparse.Namespace) -> None:
 def cmd_modality_ablation_table(args: argparse.Namespace) -> None:
     from histofuse.modality_ablation import ablation_table
 
-    table = ablation_table([Path(p) for p in args.tables], n_boot=args.bootstrap, seed=args.seed, out=Path(args.out))
+    section = typing.cast(EvaluationConfig, settings_from_args(args, (BOOTSTRAP,))["evaluation"])
+    tables = [Path(p) for p in args.tables]
+    table = ablation_table(tables, n_boot=section.bootstrap, seed=section.seed, out=Path(args.out))
     if args.figure:
         from histofuse.report.figures import modality_ablation_figure
         from histofuse.report.plots import save_figure
@@ -345,13 +329,14 @@ def cmd_modality_ablation_table(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from histofuse.evaluate import EvaluationSettings, run_evaluate
 
+    section = typing.cast(EvaluationConfig, settings_from_args(args, (BOOTSTRAP,))["evaluation"])
     run_evaluate(
         prediction_files=[Path(p) for p in args.predictions],
         out_folds=Path(args.out_folds),
         out_summary=Path(args.out_summary),
         out_comparison=_optional_path(args.out_comparison or ""),
         out_confusion=_optional_path(args.out_confusion or ""),
-        settings=EvaluationSettings(n_boot=args.bootstrap, seed=args.seed),
+        settings=EvaluationSettings(n_boot=section.bootstrap, seed=section.seed),
     )
 
 
@@ -377,17 +362,41 @@ def cmd_attention(args: argparse.Namespace) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="histofuse", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"histofuse {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+# --------------------------------------------------------------------------- parsers, one per command
 
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
-        return p
 
+def _config_option(parser: argparse.ArgumentParser, key: str) -> None:
+    """An option for a top-level configuration key (reader, on_error): its choices, default and help."""
+    info = HistofuseConfig.model_fields[key]
+    parser.add_argument(
+        "--" + key.replace("_", "-"),
+        default=info.default,
+        choices=typing.get_args(info.annotation) or None,
+        help=f"{info.description}; config key {key}, default {info.default}",
+    )
+
+
+def _slide_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--slide", required=True, type=Path, help="slide file")
+    p.add_argument("--slide-id", default=None, help="the slide's id (default: the file name)")
+    p.add_argument("--mpp", type=_optional_float, default=None, help="level-0 µm/px, overrides metadata")
+    _config_option(p, "reader")
+    _config_option(p, "on_error")
+
+
+def _fold_input_options(p: argparse.ArgumentParser) -> None:
+    """The inputs of the per-fold commands that read a trained model."""
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--features-dir", required=True)
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--folds", required=True)
+    p.add_argument("--preprocessing", required=True, help="the fold's fitted preprocessing (JSON)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--no-wsi", action="store_true", help="no slides in this cohort")
+
+
+def _parser_demo(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("demo", cmd_demo, "Write the synthetic demo cohort (slides, sheets, tables).")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--reduced", action="store_true", help="the small cohort used by the tests")
@@ -398,149 +407,84 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the demo cohort; methods: slides, genomics and clinical data complementary "
         "(README, 'The demo cohort')",
     )
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the cohort (default 0)")
 
-    def slide_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--slide", required=True, type=Path, help="slide file")
-        p.add_argument("--slide-id", default=None)
-        p.add_argument("--mpp", type=_optional_float, default=None, help="level-0 µm/px, overrides metadata")
-        p.add_argument("--reader", default="openslide", help="slide reader backend")
-        p.add_argument(
-            "--on-error", default="stop", help="stop, or skip: a slide that fails is recorded as excluded"
-        )
 
-    def mask_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--method", default="otsu", help="otsu | morphological")
-        p.add_argument("--mask-mpp", type=float, default=8.0, help="resolution of the mask, µm/px")
-        p.add_argument("--background-filter", type=_bool, default=True, help="blank-background filter: true | false")
-        p.add_argument("--max-background-grey", type=int, default=220, help="brighter pixels are background")
-        p.add_argument("--min-saturation", type=int, default=12, help="greyer pixels (RGB spread) are background")
-        p.add_argument("--min-tissue-um2", type=float, default=100.0, help="smaller tissue regions are debris")
-        p.add_argument("--pen-marks", nargs="*", default=[], help="ink colours to remove: blue green red black")
-
-    p = add("tissue-mask", cmd_tissue_mask, "Tissue mask PNG and QC thumbnail of one slide.")
-    slide_args(p)
-    mask_args(p)
-    p.add_argument("--mask", required=True, type=Path, help="output mask PNG")
-    p.add_argument("--qc", required=True, type=Path, help="output QC thumbnail PNG")
-
+def _parser_slides(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("tile", cmd_tile, "Tissue mask and tile coordinates of one slide at a target resolution.")
-    slide_args(p)
-    mask_args(p)
-    p.add_argument("--tile-mpp", type=float, default=0.5)
-    p.add_argument("--tile-px", type=int, default=256)
-    p.add_argument("--overlap-px", type=int, default=0)
-    p.add_argument("--tissue-threshold", type=float, default=0.5)
-    p.add_argument("--max-tiles", type=_optional_int, default=None, help="cap on tiles per slide (empty: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling under --max-tiles")
+    _slide_options(p)
     p.add_argument("--mask", required=True, type=Path, help="output mask PNG")
     p.add_argument("--mask-qc", required=True, type=Path, help="output PNG: thumbnail with the mask outline")
     p.add_argument("--out", required=True, type=Path, help="output tiles HDF5")
     p.add_argument("--qc", required=True, type=Path, help="output PNG: thumbnail with the tile grid")
+    add_settings(p, (MASK, TILING))
 
     p = add("extract", cmd_extract, "Tile features of one slide with an encoder, to HDF5.")
-    slide_args(p)
-    p.add_argument("--tiles", required=True, type=Path)
-    p.add_argument("--encoder", required=True)
-    p.add_argument("--weights", type=_optional_path, default=None, help="local weights file")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
+    _slide_options(p)
+    p.add_argument("--tiles", required=True, type=Path, help="the slide's tiles HDF5")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    p.add_argument("--region-px", type=int, default=2048, help="side of shared region reads (0: per tile)")
-    p.add_argument(
-        "--region-decoder",
-        default="auto",
-        choices=("auto", "reader", "tifffile", "gpu"),
-        help="who decodes the reads: the GPU (auto on CUDA) or tifffile for tiled JPEG TIFF levels, "
-        "the slide reader, tifffile only, or the GPU only",
-    )
-    p.add_argument("--compile", type=_bool, default=False, help="torch.compile the encoder: true | false")
-    p.add_argument("--stain-norm", type=_optional_str, default=None, help="macenko, or empty for none")
-    p.add_argument("--stain-target", type=_optional_str, default=None, help="target image of the stain norm")
-    p.add_argument(
-        "--server",
-        type=_bool,
-        default=False,
-        help="true: hand the slide to the extraction server of these settings (started when none runs), "
-        "which pays the encoder's start-up once for many slides",
-    )
-    p.add_argument("--server-idle-s", type=float, default=60.0, help="an idle server exits after this many seconds")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="output features HDF5")
+    add_settings(p, (FEATURES,))
 
     p = add("import-features", cmd_import_features, "Import one slide's precomputed CLAM/TRIDENT features.")
     p.add_argument("--folder", required=True, type=Path, help="features.precomputed_dir")
-    p.add_argument("--slide-id", required=True)
+    p.add_argument("--slide-id", required=True, help="the slide's id (its file name in the folder)")
     p.add_argument("--encoder", required=True, help="features.encoder (TRIDENT: the features_<encoder> folder)")
-    p.add_argument("--on-error", default="stop", help="stop, or skip: a slide that fails is recorded as excluded")
-    p.add_argument("--out", required=True, type=Path)
+    _config_option(p, "on_error")
+    p.add_argument("--out", required=True, type=Path, help="output features HDF5")
 
-    p = add("exclusions", cmd_exclusions, "List the excluded slides; check every other slide's encoder.")
-    p.add_argument("--features", nargs="*", default=[], type=Path, help="every slide's features file")
-    p.add_argument("--encoder", required=True, help="features.encoder")
-    p.add_argument("--out", required=True, type=Path, help="output exclusions.tsv")
 
+def _parser_tables(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("prepare-tables", cmd_prepare_tables, "Check and type the cohort tables, to parquet.")
     p.add_argument("--format", default="histofuse", help="cohort.format: histofuse or a published format")
     p.add_argument("--format-options", default="{}", help="cohort options as JSON (files of the format)")
-    p.add_argument("--modalities", nargs="+", default=["wsi", "genomics", "clinical"])
-    p.add_argument("--patients", type=_optional_path, default=None)
-    p.add_argument("--slides", type=_optional_path, default=None)
-    p.add_argument("--genomics", type=_optional_path, default=None)
-    p.add_argument("--gene-groups", type=_optional_path, default=None)
-    p.add_argument("--clinical", type=_optional_path, default=None)
-    p.add_argument("--grade-classes", nargs="+", default=["2", "3", "4"])
-    p.add_argument("--out-dir", required=True, type=Path)
+    modalities = HistofuseConfig.model_fields["modalities"]
+    p.add_argument("--modalities", nargs="+", default=modalities.default, help=modalities.description)
+    for sheet in ("patients", "slides", "genomics", "gene-groups", "clinical"):
+        p.add_argument(f"--{sheet}", type=_optional_path, default=None, help=f"the {sheet} sheet or table")
+    classes = HistofuseConfig.model_fields["labels"].default.grade_classes
+    p.add_argument("--grade-classes", nargs="+", default=classes, help="labels.grade_classes")
+    p.add_argument("--out-dir", required=True, type=Path, help="output folder of the tables")
 
     p = add("make-folds", cmd_make_folds, "Patient-level stratified cross-validation folds.")
     p.add_argument("--patients", required=True, type=Path, help="patients.parquet")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--source", default="kfold", help="kfold, cohort (the format's split files) or files (folds.files)")
-    p.add_argument("--stratify", default="grade", help="label column stratified on, with the event")
     p.add_argument("--cohort-splits", type=Path, default=None, help="cohort_splits.tsv (source cohort)")
-    p.add_argument("--split-files", default="{}", help="folds.files as JSON (source files)")
     p.add_argument("--tasks", nargs="*", default=[], help="training.tasks: each needs labels in every fold")
     p.add_argument("--binary-label", default="aln", help="training.binary_label: the binary task's column")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="output folds.tsv")
+    add_settings(p, (FOLDS,))
 
     p = add("preprocess", cmd_preprocess, "Fit one fold's table preprocessing on its training part.")
     p.add_argument("--tables-dir", required=True, type=Path)
     p.add_argument("--folds", required=True, type=Path)
     p.add_argument("--fold", required=True, type=int)
-    p.add_argument("--settings", default="{}", help="preprocessing section as JSON")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="output fitted preprocessing (JSON)")
+    add_settings(p, (PREPROCESSING,))
 
+
+def _parser_train(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("train", cmd_train, "Train one model on one fold; write checkpoint and predictions.")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="registry name of the model")
     p.add_argument("--fold", required=True, type=int)
-    p.add_argument("--features-dir", required=True)
+    p.add_argument("--features-dir", required=True, help="folder of the slides' features files")
     p.add_argument("--tables-dir", required=True)
-    p.add_argument("--folds", required=True)
-    p.add_argument("--settings", default="{}", help="JSON of the config's training section")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--history", default=None)
+    p.add_argument("--folds", required=True, help="folds.tsv")
+    p.add_argument("--checkpoint", required=True, help="output checkpoint")
+    p.add_argument("--predictions", required=True, help="output predictions (parquet)")
+    p.add_argument("--history", default=None, help="output training history (TSV)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--preprocessing", default=None, help="the fold's fitted preprocessing (JSON)")
     p.add_argument("--no-wsi", action="store_true", help="train without slides (no 'wsi' modality)")
     p.add_argument("--cox-settings", default="{}", help="JSON of the config's training.cox section")
     p.add_argument("--state", default=None, help="resumable last-epoch state (written each epoch)")
+    add_settings(p, (TRAINING,))
 
+
+def _parser_evaluation(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("missing-rate", cmd_missing_rate, "Test AUC of one trained model with clinical data withheld at each rate.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--fold", required=True, type=int)
-    p.add_argument("--features-dir", required=True)
-    p.add_argument("--tables-dir", required=True)
-    p.add_argument("--folds", required=True)
-    p.add_argument("--preprocessing", required=True, help="the fold's fitted preprocessing (JSON)")
-    p.add_argument("--rates", nargs="+", type=float, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    p.add_argument("--no-wsi", action="store_true", help="no slides in this cohort")
+    _fold_input_options(p)
+    p.add_argument("--out", required=True, help="output table (TSV)")
+    add_settings(p, (MISSING_RATE,))
 
     p = add("missing-rate-table", cmd_missing_rate_table, "Gather the per-fold missing-rate tables into one.")
     p.add_argument("--tables", nargs="+", required=True)
@@ -551,17 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_modality_ablation,
         "Test predictions of one trained model with each modality permuted across the test patients.",
     )
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--fold", required=True, type=int)
-    p.add_argument("--features-dir", required=True)
-    p.add_argument("--tables-dir", required=True)
-    p.add_argument("--folds", required=True)
-    p.add_argument("--preprocessing", required=True, help="the fold's fitted preprocessing (JSON)")
-    p.add_argument("--repeats", type=int, required=True, help="permutations per modality")
-    p.add_argument("--seed", type=int, default=0)
+    _fold_input_options(p)
     p.add_argument("--out", required=True, help="predictions (parquet)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    p.add_argument("--no-wsi", action="store_true", help="no slides in this cohort")
+    add_settings(p, (ABLATION,))
 
     p = add(
         "modality-ablation-table",
@@ -571,8 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--figure", default=None, help="the drops as a PNG figure, a panel per task")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (0 = none)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    add_settings(p, (BOOTSTRAP,))
 
     p = add("evaluate", cmd_evaluate, "Metrics per model, task and fold, and their summary.")
     p.add_argument("--predictions", nargs="+", required=True)
@@ -580,9 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-summary", required=True)
     p.add_argument("--out-comparison", default=None, help="paired model comparison (TSV)")
     p.add_argument("--out-confusion", default=None, help="confusion counts per fold (TSV)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (0 = none)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    add_settings(p, (BOOTSTRAP,))
 
+
+def _parser_attention(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("attention", cmd_attention, "Tile-attention heatmap of one slide (abmil checkpoints).")
     p.add_argument("--slide-id", required=True)
     p.add_argument("--slide", required=True, help="the slide file")
@@ -591,8 +527,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slides-table", required=True, help="tables/slides.parquet")
     p.add_argument("--folds", required=True, help="folds/folds.tsv")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--reader", default="openslide")
+    _config_option(p, "reader")
     p.add_argument("--mpp", default="", help="µm/px overriding the slide's metadata")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``histofuse`` parser: one sub-command per stage."""
+    parser = argparse.ArgumentParser(prog="histofuse", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"histofuse {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    for add_parsers in (_parser_demo, _parser_slides, _parser_tables, _parser_train, _parser_evaluation, _parser_attention):
+        add_parsers(add)
     return parser
 
 

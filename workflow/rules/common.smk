@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 from snakemake.settings.types import DeploymentMethod
 
-from histofuse.config import check_plain_data, validate_config
+from histofuse.config import check_plain_data, load_config
+from histofuse.configuration import section_json
 from histofuse.cohorts.formats import check_format_options, is_published
 from histofuse.cohorts.splits import check_split_files
 from histofuse.exclusions import EXCLUSIONS_TSV
@@ -46,9 +47,9 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 
 CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 check_plain_data(workflow.configfiles)
-validate_config(
-    config, schema_path=SCHEMAS / "config.schema.yaml", source=CONFIG_SOURCE
-)
+# The one validation of the configuration (histofuse.configuration's models): defaults filled in
+# `config`, and SETTINGS, the typed sections the rules hand to their stage commands.
+SETTINGS = load_config(config, source=CONFIG_SOURCE)
 ON_ERROR = config["on_error"]
 # Settings that never change a good slide's outputs: on_error decides only what happens to a slide
 # that fails, features.num_workers only how many processes read tiles, features.server and
@@ -263,20 +264,24 @@ if USE_WSI and config["features"]["source"] == "extract":
 if USE_WSI:
     check_slide_settings(config, source=CONFIG_SOURCE)
 check_cohort_settings(config, source=CONFIG_SOURCE)
-# The tile rule's mask and tiling options, formatted once (they are the same for every slide).
-_MASK = config["tissue_mask"]
-TISSUE_MASK_ARGS = (
-    f"--method {_MASK['method']} --mask-mpp {_MASK['mpp']} "
-    f"--background-filter {_MASK['background_filter']} --max-background-grey {_MASK['max_background_grey']} "
-    f"--min-saturation {_MASK['min_saturation']} --min-tissue-um2 {_MASK['min_tissue_um2']} "
-    f"--pen-marks {' '.join(_MASK['pen_marks'])}"
+# The settings each stage command reads: the JSON of its resolved configuration sections, passed
+# as `--settings {params.settings:q}` (shell-quoted, so that any value survives the shell). A key a
+# stage does not read is left out, so that changing it does not rerun the stage's jobs.
+TILE_SETTINGS = section_json(
+    {"tissue_mask": SETTINGS.tissue_mask, "tiling": SETTINGS.tiling}
 )
-_TILING = config["tiling"]
-TILING_ARGS = (
-    f"--tile-mpp {_TILING['mpp']} --tile-px {_TILING['tile_px']} --overlap-px {_TILING['overlap_px']} "
-    f"--tissue-threshold {_TILING['tissue_threshold']} --max-tiles '{_TILING['max_tiles'] or ''}' "
-    f"--seed {_TILING['seed']}"
+# num_workers, server and server_idle_s reach extract_features from the environment (see above).
+EXTRACT_SETTINGS = section_json(
+    SETTINGS.features,
+    exclude={"source", "precomputed_dir", "num_workers", "server", "server_idle_s"},
 )
+FOLDS_SETTINGS = section_json(SETTINGS.folds)
+PREPROCESS_SETTINGS = section_json(SETTINGS.preprocessing)
+EVALUATE_SETTINGS = section_json(SETTINGS.evaluation, include={"bootstrap", "seed"})
+ABLATION_SETTINGS = section_json(
+    SETTINGS.evaluation, include={"ablation_repeats", "seed"}
+)
+MISSING_RATE_SETTINGS = section_json(SETTINGS.missing_rate, include={"rates", "seed"})
 # extract: masks, tiles and extract_features; precomputed: import_features only (features.smk)
 FEATURES_SOURCE = config["features"]["source"]
 PRECOMPUTED_DIR = str(config["features"].get("precomputed_dir") or "")
@@ -425,15 +430,16 @@ def get_table_args(wildcards, input):
     """Command-line options naming the cohort's format and the tables that exist in it."""
     args = [f"--format {COHORT_FORMAT}", f"--modalities {' '.join(MODALITIES)}"]
     if is_published(COHORT_FORMAT):
-        args.append(f"--format-options '{json.dumps(COHORT_OPTIONS, sort_keys=True)}'")
+        options = json.dumps(COHORT_OPTIONS, sort_keys=True)
+        args.append(f"--format-options {shlex.quote(options)}")
     for key in ("slides", "patients", "genomics", "gene_groups", "clinical"):
         if key in input.keys():
-            args.append(f"--{key.replace('_', '-')} '{input[key]}'")
+            args.append(f"--{key.replace('_', '-')} {shlex.quote(str(input[key]))}")
     return " ".join(args)
 
 
 def get_grade_classes(wildcards):
-    return " ".join(str(c) for c in config["labels"]["grade_classes"])
+    return " ".join(shlex.quote(str(c)) for c in config["labels"]["grade_classes"])
 
 
 def fold_task_args():
@@ -445,7 +451,7 @@ def fold_task_args():
     tasks = list(config["training"]["tasks"])
     args = " ".join(tasks)
     if "binary" in tasks:
-        args += f" --binary-label '{config['training']['binary_label']}'"
+        args += f" --binary-label {shlex.quote(config['training']['binary_label'])}"
     return args
 
 
@@ -488,7 +494,6 @@ check_cox_inputs(
     clinical_columns=clinical_sheet_columns(),
     source=CONFIG_SOURCE,
 )
-PREPROCESS_SETTINGS = json.dumps(config["preprocessing"], sort_keys=True)
 
 
 def get_train_features(wildcards):
@@ -497,11 +502,10 @@ def get_train_features(wildcards):
 
 
 def get_cohort_splits_arg(wildcards, input):
-    """make_folds' options naming the split files it reads, if any."""
+    """make_folds' option naming the cohort's split files, if it reads them (folds.files travel in
+    its settings)."""
     if "cohort_splits" in input.keys():
-        return f"--cohort-splits '{input.cohort_splits}'"
-    if config["folds"]["source"] == "files":
-        return f"--split-files {shlex.quote(json.dumps(SPLIT_FILES, sort_keys=True))}"
+        return f"--cohort-splits {shlex.quote(input.cohort_splits)}"
     return ""
 
 
@@ -579,9 +583,6 @@ def get_ablation_files(wildcards):
 def get_ablation_table(wildcards):
     """The modality-ablation table for the report, when there is one."""
     return [f"{RESULTS}/metrics/modality_ablation.tsv"] if ABLATION_MODELS else []
-
-
-MISSING_RATE_ARGS = f"--rates {' '.join(str(r) for r in MISSING_RATE['rates'])} --seed {MISSING_RATE['seed']}"
 
 
 ATTENTION_SLIDES = (

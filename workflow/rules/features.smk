@@ -52,24 +52,13 @@ else:
             path=get_slide_path,
             mpp=get_slide_mpp,
             reader=config["reader"],
-            weights=ENCODER_WEIGHTS,
-            batch_size=config["features"]["batch_size"],
-            device=config["features"]["device"],
-            precision=config["features"]["precision"],
-            region_px=config["features"]["region_px"],
-            region_decoder=config["features"]["region_decoder"],
-            compile=config["features"]["compile"],
-            stain_norm=config["features"]["stain_norm"] or "",
-            stain_target=config["features"]["stain_target"] or "",
+            settings=EXTRACT_SETTINGS,
         shell:
             "histofuse extract --slide {params.path:q} --slide-id {wildcards.slide:q} "
-            "--tiles {input.tiles:q} --mpp '{params.mpp}' --on-error \"$HISTOFUSE_ON_ERROR\" "
-            "--reader {params.reader} --encoder '{wildcards.encoder}' --weights '{params.weights}' "
-            '--batch-size {params.batch_size} --num-workers "$HISTOFUSE_NUM_WORKERS" '
-            "--device {params.device} --precision {params.precision} --threads {threads} "
-            "--region-px {params.region_px} --region-decoder {params.region_decoder} --compile {params.compile} "
-            "--stain-norm '{params.stain_norm}' --stain-target '{params.stain_target}' "
-            '--server "$HISTOFUSE_FEATURES_SERVER" --server-idle-s "$HISTOFUSE_SERVER_IDLE_S" '
+            '--tiles {input.tiles:q} --mpp={params.mpp:q} --on-error "$HISTOFUSE_ON_ERROR" '
+            "--reader {params.reader:q} --settings {params.settings:q} --encoder {wildcards.encoder:q} "
+            '--num-workers "$HISTOFUSE_NUM_WORKERS" --server "$HISTOFUSE_FEATURES_SERVER" '
+            '--server-idle-s "$HISTOFUSE_SERVER_IDLE_S" --threads {threads} '
             "--out {output.features:q} > {log:q} 2>&1"
 
 

@@ -25,13 +25,13 @@ rule missing_rate:
     params:
         features_dir=f"{RESULTS}/features/{ENCODER}",
         tables_dir=get_tables_dir,
-        rates=MISSING_RATE_ARGS,
+        settings=MISSING_RATE_SETTINGS,
         wsi="" if USE_WSI else "--no-wsi",
     shell:
-        "histofuse missing-rate --checkpoint '{input.checkpoint}' --fold {wildcards.fold} "
-        "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
-        "--folds '{input.folds}' --preprocessing '{input.preprocessing}' {params.rates} "
-        "{params.wsi} --threads {threads} --out '{output.table}' > '{log}' 2>&1"
+        "histofuse missing-rate --checkpoint {input.checkpoint:q} --fold {wildcards.fold} "
+        "--features-dir {params.features_dir:q} --tables-dir {params.tables_dir:q} "
+        "--folds {input.folds:q} --preprocessing {input.preprocessing:q} --settings {params.settings:q} "
+        "{params.wsi} --threads {threads} --out {output.table:q} > {log:q} 2>&1"
 
 
 rule missing_rate_table:
@@ -50,4 +50,4 @@ rule missing_rate_table:
         mem_mb=1000,
         runtime=5,
     shell:
-        "histofuse missing-rate-table --tables {input.tables:q} --out '{output.table}' > '{log}' 2>&1"
+        "histofuse missing-rate-table --tables {input.tables:q} --out {output.table:q} > {log:q} 2>&1"

@@ -27,15 +27,14 @@ rule modality_ablation:
     params:
         features_dir=f"{RESULTS}/features/{ENCODER}",
         tables_dir=get_tables_dir,
-        repeats=ABLATION_REPEATS,
-        seed=config["evaluation"]["seed"],
+        settings=ABLATION_SETTINGS,
         wsi="" if USE_WSI else "--no-wsi",
     shell:
-        "histofuse modality-ablation --checkpoint '{input.checkpoint}' --fold {wildcards.fold} "
-        "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
-        "--folds '{input.folds}' --preprocessing '{input.preprocessing}' "
-        "--repeats {params.repeats} --seed {params.seed} {params.wsi} --threads {threads} "
-        "--out '{output.predictions}' > '{log}' 2>&1"
+        "histofuse modality-ablation --checkpoint {input.checkpoint:q} --fold {wildcards.fold} "
+        "--features-dir {params.features_dir:q} --tables-dir {params.tables_dir:q} "
+        "--folds {input.folds:q} --preprocessing {input.preprocessing:q} "
+        "--settings {params.settings:q} {params.wsi} --threads {threads} "
+        "--out {output.predictions:q} > {log:q} 2>&1"
 
 
 rule modality_ablation_table:
@@ -59,9 +58,7 @@ rule modality_ablation_table:
         mem_mb=2000,
         runtime=20,
     params:
-        bootstrap=config["evaluation"]["bootstrap"],
-        seed=config["evaluation"]["seed"],
+        settings=EVALUATE_SETTINGS,
     shell:
-        "histofuse modality-ablation-table --tables {input.predictions:q} --out '{output.table}' "
-        "--figure '{output.figure}' --bootstrap {params.bootstrap} --seed {params.seed} "
-        "> '{log}' 2>&1"
+        "histofuse modality-ablation-table --tables {input.predictions:q} --out {output.table:q} "
+        "--figure {output.figure:q} --settings {params.settings:q} > {log:q} 2>&1"

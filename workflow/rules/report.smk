@@ -28,13 +28,11 @@ rule evaluate:
         mem_mb=2000,
         runtime=10,
     params:
-        bootstrap=config["evaluation"]["bootstrap"],
-        seed=config["evaluation"]["seed"],
+        settings=EVALUATE_SETTINGS,
     shell:
-        "histofuse evaluate --predictions {input.predictions:q} --out-folds '{output.folds}' "
-        "--out-summary '{output.summary}' --out-comparison '{output.comparison}' "
-        "--out-confusion '{output.confusion}' --bootstrap {params.bootstrap} "
-        "--seed {params.seed} > '{log}' 2>&1"
+        "histofuse evaluate --predictions {input.predictions:q} --out-folds {output.folds:q} "
+        "--out-summary {output.summary:q} --out-comparison {output.comparison:q} "
+        "--out-confusion {output.confusion:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule attention:
@@ -65,10 +63,10 @@ rule attention:
         mpp=get_slide_mpp,
         reader=config["reader"],
     shell:
-        "histofuse attention --slide-id '{wildcards.slide}' --slide '{input.slide}' "
-        "--features '{input.features}' --checkpoints {input.checkpoints:q} "
-        "--slides-table '{input.slides}' --folds '{input.folds}' --out '{output.png}' "
-        "--reader {params.reader} --mpp '{params.mpp}' > '{log}' 2>&1"
+        "histofuse attention --slide-id {wildcards.slide:q} --slide {input.slide:q} "
+        "--features {input.features:q} --checkpoints {input.checkpoints:q} "
+        "--slides-table {input.slides:q} --folds {input.folds:q} --out {output.png:q} "
+        "--reader {params.reader:q} --mpp={params.mpp:q} > {log:q} 2>&1"
 
 
 rule report:

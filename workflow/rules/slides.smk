@@ -35,10 +35,9 @@ rule tile:
         path=get_slide_path,
         mpp=get_slide_mpp,
         reader=config["reader"],
-        mask=TISSUE_MASK_ARGS,
-        tiling=TILING_ARGS,
+        settings=TILE_SETTINGS,
     shell:
-        "histofuse tile --slide {params.path:q} --slide-id {wildcards.slide:q} --mpp '{params.mpp}' "
-        '--reader {params.reader} --on-error "$HISTOFUSE_ON_ERROR" {params.mask} {params.tiling} '
+        "histofuse tile --slide {params.path:q} --slide-id {wildcards.slide:q} --mpp={params.mpp:q} "
+        '--reader {params.reader:q} --on-error "$HISTOFUSE_ON_ERROR" --settings {params.settings:q} '
         "--mask {output.mask:q} --mask-qc {output.mask_qc:q} --out {output.tiles:q} --qc {output.qc:q} "
         "> {log:q} 2>&1"

@@ -29,7 +29,7 @@ rule prepare_tables:
         out_dir=get_output_tables_dir,
     shell:
         "histofuse prepare-tables {params.optional} --grade-classes {params.grade_classes} "
-        "--out-dir '{params.out_dir}' > '{log}' 2>&1"
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule make_folds:
@@ -48,17 +48,12 @@ rule make_folds:
         mem_mb=1000,
         runtime=5,
     params:
-        k=config["folds"]["k"],
-        seed=config["folds"]["seed"],
-        val_fraction=config["folds"]["val_fraction"],
-        source=config["folds"]["source"],
-        stratify=config["folds"]["stratify"],
+        settings=FOLDS_SETTINGS,
         splits=get_cohort_splits_arg,
         tasks=fold_task_args(),
     shell:
-        "histofuse make-folds --patients '{input.patients}' --k {params.k} --seed {params.seed} "
-        "--val-fraction {params.val_fraction} --source {params.source} --stratify {params.stratify} "
-        "{params.splits} --tasks {params.tasks} --out '{output.folds}' > '{log}' 2>&1"
+        "histofuse make-folds --patients {input.patients:q} --settings {params.settings:q} "
+        "{params.splits} --tasks {params.tasks} --out {output.folds:q} > {log:q} 2>&1"
 
 
 rule preprocess:
@@ -83,5 +78,5 @@ rule preprocess:
         tables_dir=get_genomics_dir,
         settings=PREPROCESS_SETTINGS,
     shell:
-        "histofuse preprocess --tables-dir '{params.tables_dir}' --folds '{input.folds}' "
-        "--fold {wildcards.fold} --settings '{params.settings}' --out '{output.fitted}' > '{log}' 2>&1"
+        "histofuse preprocess --tables-dir {params.tables_dir:q} --folds {input.folds:q} "
+        "--fold {wildcards.fold} --settings {params.settings:q} --out {output.fitted:q} > {log:q} 2>&1"

@@ -37,9 +37,9 @@ rule train:
         state=f"{RESULTS}/models/{{model}}/fold{{fold}}.state.pt",
     shell:
         "histofuse train --model {wildcards.model} --fold {wildcards.fold} "
-        "--features-dir '{params.features_dir}' --tables-dir '{params.tables_dir}' "
-        "--folds '{input.folds}' --settings '{params.settings}' "
-        "--checkpoint '{output.checkpoint}' --history '{output.history}' "
-        "--predictions '{output.predictions}' --preprocessing '{input.preprocessing}' "
-        "--cox-settings '{params.cox}' --state '{params.state}' {params.wsi} "
-        "--threads {threads} > '{log}' 2>&1"
+        "--features-dir {params.features_dir:q} --tables-dir {params.tables_dir:q} "
+        "--folds {input.folds:q} --settings {params.settings:q} "
+        "--checkpoint {output.checkpoint:q} --history {output.history:q} "
+        "--predictions {output.predictions:q} --preprocessing {input.preprocessing:q} "
+        "--cox-settings {params.cox:q} --state {params.state:q} {params.wsi} "
+        "--threads {threads} > {log:q} 2>&1"

@@ -1,16 +1,22 @@
-"""Training settings: the ``training:`` section of the pipeline configuration."""
+"""Training settings: the ``training:`` section of the pipeline configuration.
+
+Defaults, bounds and choices come from :class:`histofuse.configuration.TrainingRunConfig`; this
+module adds the checks across keys and models (presets, overrides, minimum batch sizes).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from histofuse.configuration import TrainingRunConfig
 from histofuse.errors import ConfigError
 from histofuse.models.gradient_coordination import COORDINATION_MODES
 from histofuse.models.registry import CLASSIFICATION_TASKS, KNOWN_TASKS, SURVIVAL_LOSSES
@@ -33,11 +39,50 @@ logger = logging.getLogger(__name__)
 
 _SECTION = "training"
 
-LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-MONITORS: tuple[str, ...] = ("loss", "auc", "cindex")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adam")
+_DEFAULTS = TrainingRunConfig()
+"""Every training setting's default, type and bounds live in :class:`TrainingRunConfig`."""
+_FIELDS = TrainingRunConfig.model_fields
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    return tuple(typing.get_args(_FIELDS[name].annotation))
+
+
+def _limits(name: str) -> dict[str, float]:
+    """The bounds of a numeric setting (ge / gt / le / lt) from its field's metadata."""
+    limits: dict[str, float] = {}
+    for item in _FIELDS[name].metadata:
+        for bound in ("ge", "gt", "le", "lt"):
+            if getattr(item, bound, None) is not None:
+                limits[bound] = getattr(item, bound)
+    return limits
+
+
+def _within(value: float, name: str) -> bool:
+    checks = {"ge": value.__ge__, "gt": value.__gt__, "le": value.__le__, "lt": value.__lt__}
+    return all(checks[bound](limit) for bound, limit in _limits(name).items())
+
+
+def _wanted(name: str) -> str:
+    """The bounds as a message says them: ``>= 1``, ``> 0``, ``in [0, 1)``."""
+    limits = _limits(name)
+    low = next(((bound, limits[bound]) for bound in ("ge", "gt") if bound in limits), None)
+    high = next(((bound, limits[bound]) for bound in ("le", "lt") if bound in limits), None)
+    if low and high:
+        return f"in {'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    bound = low or high
+    return f"{symbols[bound[0]]} {bound[1]:g}" if bound else ""
+
+
+_INTEGERS = tuple(name for name, info in _FIELDS.items() if info.annotation is int)
+_NUMBERS = tuple(name for name, info in _FIELDS.items() if info.annotation is float)
+
+LR_SCHEDULES: tuple[str, ...] = _choices("lr_schedule")
+MONITORS: tuple[str, ...] = _choices("monitor")
+PRECISIONS: tuple[str, ...] = _choices("precision")
+CLASS_WEIGHTS: tuple[str, ...] = _choices("class_weights")
+OPTIMIZERS: tuple[str, ...] = _choices("optimizer")
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "ksf": {
         "optimizer": "adam",
@@ -121,33 +166,33 @@ class TrainSettings:
         model_options: model name → options of its builder (e.g. ``{"m2f": {"n_heads": 4}}``).
     """
 
-    tasks: tuple[str, ...] = ("grade", "survival")
-    epochs: int = 20
-    optimizer: str = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 1e-5
-    patience: int = 5
-    hidden_dim: int = 128
-    dropout: float = 0.25
-    n_bins: int = 4
-    alpha_surv: float = 0.4
-    survival_loss: str = "nll"
-    class_weights: str = "none"
-    binary_label: str = "aln"
-    max_tiles: int = 512
-    grad_accum: int = 8
-    batch_size: int = 1
-    lr_schedule: str = "constant"
-    warmup_epochs: int = 0
-    monitor: str = "loss"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    resume: bool = True
+    tasks: tuple[str, ...] = tuple(_DEFAULTS.tasks)
+    epochs: int = _DEFAULTS.epochs
+    optimizer: str = _DEFAULTS.optimizer
+    lr: float = _DEFAULTS.lr
+    weight_decay: float = _DEFAULTS.weight_decay
+    patience: int = _DEFAULTS.patience
+    hidden_dim: int = _DEFAULTS.hidden_dim
+    dropout: float = _DEFAULTS.dropout
+    n_bins: int = _DEFAULTS.n_bins
+    alpha_surv: float = _DEFAULTS.alpha_surv
+    survival_loss: str = _DEFAULTS.survival_loss
+    class_weights: str = _DEFAULTS.class_weights
+    binary_label: str = _DEFAULTS.binary_label
+    max_tiles: int = _DEFAULTS.max_tiles
+    grad_accum: int = _DEFAULTS.grad_accum
+    batch_size: int = _DEFAULTS.batch_size
+    lr_schedule: str = _DEFAULTS.lr_schedule
+    warmup_epochs: int = _DEFAULTS.warmup_epochs
+    monitor: str = _DEFAULTS.monitor
+    seed: int = _DEFAULTS.seed
+    device: str = _DEFAULTS.device
+    precision: str = _DEFAULTS.precision
+    resume: bool = _DEFAULTS.resume
     task_weights: tuple[tuple[str, float], ...] = field(default=())
     aux_weights: dict[str, float] = field(default_factory=dict)
-    coordination: str = "project"
-    subspaces: dict[str, list[str]] | None = None
+    coordination: str = _DEFAULTS.coordination
+    subspaces: dict[str, list[str]] | None = _DEFAULTS.subspaces
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -166,29 +211,14 @@ class TrainSettings:
         if len(set(tasks)) != len(tasks):
             raise self._error("tasks", f"lists a task twice: {list(tasks)}")
 
-        for name, minimum in (
-            ("epochs", 1),
-            ("patience", 0),
-            ("hidden_dim", 1),
-            ("n_bins", 1),
-            ("max_tiles", 0),
-            ("grad_accum", 1),
-            ("batch_size", 1),
-            ("warmup_epochs", 0),
-            ("seed", 0),
-        ):
+        for name in _INTEGERS:
             value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise self._error(name, f"must be an integer >= {minimum}, got {value!r}")
-        for name, valid, wanted in (
-            ("lr", lambda v: v > 0, "> 0"),
-            ("weight_decay", lambda v: v >= 0, ">= 0"),
-            ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("alpha_surv", lambda v: 0 <= v <= 1, "in [0, 1]"),
-        ):
+            if not _is_int(value) or not _within(value, name):
+                raise self._error(name, f"must be an integer {_wanted(name)}, got {value!r}")
+        for name in _NUMBERS:
             value = getattr(self, name)
-            if not _is_number(value) or not valid(value):
-                raise self._error(name, f"must be a number {wanted}, got {value!r}")
+            if not _is_number(value) or not _within(value, name):
+                raise self._error(name, f"must be a number {_wanted(name)}, got {value!r}")
             object.__setattr__(self, name, float(value))
 
         if not isinstance(self.device, str):
