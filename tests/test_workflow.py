@@ -175,3 +175,19 @@ def test_folds_are_checked_before_any_job_unless_the_run_stops_before_them(tmp_p
     targeted = snakemake("-n", "--cores", "1", features, *configs)
     assert targeted.returncode == 0, targeted.stderr[-3000:]
     assert "extract_features" in targeted.stdout and "make_folds" not in targeted.stdout
+
+
+def test_cleared_metadata_keeps_tiles_and_features(finished_run: Path, demo_config: Path, tmp_path: Path) -> None:
+    """README, "Recent changes": after `--cleanup-metadata` on the tiles and features files, a changed
+    command (as after an upgrade; here a changed tiling setting) no longer re-tiles or re-extracts."""
+    config = yaml.safe_load(demo_config.read_text())
+    config["tiling"] = {**config.get("tiling", {}), "tissue_threshold": 0.45}
+    changed = write_config(tmp_path / "changed.yaml", config)
+    before = snakemake("-n", "--cores", "1", "--configfile", str(changed))
+    assert before.returncode == 0 and jobs_run(before)["tile"] > 0
+    files = [str(p) for p in sorted((finished_run / "tiles").glob("*.h5"))]
+    files += [str(p) for p in sorted((finished_run / "features").glob("*/*.h5"))]
+    cleared = snakemake("--configfile", str(demo_config), "--cleanup-metadata", *files)
+    assert cleared.returncode == 0, cleared.stderr[-3000:]
+    after = snakemake("-n", "--cores", "1", "--configfile", str(changed))
+    assert after.returncode == 0 and jobs_run(after)["tile"] == 0 and jobs_run(after)["extract_features"] == 0
