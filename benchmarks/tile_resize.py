@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import histofuse.features.extract as extract  # noqa: E402
 from extract_throughput import git_revision, prepare_slide, slide_dataset, versions  # noqa: E402
-from histofuse.features.extract import TILE_RESIZE, _resize  # noqa: E402
+from histofuse.features.tile_loader import TILE_RESIZE, _resize  # noqa: E402
 
 log = logging.getLogger("tile_resize")
 

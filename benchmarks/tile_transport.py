@@ -11,7 +11,7 @@ encoder, and compares, in one run:
 (b) ``slots``: the workers cut tiles into shared-memory slots allocated once per slide and return
     the slot's number (:mod:`histofuse.features.tile_slots`, what extraction uses).
 
-Both assemble batches with :func:`histofuse.features.extract._rebatch` into one reused buffer (as
+Both assemble batches with :func:`histofuse.features.tile_loader.rebatch` into one reused buffer (as
 the pinned-memory allocator does on a GPU node). Figures: tiles/s, and the main process's CPU time
 (user + system) per tile, which bounds what one main process can feed a GPU. One JSON line per
 figure on stdout, then the ratios (b)/(a) for tiles/s and (a)/(b) for main-process CPU.
@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extract_throughput import git_revision, prepare_slide, slide_dataset, versions  # noqa: E402
-from histofuse.features.extract import TileLoader, _rebatch  # noqa: E402
+from histofuse.features.tile_loader import TileLoader, rebatch  # noqa: E402
 
 log = logging.getLogger("tile_transport")
 
@@ -63,7 +63,7 @@ def run_transport(
     def one_pass() -> int:
         total = 0
         checksum = 0
-        for indices, batch in _rebatch(iter(loader), batch_size, pin=False, reuse=True):
+        for indices, batch in rebatch(iter(loader), batch_size, pin=False, reuse=True):
             total += len(indices)
             checksum += int(batch[: len(indices), 0, 0, 0].sum())  # touch every batch, as a consumer would
         return total

@@ -190,7 +190,7 @@ def test_tile_resize_gives_pillows_pixels(read_px: int, side: int, most: int, sh
     """Grey levels apart from Pillow's BILINEAR: none at 2× and near 1×, at most 1 when shrinking, 2 when enlarging."""
     from PIL import Image
 
-    from histofuse.features.extract import _resize
+    from histofuse.features.tile_loader import _resize
 
     rng = np.random.default_rng(read_px)
     tile = (rng.random((read_px, read_px, 3)) * 255).astype(np.uint8)
@@ -301,9 +301,9 @@ def test_bf16_on_cpu_is_close_to_fp32(tmp_path: Path, slide: Path, lite0: Encode
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from histofuse.features.extract import RegionTileDataset, TileLoader, _as_is, _rebatch  # noqa: E402
 from histofuse.features.regions import plan_reads  # noqa: E402
 from histofuse.features.stain import MacenkoNormaliser, fit_stains, load_normaliser  # noqa: E402
+from histofuse.features.tile_loader import RegionTileDataset, TileLoader, _as_is, rebatch  # noqa: E402
 from histofuse.features.tile_slots import TileSlots, received_chunks, slots_for  # noqa: E402
 from histofuse.slides.pyramid import write_pyramidal_tiff  # noqa: E402
 
@@ -400,7 +400,7 @@ def test_rebatch_makes_exact_batches_in_order() -> None:
         (torch.arange(a, b), torch.full((b - a, 2, 2, 3), a, dtype=torch.uint8).add_(torch.arange(b - a).view(-1, 1, 1, 1)))
         for a, b in zip(start[:-1], start[1:], strict=True)
     ]
-    batches = list(_rebatch(chunks, 4, pin=False))
+    batches = list(rebatch(chunks, 4, pin=False))
     assert [len(indices) for indices, _ in batches] == [4, 4, 3]
     indices = np.concatenate([indices for indices, _ in batches])
     np.testing.assert_array_equal(indices, np.arange(11))
@@ -410,11 +410,11 @@ def test_rebatch_makes_exact_batches_in_order() -> None:
 
 def test_rebatch_reuses_one_buffer_only_when_asked() -> None:
     chunks = [(np.arange(k, k + 2), torch.full((2, 2, 2, 3), k, dtype=torch.uint8)) for k in range(0, 8, 2)]
-    fresh = [batch for _, batch in _rebatch(chunks, 4, pin=False)]
+    fresh = [batch for _, batch in rebatch(chunks, 4, pin=False)]
     assert fresh[0].data_ptr() != fresh[1].data_ptr()
     assert fresh[0][:, 0, 0, 0].tolist() == [0, 0, 2, 2]  # kept batches keep their tiles
     seen = []
-    for indices, batch in _rebatch(chunks, 4, pin=False, reuse=True):
+    for indices, batch in rebatch(chunks, 4, pin=False, reuse=True):
         assert batch[:, 0, 0, 0].tolist() == [int(i) - int(i) % 2 for i in indices]  # right while in use
         seen.append(batch.data_ptr())
     assert len(seen) == 2 and seen[0] == seen[1]
@@ -477,11 +477,11 @@ def test_tile_loader_passes_repeat_and_it_closes(jpeg_slide: Path) -> None:
 
 
 def test_a_failed_read_gives_its_slot_back(jpeg_slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import histofuse.features.extract as extract
+    import histofuse.features.tile_loader as tile_loader
 
     slots = TileSlots(slots=1, capacity=1, tile_px=TILE, wait_s=0.2)
     dataset = _slot_dataset(jpeg_slide, slots)
-    monkeypatch.setattr(extract, "get_worker_info", lambda: object())  # as inside a DataLoader worker
+    monkeypatch.setattr(tile_loader, "get_worker_info", lambda: object())  # as inside a DataLoader worker
 
     def broken(*_: Any) -> None:
         raise SlideError("corrupt tile", path=jpeg_slide)
@@ -490,7 +490,7 @@ def test_a_failed_read_gives_its_slot_back(jpeg_slide: Path, monkeypatch: pytest
     with pytest.raises(SlideError, match="corrupt tile"):
         dataset[0]
     monkeypatch.undo()
-    monkeypatch.setattr(extract, "get_worker_info", lambda: object())
+    monkeypatch.setattr(tile_loader, "get_worker_info", lambda: object())
     indices, slot = dataset[1]  # the only slot is free again
     assert slot == 0 and indices.tolist() == [1]
     with pytest.raises(RuntimeError, match="no tile slot came free"):

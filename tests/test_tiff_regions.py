@@ -9,8 +9,9 @@ import pytest
 
 from conftest import shared_file
 from histofuse.errors import SlideError
-from histofuse.features.extract import ExtractSettings, _tiff_reads
+from histofuse.features.extract_settings import ExtractSettings
 from histofuse.features.regions import ReadJob
+from histofuse.features.slide_reads import _tiff_reads
 from histofuse.slides.pyramid import write_pyramidal_tiff
 from histofuse.slides.reader import open_slide
 from histofuse.slides.tiff_regions import TiffRegionDecoder

@@ -3,8 +3,9 @@
 With ``on_error: skip`` a slide that cannot be processed costs that slide only: the failing job
 (tiling, feature extraction or import) still writes its outputs, flagged as excluded, instead of
 failing. The flag lives in the HDF5 file itself (attributes ``excluded``, ``exclusion_stage``,
-``exclusion_file``, ``exclusion_reason``, ``exclusion_fix``), so Snakemake's DAG stays the same
-whether a slide fails or not, and every later stage sees the record with the data:
+``exclusion_file``, ``exclusion_reason``, ``exclusion_fix``; written and read by
+:mod:`histofuse.h5layout`), so Snakemake's DAG stays the same whether a slide fails or not, and
+every later stage sees the record with the data:
 
 * extraction copies an excluded tiles file's record into an empty features file (no encoder runs);
 * :func:`collect_exclusions` lists the records of every features file in ``exclusions.tsv``
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from histofuse import h5layout
 from histofuse.errors import ConfigError, HistofuseError
-from histofuse.h5files import EXCLUSION_FIELDS, read_exclusion_record, write_excluded
+from histofuse.features.feature_files import check_features_encoder
 from histofuse.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -78,40 +80,35 @@ def check_on_error(value: str) -> str:
 
 
 def _record(exclusion: Exclusion) -> dict[str, str]:
-    return {name: getattr(exclusion, name) for name in EXCLUSION_FIELDS}
+    return {name: getattr(exclusion, name) for name in h5layout.EXCLUSION_FIELDS}
 
 
 def write_excluded_tiles(path: str | Path, exclusion: Exclusion) -> None:
     """A tiles file with no tiles that carries the exclusion record."""
-    write_excluded(path, kind="tiles", record=_record(exclusion), slide_id=exclusion.slide)
+    h5layout.write_excluded_tiles(path, slide=exclusion.slide, record=_record(exclusion))
     log.warning("%s", exclusion.describe())
 
 
 def write_excluded_features(path: str | Path, exclusion: Exclusion, *, encoder: str) -> None:
     """A features file with no tiles (0 × 0 features) that carries the exclusion record."""
-    write_excluded(path, kind="features", record=_record(exclusion), slide_id=exclusion.slide, encoder=encoder)
+    h5layout.write_excluded_features(path, slide=exclusion.slide, record=_record(exclusion), encoder=encoder)
     log.warning("%s", exclusion.describe())
 
 
 def read_exclusion(path: str | Path) -> Exclusion | None:
     """The exclusion record of a tiles or features file; ``None`` for a slide that was processed."""
     try:
-        record = read_exclusion_record(path)
+        found = h5layout.read_exclusion_record(path)
     except OSError as err:
         raise HistofuseError(
             f"cannot read the file ({err}).",
             path=path,
             fix="delete it so that the pipeline rebuilds it.",
         ) from err
-    if record is None:
+    if found is None:
         return None
-    return Exclusion(
-        slide=record["slide_id"] or Path(path).stem,
-        stage=record["stage"],
-        file=record["file"],
-        reason=record["reason"],
-        fix=record["fix"],
-    )
+    slide, record = found
+    return Exclusion(slide=slide or Path(path).stem, **record)
 
 
 def exclusions_frame(exclusions: Iterable[Exclusion]) -> pd.DataFrame:
@@ -125,8 +122,6 @@ def collect_exclusions(feature_files: Iterable[str | Path], out_tsv: str | Path,
     Every other file must have been written by ``encoder``; a file from another encoder stops here,
     before training could mix features of different encoders.
     """
-    from histofuse.features.extract import check_features_encoder
-
     exclusions = []
     for path in map(Path, feature_files):
         exclusion = read_exclusion(path)

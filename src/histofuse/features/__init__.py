@@ -19,12 +19,9 @@ if TYPE_CHECKING:
         register_encoder,
         sha256_file,
     )
-    from histofuse.features.extract import (
-        ExtractSettings,
-        check_features_encoder,
-        extract_slide_features,
-        read_features,
-    )
+    from histofuse.features.extract import extract_slide_features
+    from histofuse.features.extract_settings import ExtractSettings
+    from histofuse.features.feature_files import check_features_encoder, read_features
     from histofuse.features.precomputed import (
         candidate_paths,
         find_precomputed_features,
@@ -41,12 +38,9 @@ _SOURCES = {
         "register_encoder",
         "sha256_file",
     ),
-    "histofuse.features.extract": (
-        "ExtractSettings",
-        "check_features_encoder",
-        "extract_slide_features",
-        "read_features",
-    ),
+    "histofuse.features.extract": ("extract_slide_features",),
+    "histofuse.features.extract_settings": ("ExtractSettings",),
+    "histofuse.features.feature_files": ("check_features_encoder", "read_features"),
     "histofuse.features.precomputed": (
         "candidate_paths",
         "find_precomputed_features",

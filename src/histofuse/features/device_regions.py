@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from histofuse.errors import SlideError
 from histofuse.features.regions import ReadJob
 from histofuse.slides.jpeg_tiles import JpegTileReader, RegionTiles
-from histofuse.slides.reader_base import unreadable_region_error
+from histofuse.slides.reader import unreadable_region_error
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from histofuse.features.encoders import Encoder
-    from histofuse.features.extract import ExtractSettings
+    from histofuse.features.extract_settings import ExtractSettings
 
 __all__ = ["EncoderSpec", "ExtractJob", "run_extract_job"]
 
@@ -29,7 +29,7 @@ class EncoderSpec:
     weights: str | None
     threads: int
     settings: dict[str, Any]
-    """:class:`~histofuse.features.extract.ExtractSettings` as plain values."""
+    """:class:`~histofuse.features.extract_settings.ExtractSettings` as plain values."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -39,7 +39,7 @@ class EncoderSpec:
         return cls(**data)
 
     def extract_settings(self) -> ExtractSettings:
-        from histofuse.features.extract import ExtractSettings
+        from histofuse.features.extract_settings import ExtractSettings
 
         return ExtractSettings(**self.settings)
 

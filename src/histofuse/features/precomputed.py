@@ -24,13 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from histofuse import __version__
+from histofuse import __version__, h5layout
 from histofuse.errors import ConfigError, SlideError
-from histofuse.h5files import CLAM_TILE_SIZES, read_foreign_features, write_features
 
 log = logging.getLogger(__name__)
-
-_OURS = ("encoder", "dim", "n_tiles", "slide_id", "source", "source_path", "source_sha256", "histofuse_version")
 
 
 def _sha256(path: Path) -> str:
@@ -118,12 +115,12 @@ def read_precomputed(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str
         return SlideError(problem, path=path, fix=fix)
 
     try:
-        found = read_foreign_features(path)
+        stored = h5layout.read_features_file(path, errors="replace")
+    except KeyError as missing:
+        raise bad(f"the file has no {' and no '.join(repr(m) for m in missing.args)} dataset.") from None
     except OSError as err:
         raise bad(f"cannot read the file as HDF5 ({err}).") from err
-    if isinstance(found, list):
-        raise bad(f"the file has no {' and no '.join(repr(m) for m in found)} dataset.")
-    features, coords, attrs, coords_attrs = found
+    features, coords, attrs, coords_attrs = stored.features, stored.coords, stored.attrs, stored.coords_attrs
     if features.ndim != 2:
         raise bad(f"'features' must be 2-D (tiles × dims), got shape {features.shape}.")
     if coords.ndim != 2 or coords.shape[1] != 2:
@@ -140,28 +137,44 @@ def read_precomputed(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str
     return features.astype(np.float32), coords.astype(np.int64), attrs, coords_attrs
 
 
+def _imported_attrs(
+    attrs: dict[str, Any], coords_attrs: dict[str, Any], shape: tuple[int, ...], *, slide_id: str, encoder: str
+) -> dict[str, Any]:
+    """The source's file attributes (less those an import sets), its CLAM/TRIDENT tile sizes, our identity."""
+    out = {
+        key: value for key, value in attrs.items() if value is not None and key not in h5layout.PRECOMPUTED_OWN_ATTRS
+    }
+    source_encoder = attrs.get(h5layout.ENCODER)
+    if source_encoder is not None and source_encoder != encoder:
+        out[h5layout.SOURCE_ENCODER] = source_encoder
+    for ours, theirs in h5layout.FROM_CLAM_COORDS_ATTRS:
+        if ours not in attrs and theirs in coords_attrs:
+            out[ours] = coords_attrs[theirs]
+    out[h5layout.SLIDE_ID] = slide_id
+    out[h5layout.ENCODER] = encoder
+    out[h5layout.DIM] = int(shape[1])
+    out[h5layout.N_TILES] = int(shape[0])
+    out[h5layout.SOURCE] = "precomputed"
+    return out
+
+
 def import_precomputed_features(*, folder: str | Path, slide_id: str, encoder: str, out_h5: str | Path) -> int:
     """Find, validate and write one slide's precomputed features in histofuse's layout; returns N."""
     source = find_precomputed_features(folder, slide_id, encoder)
     features, coords, attrs, coords_attrs = read_precomputed(source)
     layout = {0: "flat", 1: "clam", 2: "trident"}[candidate_paths(folder, slide_id, encoder).index(source)]
-    ours = {key: value for key, value in attrs.items() if value is not None and key not in _OURS}
-    if "encoder" in attrs and attrs["encoder"] != encoder:
-        ours["source_encoder"] = attrs["encoder"]
-    for name, theirs in CLAM_TILE_SIZES:
-        if name not in attrs and theirs in coords_attrs:
-            ours[name] = coords_attrs[theirs]
-    ours.update(
-        slide_id=slide_id,
-        encoder=encoder,
-        dim=int(features.shape[1]),
-        n_tiles=int(features.shape[0]),
-        source="precomputed",
-        source_layout=layout,
-        source_path=str(source.resolve()),
-        source_sha256=_sha256(source),
-        histofuse_version=__version__,
+    h5layout.write_features(
+        out_h5,
+        features=features,
+        coords=coords,
+        coords_attrs=coords_attrs,
+        attrs=_imported_attrs(attrs, coords_attrs, features.shape, slide_id=slide_id, encoder=encoder)
+        | {
+            h5layout.SOURCE_LAYOUT: layout,
+            h5layout.SOURCE_PATH: str(source.resolve()),
+            h5layout.SOURCE_SHA256: _sha256(source),
+            h5layout.VERSION: __version__,
+        },
     )
-    write_features(out_h5, features=features, coords=coords, coords_attrs=coords_attrs, attrs=ours)
     log.info("%s: %d × %d precomputed features imported from %s (%s layout)", slide_id, *features.shape, source, layout)
     return int(features.shape[0])

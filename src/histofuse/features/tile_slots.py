@@ -134,7 +134,7 @@ def received_chunks(
     """(indices, tiles) of each loader item; items that name a slot are read from it.
 
     A slot goes back to the free list when the consumer asks for the next chunk, so the consumer
-    must be done with a chunk's tiles by then (:func:`histofuse.features.extract._rebatch` copies
+    must be done with a chunk's tiles by then (:func:`histofuse.features.tile_loader.rebatch` copies
     them into its batch).
     """
     for indices, tiles in items:

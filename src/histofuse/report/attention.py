@@ -20,8 +20,8 @@ import torch
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
+from histofuse import h5layout
 from histofuse.errors import HistofuseError
-from histofuse.h5files import read_features_file
 from histofuse.report.plots import new_figure, save_figure
 from histofuse.slides.reader import open_slide
 from histofuse.training.trainer import load_trained_model
@@ -64,7 +64,7 @@ def choose_fold(
     return fold
 
 
-def _attr(attrs: dict[str, Any], name: str, path: Path) -> int:
+def _attr(attrs: Mapping[str, Any], name: str, path: Path) -> int:
     if name not in attrs:
         raise HistofuseError(
             "feature file lacks an attribute", path=path, column=name, fix="re-extract the features"
@@ -75,10 +75,10 @@ def _attr(attrs: dict[str, Any], name: str, path: Path) -> int:
 def slide_attention(checkpoint: Path, features_h5: Path, *, slide_id: str, fold: int) -> SlideAttention:
     """Attention of the model in ``checkpoint`` over the tiles of one feature file."""
     model, content = load_trained_model(checkpoint)
-    features, coords, attrs = read_features_file(features_h5)
-    tile_px_level0 = _attr(attrs, "tile_px_level0", features_h5)
-    read_level = _attr(attrs, "read_level", features_h5)
-    read_tile_px = _attr(attrs, "read_tile_px", features_h5)
+    features, coords, attrs = h5layout.read_features(features_h5)
+    tile_px_level0 = _attr(attrs, h5layout.TILE_PX_LEVEL0, features_h5)
+    read_level = _attr(attrs, h5layout.READ_LEVEL, features_h5)
+    read_tile_px = _attr(attrs, h5layout.READ_TILE_PX, features_h5)
     if len(features) == 0:
         raise HistofuseError("feature file has no tiles", path=features_h5)
     with torch.inference_mode():

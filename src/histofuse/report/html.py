@@ -26,6 +26,7 @@ from lifelines import KaplanMeierFitter
 from PIL import Image
 
 import histofuse
+from histofuse import h5layout
 from histofuse.errors import HistofuseError
 from histofuse.evaluate import (
     classification_tasks,
@@ -34,7 +35,6 @@ from histofuse.evaluate import (
     has_survival_task,
     read_predictions,
 )
-from histofuse.h5files import read_attrs, read_tiles
 from histofuse.io import write_text_atomic
 from histofuse.notes import NOTES_FILE, read_notes
 from histofuse.report import figures, plots, sections
@@ -242,16 +242,15 @@ class FeatureInfo:
 def read_tile_info(path: Path) -> TileInfo:
     """Tile count (rows of ``coords``) and attributes of a tile file; ``None`` when unreadable."""
     try:
-        coords, attrs = read_tiles(path)
-        n_tiles = int(coords.shape[0])
+        n_tiles, attrs = h5layout.read_tile_count(path)
     except (OSError, KeyError) as exc:
         log.warning("%s: cannot read tiles (%s)", path, exc)
         return TileInfo(slide_id=path.stem, n_tiles=None, tile_px=None, target_mpp=None)
     return TileInfo(
         slide_id=path.stem,
         n_tiles=n_tiles,
-        tile_px=_decode_attr(attrs["tile_px"]) if "tile_px" in attrs else None,
-        target_mpp=_decode_attr(attrs["target_mpp"]) if "target_mpp" in attrs else None,
+        tile_px=_decode_attr(attrs[h5layout.TILE_PX]) if h5layout.TILE_PX in attrs else None,
+        target_mpp=_decode_attr(attrs[h5layout.TARGET_MPP]) if h5layout.TARGET_MPP in attrs else None,
     )
 
 
@@ -259,7 +258,7 @@ def read_feature_info(path: Path) -> FeatureInfo:
     """Encoder attributes of a features file (``unknown`` for what cannot be read)."""
     attrs: dict[str, Any] = {}
     try:
-        attrs = read_attrs(path)
+        attrs = h5layout.read_attrs(path)
     except OSError as exc:
         log.warning("%s: cannot read features (%s)", path, exc)
 
@@ -268,10 +267,10 @@ def read_feature_info(path: Path) -> FeatureInfo:
 
     return FeatureInfo(
         slide_id=path.stem,
-        encoder=attr("encoder") if "encoder" in attrs else path.parent.name,
-        dim=attr("dim"),
-        precision=attr("precision"),
-        weights_sha256=attr("weights_sha256"),
+        encoder=attr(h5layout.ENCODER) if h5layout.ENCODER in attrs else path.parent.name,
+        dim=attr(h5layout.DIM),
+        precision=attr(h5layout.PRECISION),
+        weights_sha256=attr(h5layout.WEIGHTS_SHA256),
     )
 
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from histofuse import h5layout
 from histofuse.errors import ConfigError
-from histofuse.h5files import read_tiles, write_tiles
-from histofuse.slides.reader_base import SlideInfo
+from histofuse.slides.reader import SlideInfo
 
 log = logging.getLogger(__name__)
 
@@ -179,39 +179,21 @@ def sample_tile_indices(n: int, max_tiles: int, *, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=max_tiles, replace=False)).astype(np.int64)
 
 
-def coords_attributes(attrs: dict[str, Any], *, slide_id: str, save_path: str | Path) -> dict[str, Any]:
-    """CLAM / TRIDENT attributes of the ``coords`` dataset, from a grid's geometry ``attrs``."""
-    downsample = float(attrs["read_downsample"])
-    level_dim = np.array([attrs["read_level_width"], attrs["read_level_height"]], dtype=np.int64)
-    out: dict[str, Any] = {
-        "patch_size": int(attrs["tile_px"]),
-        "patch_level": int(attrs["read_level"]),
-        "patch_size_level0": int(attrs["tile_px_level0"]),
-        "downsample": np.array([downsample, downsample], dtype=np.float64),
-        "level_dim": level_dim,
-        "downsampled_level_dim": level_dim.copy(),
-        "overlap": int(attrs["overlap_px"]),
-        "name": str(slide_id),
-        "save_path": str(save_path),
-    }
-    for key in ("level0_magnification", "target_magnification"):
-        if key in attrs:
-            out[key] = float(attrs[key])
-    return out
-
-
 def write_tiles_h5(grid: TileGrid, path: str | Path, *, slide_id: str, reader: str) -> None:
     """Write the grid as ``coords`` + ``tissue_fraction`` with self-describing attributes."""
-    write_tiles(
+    h5layout.write_tiles(
         path,
         coords=grid.coords,
-        tissue_fraction=grid.tissue,
-        attrs={**grid.attrs, "slide_id": slide_id, "reader": reader},
-        coords_attrs=coords_attributes(grid.attrs, slide_id=slide_id, save_path=Path(path).parent),
+        tissue=grid.tissue,
+        attrs=grid.attrs,
+        coords_attrs=h5layout.clam_coords_attrs(grid.attrs, slide_id=slide_id, save_path=Path(path).parent),
+        slide_id=slide_id,
+        reader=reader,
     )
     log.info("%s: %d tiles written to %s", slide_id, grid.coords.shape[0], path)
 
 
 def read_tiles_h5(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Coordinates and attributes of a tiles file."""
-    return read_tiles(path)
+    tiles = h5layout.read_tiles(path)
+    return tiles.coords, tiles.attrs

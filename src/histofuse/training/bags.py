@@ -24,8 +24,8 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from histofuse import h5layout
 from histofuse.errors import HistofuseError
-from histofuse.h5files import FEATURES, features_shape, read_feature_rows
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +52,17 @@ def _file_shape(path: Path) -> tuple[int, int, bool, str | None] | None:
             fix="run feature extraction for this slide, or remove the slide from the sample sheet.",
         )
     try:
-        found = features_shape(path)
+        found = h5layout.read_features_shape(path)
     except KeyError:
-        raise HistofuseError(f"no '{FEATURES}' dataset.", path=path) from None
+        raise HistofuseError(f"no '{h5layout.FEATURES}' dataset.", path=path) from None
     except OSError as exc:
         raise HistofuseError(f"cannot read the tile features ({exc}).", path=path) from None
-    if found is None:
+    if found.excluded:
         return None
-    shape, has_coords, attrs = found
+    shape = found.shape
     if len(shape) != 2:
-        raise HistofuseError(f"'{FEATURES}' must be 2-D (tiles × dims), got shape {shape}.", path=path)
-    encoder = attrs.get("encoder")
-    return int(shape[0]), int(shape[1]), has_coords, None if encoder is None else str(encoder)
+        raise HistofuseError(f"'features' must be 2-D (tiles × dims), got shape {shape}.", path=path)
+    return int(shape[0]), int(shape[1]), found.has_coords, found.encoder
 
 
 def _grid_step(coords: npt.NDArray[np.int64]) -> int:
@@ -105,8 +104,8 @@ class BagStore:
             if size == 0:
                 continue
             try:
-                # with a subset, the slide's full coordinates (all_xy) fix its grid step and extent
-                block, xy, all_xy = read_feature_rows(path, rows, with_coords=self.has_coords)
+                # with a subset, the slide's full coordinates fix its grid step and extent
+                block, xy, all_xy = h5layout.read_feature_rows(path, rows, with_coords=self.has_coords)
             except OSError as exc:
                 raise HistofuseError(f"cannot read the tile features ({exc}).", path=path) from None
             features.append(block)
