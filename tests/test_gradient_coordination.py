@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from histofuse.losses import risk_from_logits
 from histofuse.metrics import cindex
-from histofuse.models import TaskSpec, build_model
+from histofuse.models import InputDims, TaskSpec, build_model
 from histofuse.models.gradient_coordination import (
     classification_confidence,
     coordinate,
@@ -147,10 +147,8 @@ def test_half_logits_split_the_fused_head() -> None:
     spec = TaskSpec(tasks=("grade",), n_classes=2)
     model = build_model(
         "ksf",
-        n_tiles_dim=4,
-        n_genomic=4,
+        InputDims(n_tiles_dim=4, n_genomic=4, subspaces={"tumour": [0, 1], "microenvironment": [2, 3]}),
         task_spec=spec,
-        subspaces={"tumour": [0, 1], "microenvironment": [2, 3]},
         hidden_dim=8,
         dropout=0.0,
         n_heads=2,

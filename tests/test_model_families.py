@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from histofuse.losses import cox_partial_nll, masked_bce, masked_cross_entropy, risk_from_logits, survival_nll
 from histofuse.metrics import cindex
-from histofuse.models import TaskSpec, build_model
+from histofuse.models import InputDims, TaskSpec, build_model
 from histofuse.models.deformable_attention import DeformableCrossAttention, sampling_positions
 from histofuse.models.kronecker import kronecker_with_ones
 from histofuse.models.tile_grid import bilinear_tile_weights, pseudo_grid, sample_grid, tile_grid
@@ -55,11 +55,13 @@ def _build(name: str, spec: TaskSpec, **options: object) -> nn.Module:
     torch.manual_seed(0)
     return build_model(
         name,
-        n_tiles_dim=N_TILES_DIM,
-        n_genomic=N_GENOMIC,
-        n_clinical=N_CLINICAL,
-        gene_groups=GROUPS,
-        subspaces=SUBSPACES,
+        InputDims(
+            n_tiles_dim=N_TILES_DIM,
+            n_genomic=N_GENOMIC,
+            n_clinical=N_CLINICAL,
+            gene_groups=GROUPS,
+            subspaces=SUBSPACES,
+        ),
         task_spec=spec,
         hidden_dim=16,
         dropout=0.1,
@@ -241,7 +243,7 @@ def test_mcat_preset_builds_mcats_coattention() -> None:
     assert settings.alpha_surv == 0.0 and settings.hidden_dim == 256 and settings.grad_accum == 32
     for name in ("m2f", "m2f_separate"):
         model = build_model(
-            name, n_tiles_dim=N_TILES_DIM, n_genomic=N_GENOMIC, gene_groups=GROUPS, task_spec=GRADE,
+            name, InputDims(n_tiles_dim=N_TILES_DIM, n_genomic=N_GENOMIC, gene_groups=GROUPS), task_spec=GRADE,
             hidden_dim=settings.hidden_dim, dropout=settings.dropout, **settings.options_for(name),
         )
         copy = model if name == "m2f" else model.models["grade"]

@@ -9,7 +9,10 @@ from histofuse.models import (
     MODELS,
     GatedAttentionMIL,
     IndependentTaskModels,
+    InputDims,
+    ModelInputs,
     MultimodalBaseline,
+    MultimodalModel,
     SelfNormalizingNetwork,
     TaskSpec,
     build_model,
@@ -23,7 +26,7 @@ SPEC = TaskSpec(tasks=("grade", "survival"), n_classes=3, n_bins=4)
 def _model(n_genomic: int = 5, spec: TaskSpec = SPEC) -> nn.Module:
     torch.manual_seed(0)
     return build_model(
-        "mm_baseline", n_tiles_dim=8, n_genomic=n_genomic, task_spec=spec, hidden_dim=16, dropout=0.1
+        "mm_baseline", InputDims(n_tiles_dim=8, n_genomic=n_genomic), task_spec=spec, hidden_dim=16, dropout=0.1
     )
 
 
@@ -93,8 +96,9 @@ def test_snn_shape_and_lecun_init() -> None:
 
 
 def test_snn_layer_widths_are_a_builder_option() -> None:
-    default = build_model("snn", n_tiles_dim=8, n_genomic=80, task_spec=SPEC, hidden_dim=64)
-    narrow = build_model("snn", n_tiles_dim=8, n_genomic=80, task_spec=SPEC, hidden_dim=64, hidden_dims=[32, 32])
+    dims = InputDims(n_tiles_dim=8, n_genomic=80)
+    default = build_model("snn", dims, task_spec=SPEC, hidden_dim=64)
+    narrow = build_model("snn", dims, task_spec=SPEC, hidden_dim=64, hidden_dims=[32, 32])
     widths = [m.out_features for m in narrow.snn.network if isinstance(m, nn.Linear)]
     assert widths == [32, 32] and default.snn.out_dim == 64
     out = narrow(None, genomics=torch.randn(5, 80))
@@ -103,13 +107,13 @@ def test_snn_layer_widths_are_a_builder_option() -> None:
 
 def test_unknown_model_lists_known_models() -> None:
     with pytest.raises(ConfigError, match="mm_baseline"):
-        build_model("nope", n_tiles_dim=8, n_genomic=0, task_spec=SPEC)
+        build_model("nope", InputDims(n_tiles_dim=8), task_spec=SPEC)
 
 
 def test_planned_model_is_reported_as_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "PLANNED_MODELS", ("future_model",))
     with pytest.raises(ConfigError, match="planned"):
-        build_model("future_model", n_tiles_dim=8, n_genomic=0, task_spec=SPEC)
+        build_model("future_model", InputDims(n_tiles_dim=8), task_spec=SPEC)
 
 
 def test_register_model_refuses_duplicates() -> None:
@@ -125,7 +129,7 @@ def test_register_and_build_custom_model() -> None:
         return nn.Identity()
 
     try:
-        assert isinstance(build_model(name, n_tiles_dim=4, n_genomic=0, task_spec=SPEC), nn.Identity)
+        assert isinstance(build_model(name, InputDims(n_tiles_dim=4), task_spec=SPEC), nn.Identity)
     finally:
         MODELS.pop(name)
 
@@ -214,24 +218,72 @@ def _capture_builder(name: str) -> dict:
     return captured
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_tiles_dim": 0}, "tile feature dimension"),
+        ({"n_tiles_dim": 4, "n_genomic": -1}, "genomic features"),
+        ({"n_tiles_dim": 4, "n_clinical": -1}, "clinical features"),
+    ],
+)
+def test_input_dims_reject_negative_sizes(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        InputDims(**kwargs)
+
+
+def test_input_dims_are_frozen_and_resolved() -> None:
+    dims = InputDims(n_tiles_dim=4, n_genomic=2)
+    assert dims.gene_groups == ((0, 1),) and dims.subspaces == {}
+    with pytest.raises(AttributeError):
+        dims.n_genomic = 3  # type: ignore[misc]
+
+
+class _Recorder(MultimodalModel):
+    """Reads slides, genomics and optional clinical data; records what it was given."""
+
+    model_name = "recorder"
+    reads_clinical = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_genomic, self.n_clinical = 2, 3
+        self.weight = nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.seen: list[ModelInputs] = []
+
+    def compute(self, inputs: ModelInputs) -> dict:
+        self.seen.append(inputs)
+        return {}
+
+
+def test_multimodal_model_checks_and_batches_its_inputs() -> None:
+    model = _Recorder()
+    bag, empty = torch.randn(4, 5), torch.zeros(0, 5)
+    model([bag, empty], torch.ones(2, 2), torch.ones(2, 3), clinical_present=torch.tensor([True, False]))
+    inputs = model.seen[-1]
+    assert inputs.batch_size == 2 and [tuple(b.shape) for b in inputs.bags] == [(4, 5), (0, 5)]
+    assert all(b.dtype == torch.float64 for b in inputs.bags) and inputs.genomics.dtype == torch.float64
+    model(bag, torch.ones(2), None)
+    assert model.seen[-1].batch_size == 1 and model.seen[-1].clinical is None
+    with pytest.raises(ValueError, match="recorder needs at least one bag"):
+        model([], torch.ones(2, 2))
+    with pytest.raises(ValueError, match="recorder needs genomics with 2 features per patient"):
+        model([bag])
+    with pytest.raises(ValueError, match=r"clinical must be \(1, 3\)"):
+        model([bag], torch.ones(2), torch.ones(1, 4))
+
+
 def test_build_model_passes_resolved_groups_and_subspaces() -> None:
     name = "test_only_capture"
     captured = _capture_builder(name)
     try:
-        build_model(name, n_tiles_dim=4, n_genomic=3, n_clinical=2, task_spec=SPEC, gene_groups=[])
-        assert captured["gene_groups"] == [[0, 1, 2]]
-        assert captured["subspaces"] == {}
-        assert captured["n_clinical"] == 2
-        build_model(
-            name,
-            n_tiles_dim=4,
-            n_genomic=3,
-            task_spec=SPEC,
-            gene_groups=[[2], [0, 1]],
-            subspaces={"tumour": [0]},
-        )
-        assert captured["gene_groups"] == [[2], [0, 1]]
-        assert captured["subspaces"] == {"tumour": [0]}
+        build_model(name, InputDims(n_tiles_dim=4, n_genomic=3, n_clinical=2, gene_groups=[]), task_spec=SPEC)
+        assert captured["dims"].gene_groups == ((0, 1, 2),)
+        assert captured["dims"].subspaces == {}
+        assert captured["dims"].n_clinical == 2
+        dims = InputDims(n_tiles_dim=4, n_genomic=3, gene_groups=[[2], [0, 1]], subspaces={"tumour": [0]})
+        build_model(name, dims, task_spec=SPEC)
+        assert captured["dims"].gene_groups == ((2,), (0, 1))
+        assert captured["dims"].subspaces == {"tumour": (0,)}
     finally:
         MODELS.pop(name)
 
@@ -245,28 +297,19 @@ def test_build_model_passes_resolved_groups_and_subspaces() -> None:
         (None, {"tumour": [7]}, "subspace 'tumour'"),
     ],
 )
-def test_build_model_rejects_bad_gene_indices(
+def test_input_dims_reject_bad_gene_indices(
     gene_groups: list | None, subspaces: dict | None, match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match):
-        build_model(
-            "mm_baseline",
-            n_tiles_dim=4,
-            n_genomic=3,
-            task_spec=SPEC,
-            gene_groups=gene_groups,
-            subspaces=subspaces,
-        )
+        InputDims(n_tiles_dim=4, n_genomic=3, gene_groups=gene_groups or (), subspaces=subspaces or {})
 
 
 def test_build_model_rejects_an_option_the_model_does_not_have() -> None:
     with pytest.raises(ConfigError, match="no option.*joint.*n_heads"):
         build_model(
             "ksf",
-            n_tiles_dim=8,
-            n_genomic=4,
+            InputDims(n_tiles_dim=8, n_genomic=4, subspaces={"tumour": [0], "microenvironment": [1]}),
             task_spec=SPEC,
-            subspaces={"tumour": [0], "microenvironment": [1]},
             hidden_dim=16,
             joint=False,
         )
@@ -289,11 +332,13 @@ def _build(name: str, spec: TaskSpec, **options: object) -> nn.Module:
     torch.manual_seed(0)
     return build_model(
         name,
-        n_tiles_dim=N_TILES_DIM,
-        n_genomic=N_GENOMIC,
-        n_clinical=N_CLINICAL,
-        gene_groups=GROUPS,
-        subspaces=SUBSPACES,
+        InputDims(
+            n_tiles_dim=N_TILES_DIM,
+            n_genomic=N_GENOMIC,
+            n_clinical=N_CLINICAL,
+            gene_groups=GROUPS,
+            subspaces=SUBSPACES,
+        ),
         task_spec=spec,
         hidden_dim=16,
         dropout=0.1,
@@ -384,10 +429,7 @@ def test_models_refuse_missing_modalities(
     with pytest.raises(ConfigError, match=match):
         build_model(
             name,
-            n_tiles_dim=8,
-            n_genomic=n_genomic,
-            n_clinical=n_clinical,
-            subspaces=subspaces,
+            InputDims(n_tiles_dim=8, n_genomic=n_genomic, n_clinical=n_clinical, subspaces=subspaces or {}),
             task_spec=SPEC,
             hidden_dim=16,
         )

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from histofuse.models import IndependentTaskModels, TaskSpec, build_model
+from histofuse.models import IndependentTaskModels, InputDims, TaskSpec, build_model
 from histofuse.training.selection import finish_task_copies, freeze_stopped, select_task_copies
 from histofuse.training.state import RunState
 
@@ -16,7 +16,7 @@ SPEC = TaskSpec(tasks=("grade", "survival"), n_classes={"grade": 2}, n_bins=3)
 def _copies() -> IndependentTaskModels:
     torch.manual_seed(0)
     model = build_model(
-        "m2f_separate", n_tiles_dim=6, n_genomic=6, gene_groups=[[0, 1, 2], [3, 4, 5]], task_spec=SPEC,
+        "m2f_separate", InputDims(n_tiles_dim=6, n_genomic=6, gene_groups=[[0, 1, 2], [3, 4, 5]]), task_spec=SPEC,
         hidden_dim=8, dropout=0.0, n_heads=2,
     )
     assert isinstance(model, IndependentTaskModels)

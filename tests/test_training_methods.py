@@ -20,7 +20,7 @@ import torch
 from histofuse.errors import ConfigError
 from histofuse.evaluate import evaluate_predictions
 from histofuse.metrics import multiclass_auc
-from histofuse.models.registry import TaskSpec, build_model
+from histofuse.models.registry import InputDims, TaskSpec, build_model
 from histofuse.training import TrainSettings, load_fold_data, load_trained_model, predict_fold, train_fold
 from histofuse.training.bags import open_bag_store
 from histofuse.training.missing_rate import aggregate_missing_rates, missing_rate_fold, withheld
@@ -179,7 +179,7 @@ def test_a_step_is_the_exact_mean_whatever_the_batch_size(cohort: dict[str, Path
     gradients = []
     for batch_size in (1, 4, 8):
         torch.manual_seed(0)
-        model = build_model("mm_baseline", n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, task_spec=spec, hidden_dim=16, dropout=0.0)
+        model = build_model("mm_baseline", InputDims(n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic), task_spec=spec, hidden_dim=16, dropout=0.0)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         run = _Run(
             model=model,
@@ -341,8 +341,8 @@ def test_ksf_step_coordinates_the_fused_classifier_weight(cohort: dict[str, Path
     def fresh() -> torch.nn.Module:
         torch.manual_seed(0)
         return build_model(
-            "ksf", n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, task_spec=spec, hidden_dim=16, dropout=0.0,
-            subspaces=subspaces, n_heads=2, offset_groups=2, head_dim=8,
+            "ksf", InputDims(n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, subspaces=subspaces),
+            task_spec=spec, hidden_dim=16, dropout=0.0, n_heads=2, offset_groups=2, head_dim=8,
         ).train()
 
     def step(coordination: str) -> torch.nn.Module:
@@ -464,7 +464,7 @@ def test_branch_losses_and_distillation_skip_patients_without_clinical_data(miss
     def step(chunk: np.ndarray) -> torch.nn.Module:
         torch.manual_seed(0)
         model = build_model(
-            "bidistill", n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, n_clinical=data.n_clinical,
+            "bidistill", InputDims(n_tiles_dim=TILE_DIM, n_genomic=data.n_genomic, n_clinical=data.n_clinical),
             task_spec=spec, hidden_dim=16, dropout=0.0,
         ).train()
         run = _Run(

@@ -1,6 +1,8 @@
 """Model architectures and their registry.
 
 Importing this package registers every built-in model; see :mod:`histofuse.models.registry`.
+``build_model(name, InputDims(...), task_spec=...)`` builds one; the models derive from
+:class:`~histofuse.models.base.MultimodalModel`, which checks and batches their inputs.
 
 * baselines: ``abmil`` (slides), ``snn`` (genomics), ``clinical`` (clinical table),
   ``concat`` and ``mm_baseline`` (ABMIL ⊕ SNN), ``kronecker`` (gated Kronecker fusion);
@@ -20,6 +22,7 @@ from histofuse.models import fusion as _fusion  # noqa: F401  (registers "mm_bas
 from histofuse.models import kronecker as _kronecker  # noqa: F401  (registers "kronecker")
 from histofuse.models import ksf as _ksf  # noqa: F401  (registers "ksf")
 from histofuse.models import m2f as _m2f  # noqa: F401  (registers "m2f")
+from histofuse.models.base import ModelInputs, MultimodalModel
 from histofuse.models.baselines import ClinicalMLP, GenomicSNN, SlideABMIL
 from histofuse.models.bidistill import BidirectionalDistillation, ImputedClinicalFusion
 from histofuse.models.fusion import MultimodalBaseline
@@ -32,6 +35,7 @@ from histofuse.models.registry import (
     KNOWN_TASKS,
     MODELS,
     PLANNED_MODELS,
+    InputDims,
     TaskSpec,
     build_model,
     register_model,
@@ -48,9 +52,12 @@ __all__ = [
     "GenomicSNN",
     "ImputedClinicalFusion",
     "IndependentTaskModels",
+    "InputDims",
     "KnowledgeSteeredFusion",
     "KroneckerFusion",
+    "ModelInputs",
     "MultimodalBaseline",
+    "MultimodalModel",
     "MultimodalMultitaskFusion",
     "SelfNormalizingNetwork",
     "SlideABMIL",

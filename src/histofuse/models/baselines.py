@@ -7,30 +7,30 @@ linear head per task. The genomics and clinical baselines read no slide, so ``ba
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from histofuse.errors import ConfigError
-from histofuse.models.inputs import as_bag_list, as_clinical_batch, as_genomics_batch, batch_size_of
+from histofuse.models.base import ModelInputs, MultimodalModel
 from histofuse.models.layers import TaskHeads, mlp
 from histofuse.models.mil import GatedAttentionMIL
-from histofuse.models.registry import TaskSpec, register_model
+from histofuse.models.registry import InputDims, TaskSpec, register_model
 from histofuse.models.snn import SelfNormalizingNetwork
 
 __all__ = ["ClinicalMLP", "GenomicSNN", "SlideABMIL"]
-
-BagsArg = Tensor | Sequence[Tensor] | None
 
 
 def _empty_attention(batch_size: int) -> list[Tensor]:
     return [torch.empty(0) for _ in range(batch_size)]
 
 
-class SlideABMIL(nn.Module):
+class SlideABMIL(MultimodalModel):
     """Gated-attention MIL over the tiles → MLP → task heads (slides only)."""
+
+    model_name = "abmil"
 
     def __init__(self, *, n_tiles_dim: int, task_spec: TaskSpec, hidden_dim: int, dropout: float) -> None:
         super().__init__()
@@ -38,26 +38,21 @@ class SlideABMIL(nn.Module):
         self.encoder = mlp(hidden_dim, hidden_dim, dropout, n_layers=1)
         self.heads = TaskHeads(hidden_dim, task_spec)
 
-    def forward(
-        self,
-        bags: BagsArg,
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
         """Task logits from the bags alone; the other inputs are ignored."""
-        bag_list = as_bag_list(bags)
-        if not bag_list:
-            raise ValueError("abmil needs at least one bag")
-        pooled, attention = self.mil.forward_bags(bag_list)
+        pooled, attention = self.mil.forward_bags(inputs.bags)
         embedding = self.encoder(pooled)
         return {**self.heads(embedding), "attention": attention, "embedding": embedding}
 
 
-class GenomicSNN(nn.Module):
-    """Self-normalising network over all genomic features → task heads (genomics only)."""
+class GenomicSNN(MultimodalModel):
+    """Self-normalising network over all genomic features → task heads (genomics only).
+
+    ``bags`` only fixes the batch size when given.
+    """
+
+    model_name = "snn"
+    needs_slides = False
 
     def __init__(
         self,
@@ -75,32 +70,27 @@ class GenomicSNN(nn.Module):
         )
         self.heads = TaskHeads(self.snn.out_dim, task_spec)
 
-    def forward(
-        self,
-        bags: BagsArg = None,
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
-        """Task logits from genomics alone; ``bags`` only fixes the batch size when given."""
-        bag_list = as_bag_list(bags)
-        if genomics is None:
-            raise ValueError(f"snn needs genomics with {self.n_genomic} features per patient")
-        batch = as_genomics_batch(genomics, batch_size_of(bag_list, genomics))
-        assert batch is not None
-        reference = next(self.parameters())
-        embedding = self.snn(batch.to(device=reference.device, dtype=reference.dtype))
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
+        """Task logits from genomics alone."""
+        assert inputs.genomics is not None
+        embedding = self.snn(inputs.genomics)
         return {
             **self.heads(embedding),
-            "attention": _empty_attention(batch.shape[0]),
+            "attention": _empty_attention(inputs.batch_size),
             "embedding": embedding,
         }
 
 
-class ClinicalMLP(nn.Module):
-    """MLP over the clinical features → task heads (clinical data only)."""
+class ClinicalMLP(MultimodalModel):
+    """MLP over the clinical features → task heads (clinical data only).
+
+    ``bags`` only fixes the batch size when given.
+    """
+
+    model_name = "the clinical model"
+    needs_slides = False
+    reads_clinical = True
+    needs_clinical = True
 
     def __init__(self, *, n_clinical: int, task_spec: TaskSpec, hidden_dim: int, dropout: float) -> None:
         super().__init__()
@@ -108,86 +98,56 @@ class ClinicalMLP(nn.Module):
         self.encoder = mlp(n_clinical, hidden_dim, dropout, n_layers=2)
         self.heads = TaskHeads(hidden_dim, task_spec)
 
-    def forward(
-        self,
-        bags: BagsArg = None,
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
-        """Task logits from the clinical features alone; ``bags`` only fixes the batch size."""
-        bag_list = as_bag_list(bags)
-        if clinical is None:
-            raise ValueError(f"the clinical model needs clinical with {self.n_clinical} features per patient")
-        batch = as_clinical_batch(clinical, batch_size_of(bag_list, clinical), self.n_clinical)
-        assert batch is not None
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
+        """Task logits from the clinical features alone."""
+        assert inputs.clinical is not None
         reference = next(self.parameters())
-        embedding = self.encoder(batch.to(device=reference.device, dtype=reference.dtype))
+        embedding = self.encoder(inputs.clinical.to(device=reference.device, dtype=reference.dtype))
         return {
             **self.heads(embedding),
-            "attention": _empty_attention(batch.shape[0]),
+            "attention": _empty_attention(inputs.batch_size),
             "embedding": embedding,
         }
 
 
 @register_model("abmil")
-def build_abmil(
-    *,
-    n_tiles_dim: int,
-    n_genomic: int,
-    task_spec: TaskSpec,
-    hidden_dim: int = 128,
-    dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
-) -> SlideABMIL:
+def build_abmil(*, dims: InputDims, task_spec: TaskSpec, hidden_dim: int = 128, dropout: float = 0.25) -> SlideABMIL:
     """Builder for ``abmil`` (slides only; genomic and clinical sizes are ignored)."""
-    return SlideABMIL(n_tiles_dim=n_tiles_dim, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout)
+    return SlideABMIL(n_tiles_dim=dims.n_tiles_dim, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout)
 
 
 @register_model("snn")
 def build_snn(
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
+    dims: InputDims,
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
     hidden_dims: Sequence[int] | None = None,
 ) -> GenomicSNN:
     """Builder for ``snn`` (genomics only); ``hidden_dims`` (model_options) sets the layer widths."""
-    if n_genomic < 1:
+    if dims.n_genomic < 1:
         raise ConfigError(
             "model 'snn' reads genomics, but no genomic feature is available.",
             fix="provide a genomics table, or remove 'snn' from the models to train.",
         )
     return GenomicSNN(
-        n_genomic=n_genomic, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout, hidden_dims=hidden_dims
+        n_genomic=dims.n_genomic,
+        task_spec=task_spec,
+        hidden_dim=hidden_dim,
+        dropout=dropout,
+        hidden_dims=hidden_dims,
     )
 
 
 @register_model("clinical")
 def build_clinical(
-    *,
-    n_tiles_dim: int,
-    n_genomic: int,
-    task_spec: TaskSpec,
-    hidden_dim: int = 128,
-    dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
+    *, dims: InputDims, task_spec: TaskSpec, hidden_dim: int = 128, dropout: float = 0.25
 ) -> ClinicalMLP:
     """Builder for ``clinical`` (clinical table only)."""
-    if n_clinical < 1:
+    if dims.n_clinical < 1:
         raise ConfigError(
             "model 'clinical' reads clinical features, but none is available.",
             fix="provide a clinical table, or remove 'clinical' from the models to train.",
         )
-    return ClinicalMLP(n_clinical=n_clinical, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout)
+    return ClinicalMLP(n_clinical=dims.n_clinical, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout)

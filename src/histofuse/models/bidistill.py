@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,11 @@ from torch import Tensor, nn
 
 from histofuse.errors import ConfigError
 from histofuse.losses import DistillationKind, distillation_loss
-from histofuse.models.inputs import as_bag_list, as_clinical_batch, as_presence_mask
+from histofuse.models.base import ModelInputs, MultimodalModel
+from histofuse.models.inputs import as_presence_mask
 from histofuse.models.layers import TaskHeads, mlp
 from histofuse.models.mil import GatedAttentionMIL
-from histofuse.models.registry import TaskSpec, register_model
+from histofuse.models.registry import InputDims, TaskSpec, register_model
 
 __all__ = [
     "BidirectionalDistillation",
@@ -57,7 +58,6 @@ __all__ = [
     "SlideBranch",
 ]
 
-BagsArg = Tensor | Sequence[Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,12 +155,10 @@ class ClinicalFusionBranch(nn.Module):
         )
 
 
-def _clinical_inputs(
-    clinical: Tensor | None, present: Tensor | None, batch_size: int, n_clinical: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
+def _clinical_inputs(inputs: ModelInputs, n_clinical: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Clinical values with missing patients' rows zeroed ``(B, C)``, and the presence mask ``(B,)``."""
-    table = as_clinical_batch(clinical, batch_size, n_clinical)
-    mask = as_presence_mask(present, batch_size, default=table is not None, device=device)
+    table, batch_size = inputs.clinical, inputs.batch_size
+    mask = as_presence_mask(inputs.clinical_present, batch_size, default=table is not None, device=device)
     if table is None:
         if bool(mask.any()):
             raise ValueError("clinical_present marks patients as present, but no clinical tensor was given")
@@ -178,7 +176,7 @@ def _distillation_kind(task_spec: TaskSpec, task: str) -> DistillationKind:
     return "sigmoid"
 
 
-class BidirectionalDistillation(nn.Module):
+class BidirectionalDistillation(MultimodalModel):
     """Multi-modal and slides-only branches with distillation both ways; see the module docstring.
 
     Its task logits are routed from one branch or the other, so it is trained on each branch's
@@ -186,6 +184,8 @@ class BidirectionalDistillation(nn.Module):
     multi-modal branch's on the patients with clinical data only (``clinical_branches``).
     """
 
+    model_name = "bidistill"
+    reads_clinical = True
     routes_branches: bool = True
     clinical_branches: frozenset[str] = frozenset({"multimodal"})
 
@@ -214,23 +214,10 @@ class BidirectionalDistillation(nn.Module):
             n_tiles_dim=n_tiles_dim, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout
         )
 
-    def forward(
-        self,
-        bags: BagsArg,
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
         """Routed task logits, attention, embedding, distillation losses and both branches' outputs."""
-        bag_list = as_bag_list(bags)
-        if not bag_list:
-            raise ValueError("bidistill needs at least one bag")
-        device = self.multimodal.mil.missing.device
-        clinical_in, present = _clinical_inputs(
-            clinical, clinical_present, len(bag_list), self.n_clinical, device
-        )
+        bag_list = inputs.bags
+        clinical_in, present = _clinical_inputs(inputs, self.n_clinical, self.multimodal.mil.missing.device)
         multi = self.multimodal(bag_list, clinical_in)
         single = self.slide_only(bag_list)
         route = present.unsqueeze(1)
@@ -284,8 +271,11 @@ def _masked_mse(student: Tensor, teacher: Tensor, rows: Tensor) -> Tensor:
     return student.sum() * 0.0
 
 
-class ImputedClinicalFusion(nn.Module):
+class ImputedClinicalFusion(MultimodalModel):
     """Slides + clinical with zero-imputed missing clinical data and a missing indicator (``mm_impute``)."""
+
+    model_name = "mm_impute"
+    reads_clinical = True
 
     def __init__(
         self, *, n_tiles_dim: int, n_clinical: int, task_spec: TaskSpec, hidden_dim: int, dropout: float
@@ -300,25 +290,11 @@ class ImputedClinicalFusion(nn.Module):
             dropout=dropout,
         )
 
-    def forward(
-        self,
-        bags: BagsArg,
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
         """Task logits, attention and embedding; missing clinical rows enter as zeros + indicator 1."""
-        bag_list = as_bag_list(bags)
-        if not bag_list:
-            raise ValueError("mm_impute needs at least one bag")
-        device = self.branch.mil.missing.device
-        clinical_in, present = _clinical_inputs(
-            clinical, clinical_present, len(bag_list), self.n_clinical, device
-        )
+        clinical_in, present = _clinical_inputs(inputs, self.n_clinical, self.branch.mil.missing.device)
         indicator = (~present).to(clinical_in.dtype).unsqueeze(1)
-        result = self.branch(bag_list, torch.cat([clinical_in, indicator], dim=1))
+        result = self.branch(inputs.bags, torch.cat([clinical_in, indicator], dim=1))
         return {**result.logits, "attention": result.attention, "embedding": result.embedding}
 
 
@@ -333,14 +309,10 @@ def _require_clinical(name: str, n_clinical: int) -> None:
 @register_model("bidistill")
 def build_bidistill(
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
+    dims: InputDims,
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
     temperature: float = 2.0,
     logit_weight: float = 1.0,
     feature_weight: float = 1.0,
@@ -353,10 +325,10 @@ def build_bidistill(
         feature_weight=feature_weight,
         slide_feature_weight=slide_feature_weight,
     )
-    _require_clinical("bidistill", n_clinical)
+    _require_clinical("bidistill", dims.n_clinical)
     return BidirectionalDistillation(
-        n_tiles_dim=n_tiles_dim,
-        n_clinical=n_clinical,
+        n_tiles_dim=dims.n_tiles_dim,
+        n_clinical=dims.n_clinical,
         task_spec=task_spec,
         hidden_dim=hidden_dim,
         dropout=dropout,
@@ -367,20 +339,16 @@ def build_bidistill(
 @register_model("mm_impute")
 def build_mm_impute(
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
+    dims: InputDims,
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
 ) -> ImputedClinicalFusion:
     """Builder for ``mm_impute`` (slides + zero-imputed clinical with a missing indicator)."""
-    _require_clinical("mm_impute", n_clinical)
+    _require_clinical("mm_impute", dims.n_clinical)
     return ImputedClinicalFusion(
-        n_tiles_dim=n_tiles_dim,
-        n_clinical=n_clinical,
+        n_tiles_dim=dims.n_tiles_dim,
+        n_clinical=dims.n_clinical,
         task_spec=task_spec,
         hidden_dim=hidden_dim,
         dropout=dropout,

@@ -6,28 +6,30 @@ ABMIL ⊕ SNN).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from histofuse.errors import ConfigError
-from histofuse.models.inputs import as_bag_list, as_genomics_batch
+from histofuse.models.base import ModelInputs, MultimodalModel
 from histofuse.models.mil import GatedAttentionMIL
-from histofuse.models.registry import TaskSpec, register_model
+from histofuse.models.registry import InputDims, TaskSpec, register_model
 from histofuse.models.snn import SelfNormalizingNetwork
 
-__all__ = ["MultimodalBaseline", "as_bag_list", "as_genomics_batch"]
+__all__ = ["MultimodalBaseline"]
 
 
-class MultimodalBaseline(nn.Module):
+class MultimodalBaseline(MultimodalModel):
     """ABMIL(tiles) ⊕ SNN(genomics) → MLP → one linear head per task.
 
     Without genomic features (``n_genomic = 0``) the SNN branch is left out and the model is
     WSI-only. ``forward`` returns ``{task: logits (B, n_outputs)}`` plus ``"attention"`` (one
     ``(N_i,)`` weight vector per bag) and ``"embedding"`` (the fused ``(B, hidden_dim)`` features).
     """
+
+    model_name = "forward"
+    no_genomics_message = "this model expects {n_genomic} genomic features per patient"
 
     def __init__(
         self,
@@ -61,26 +63,13 @@ class MultimodalBaseline(nn.Module):
             {task: nn.Linear(hidden_dim, task_spec.n_outputs(task)) for task in task_spec.tasks}
         )
 
-    def forward(
-        self,
-        bags: Tensor | Sequence[Tensor],
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
         """Logits per task, tile attention and fused embedding (clinical data and coordinates unused)."""
-        bag_list = as_bag_list(bags)
-        if not bag_list:
-            raise ValueError("forward needs at least one bag")
-        wsi, attention = self.mil.forward_bags(bag_list)
+        wsi, attention = self.mil.forward_bags(inputs.bags)
         parts = [wsi]
         if self.snn is not None:
-            genomic_batch = as_genomics_batch(genomics, len(bag_list))
-            if genomic_batch is None:
-                raise ValueError(f"this model expects {self.n_genomic} genomic features per patient")
-            parts.append(self.snn(genomic_batch.to(device=wsi.device, dtype=wsi.dtype)))
+            assert inputs.genomics is not None
+            parts.append(self.snn(inputs.genomics))
         fused = self.fusion(torch.cat(parts, dim=1))
         outputs: dict[str, Any] = {task: head(fused) for task, head in self.heads.items()}
         outputs["attention"] = attention
@@ -90,20 +79,12 @@ class MultimodalBaseline(nn.Module):
 
 @register_model("mm_baseline")
 def build_mm_baseline(
-    *,
-    n_tiles_dim: int,
-    n_genomic: int,
-    task_spec: TaskSpec,
-    hidden_dim: int = 128,
-    dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
+    *, dims: InputDims, task_spec: TaskSpec, hidden_dim: int = 128, dropout: float = 0.25
 ) -> MultimodalBaseline:
     """Builder for ``mm_baseline`` (clinical features, gene groups and subspaces are ignored)."""
     return MultimodalBaseline(
-        n_tiles_dim=n_tiles_dim,
-        n_genomic=n_genomic,
+        n_tiles_dim=dims.n_tiles_dim,
+        n_genomic=dims.n_genomic,
         task_spec=task_spec,
         hidden_dim=hidden_dim,
         dropout=dropout,
@@ -112,26 +93,12 @@ def build_mm_baseline(
 
 @register_model("concat")
 def build_concat(
-    *,
-    n_tiles_dim: int,
-    n_genomic: int,
-    task_spec: TaskSpec,
-    hidden_dim: int = 128,
-    dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
+    *, dims: InputDims, task_spec: TaskSpec, hidden_dim: int = 128, dropout: float = 0.25
 ) -> MultimodalBaseline:
     """Builder for ``concat``: late fusion ABMIL ⊕ SNN, which needs genomic features."""
-    if n_genomic < 1:
+    if dims.n_genomic < 1:
         raise ConfigError(
             "model 'concat' fuses slides with genomics, but no genomic feature is available.",
             fix="provide a genomics table, or train 'abmil' for slides only.",
         )
-    return MultimodalBaseline(
-        n_tiles_dim=n_tiles_dim,
-        n_genomic=n_genomic,
-        task_spec=task_spec,
-        hidden_dim=hidden_dim,
-        dropout=dropout,
-    )
+    return build_mm_baseline(dims=dims, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout)

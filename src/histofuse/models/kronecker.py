@@ -9,17 +9,16 @@ interaction; the flattened ``(fusion_dim + 1)²`` product goes through an MLP in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from histofuse.errors import ConfigError
-from histofuse.models.inputs import as_bag_list, as_genomics_batch
+from histofuse.models.base import ModelInputs, MultimodalModel
 from histofuse.models.layers import TaskHeads, mlp
 from histofuse.models.mil import GatedAttentionMIL
-from histofuse.models.registry import TaskSpec, register_model
+from histofuse.models.registry import InputDims, TaskSpec, register_model
 from histofuse.models.snn import SelfNormalizingNetwork
 
 __all__ = ["GatedModalityProjection", "KroneckerFusion", "kronecker_with_ones"]
@@ -47,8 +46,10 @@ class GatedModalityProjection(nn.Module):
         return self.out(torch.sigmoid(self.gate(wsi, genomic)) * self.hidden(own))
 
 
-class KroneckerFusion(nn.Module):
+class KroneckerFusion(MultimodalModel):
     """ABMIL(tiles), SNN(genomics) → gated projections → Kronecker product with 1s → MLP → heads."""
+
+    model_name = "kronecker"
 
     def __init__(
         self,
@@ -71,24 +72,11 @@ class KroneckerFusion(nn.Module):
         self.encoder = nn.Sequential(nn.Dropout(dropout), mlp((fusion_dim + 1) ** 2, hidden_dim, dropout))
         self.heads = TaskHeads(hidden_dim, task_spec)
 
-    def forward(
-        self,
-        bags: Tensor | Sequence[Tensor],
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
         """Task logits from bags and genomics; clinical data and coordinates are not used."""
-        bag_list = as_bag_list(bags)
-        if not bag_list:
-            raise ValueError("kronecker needs at least one bag")
-        genomic_batch = as_genomics_batch(genomics, len(bag_list))
-        if genomic_batch is None:
-            raise ValueError(f"kronecker needs genomics with {self.n_genomic} features per patient")
-        wsi, attention = self.mil.forward_bags(bag_list)
-        genomic = self.snn(genomic_batch.to(device=wsi.device, dtype=wsi.dtype))
+        assert inputs.genomics is not None
+        wsi, attention = self.mil.forward_bags(inputs.bags)
+        genomic = self.snn(inputs.genomics)
         fused = kronecker_with_ones(
             self.wsi_projection(wsi, wsi, genomic), self.genomic_projection(genomic, wsi, genomic)
         )
@@ -99,18 +87,14 @@ class KroneckerFusion(nn.Module):
 @register_model("kronecker")
 def build_kronecker(
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
+    dims: InputDims,
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
     fusion_dim: int = 32,
 ) -> KroneckerFusion:
     """Builder for ``kronecker``; ``fusion_dim`` is the per-modality width before the product."""
-    if n_genomic < 1:
+    if dims.n_genomic < 1:
         raise ConfigError(
             "model 'kronecker' fuses slides with genomics, but no genomic feature is available.",
             fix="provide a genomics table, or train 'abmil' for slides only.",
@@ -118,8 +102,8 @@ def build_kronecker(
     if isinstance(fusion_dim, bool) or not isinstance(fusion_dim, int) or fusion_dim < 1:
         raise ConfigError(f"kronecker option fusion_dim must be an integer >= 1, got {fusion_dim!r}.")
     return KroneckerFusion(
-        n_tiles_dim=n_tiles_dim,
-        n_genomic=n_genomic,
+        n_tiles_dim=dims.n_tiles_dim,
+        n_genomic=dims.n_genomic,
         task_spec=task_spec,
         hidden_dim=hidden_dim,
         dropout=dropout,

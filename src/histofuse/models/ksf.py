@@ -41,10 +41,11 @@ from torch import Tensor, nn
 
 from histofuse.errors import ConfigError
 from histofuse.losses import gene_guided_consistency
+from histofuse.models.base import CoordsArg, ModelInputs, MultimodalModel
 from histofuse.models.deformable_attention import DeformableCrossAttention, DeformableRead
-from histofuse.models.inputs import as_bag_list, as_coords_list, as_genomics_batch, select_columns
+from histofuse.models.inputs import as_coords_list, select_columns
 from histofuse.models.layers import TaskHeads
-from histofuse.models.registry import TaskSpec, register_model
+from histofuse.models.registry import InputDims, TaskSpec, register_model
 from histofuse.models.snn import SelfNormalizingNetwork
 from histofuse.models.tile_grid import TileGrid, pseudo_grid, tile_grid
 
@@ -187,8 +188,11 @@ def position_features(reads: Sequence[DeformableRead]) -> Tensor:
     return torch.stack([field.flatten(start_dim=1) for field in fields])
 
 
-class KnowledgeSteeredFusion(nn.Module):
+class KnowledgeSteeredFusion(MultimodalModel):
     """Two subspace branches read the slide; their embeddings are fused; see the module docstring."""
+
+    model_name = "ksf"
+    no_genomics_message = "ksf needs genomics for its tumour and microenvironment subspaces"
 
     def __init__(
         self,
@@ -206,6 +210,7 @@ class KnowledgeSteeredFusion(nn.Module):
         self.branch_loss_weight = options.branch_loss_weight
         self.needs_coords = options.grid == "real"
         self.subspaces = {name: list(subspaces[name]) for name in KSF_BRANCHES}
+        self.n_genomic = sum(len(columns) for columns in self.subspaces.values())  # the columns it reads
         self.branches = nn.ModuleDict(
             {
                 name: SubspaceBranch(
@@ -225,9 +230,7 @@ class KnowledgeSteeredFusion(nn.Module):
         """The fused heads: weight columns ``[:hidden_dim]`` read the tumour branch, the rest the microenvironment."""
         return {task: head for task, head in self.heads.heads.items() if isinstance(head, nn.Linear)}
 
-    def _layouts(
-        self, bags: Sequence[Tensor], coords: Tensor | Sequence[Tensor] | None
-    ) -> list[_Layout | None]:
+    def _layouts(self, bags: Sequence[Tensor], coords: CoordsArg) -> list[_Layout | None]:
         if self.options.grid == "pseudo":
             return [
                 _Layout(grid=grid, token_tiles=tiles) if bag.shape[0] else None
@@ -249,26 +252,11 @@ class KnowledgeSteeredFusion(nn.Module):
                 halves[task] = (tumour.detach(), micro.detach())
         return halves
 
-    def forward(
-        self,
-        bags: Tensor | Sequence[Tensor],
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
         """Task logits, tile attention, embedding, consistency loss, branch embeddings and logits."""
-        bag_list = as_bag_list(bags)
-        if not bag_list:
-            raise ValueError("ksf needs at least one bag")
-        genomic_batch = as_genomics_batch(genomics, len(bag_list))
-        if genomic_batch is None:
-            raise ValueError("ksf needs genomics for its tumour and microenvironment subspaces")
-        reference = next(self.parameters())
-        genomic_batch = genomic_batch.to(device=reference.device, dtype=reference.dtype)
-        bag_list = [bag.to(device=reference.device, dtype=reference.dtype) for bag in bag_list]
-        layouts = self._layouts(bag_list, coords)
+        assert inputs.genomics is not None
+        bag_list, genomic_batch = inputs.bags, inputs.genomics
+        layouts = self._layouts(bag_list, inputs.coords)
         outputs = {
             name: self.branches[name](bag_list, layouts, select_columns(genomic_batch, columns))
             for name, columns in self.subspaces.items()
@@ -301,14 +289,10 @@ class KnowledgeSteeredFusion(nn.Module):
 @register_model("ksf")
 def build_ksf(
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
+    dims: InputDims,
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
     **options: Any,
 ) -> KnowledgeSteeredFusion:
     """Builder for ``ksf``; needs the ``tumour`` and ``microenvironment`` genomic subspaces."""
@@ -320,7 +304,7 @@ def build_ksf(
             fix=f"use only {sorted(known)} in training.model_options.ksf.",
         )
     ksf_options = KSFOptions(**options)
-    missing = [name for name in KSF_BRANCHES if not (subspaces or {}).get(name)]
+    missing = [name for name in KSF_BRANCHES if not dims.subspaces.get(name)]
     if missing:
         raise ConfigError(
             f"model 'ksf' needs the genomic subspace(s) {missing}, which are not defined.",
@@ -331,10 +315,9 @@ def build_ksf(
             f"ksf: hidden_dim {hidden_dim} is not divisible by offset_groups {ksf_options.offset_groups}.",
             fix="choose offset_groups dividing hidden_dim.",
         )
-    assert subspaces is not None
     return KnowledgeSteeredFusion(
-        n_tiles_dim=n_tiles_dim,
-        subspaces=subspaces,
+        n_tiles_dim=dims.n_tiles_dim,
+        subspaces=dims.subspaces,
         task_spec=task_spec,
         hidden_dim=hidden_dim,
         dropout=dropout,

@@ -21,7 +21,7 @@ gene groups (sums to 1 per non-empty bag).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from histofuse.errors import ConfigError
+from histofuse.models.base import ModelInputs, MultimodalModel
 from histofuse.models.independent import IndependentTaskModels
-from histofuse.models.inputs import as_bag_list, as_genomics_batch
 from histofuse.models.layers import GatedAttentionPool, GroupedSNN, TaskHeads, mlp
-from histofuse.models.registry import TaskSpec, register_model
+from histofuse.models.registry import InputDims, TaskSpec, register_model
 
 __all__ = ["M2FOptions", "MultimodalMultitaskFusion"]
 
@@ -103,8 +103,11 @@ def _rho(dim: int, options: M2FOptions, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout))
 
 
-class MultimodalMultitaskFusion(nn.Module):
+class MultimodalMultitaskFusion(MultimodalModel):
     """Genomic-group co-attention over tiles, per-modality transformers, pooling, fusion, task heads."""
+
+    model_name = "m2f"
+    no_genomics_message = "m2f needs genomics: its gene groups are the co-attention queries"
 
     def __init__(
         self,
@@ -117,6 +120,7 @@ class MultimodalMultitaskFusion(nn.Module):
         options: M2FOptions,
     ) -> None:
         super().__init__()
+        self.n_genomic = sum(len(group) for group in gene_groups)  # the columns its groups read
         self.genomic_groups = GroupedSNN(gene_groups, hidden_dim, dropout)
         self.tile_encoder = nn.Sequential(nn.Linear(n_tiles_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.missing_tile = nn.Parameter(torch.randn(hidden_dim) * 0.02)
@@ -136,15 +140,7 @@ class MultimodalMultitaskFusion(nn.Module):
 
         An empty bag gets the learned "missing" token as its only key.
         """
-        dtype = self.missing_tile.dtype
-        encoded = [
-            (
-                self.tile_encoder(bag.to(device=self.missing_tile.device, dtype=dtype))
-                if bag.shape[0]
-                else self.missing_tile.unsqueeze(0)
-            )
-            for bag in bags
-        ]
+        encoded = [self.tile_encoder(bag) if bag.shape[0] else self.missing_tile.unsqueeze(0) for bag in bags]
         longest = max(tokens.shape[0] for tokens in encoded)
         padded = self.missing_tile.new_zeros(len(bags), longest, self.missing_tile.shape[0])
         padding = torch.ones(len(bags), longest, dtype=torch.bool, device=padded.device)
@@ -153,26 +149,11 @@ class MultimodalMultitaskFusion(nn.Module):
             padding[index, : tokens.shape[0]] = False
         return padded, padding
 
-    def forward(
-        self,
-        bags: Tensor | Sequence[Tensor],
-        genomics: Tensor | None = None,
-        clinical: Tensor | None = None,
-        coords: Tensor | Sequence[Tensor] | None = None,
-        *,
-        clinical_present: Tensor | None = None,
-    ) -> dict[str, Any]:
+    def compute(self, inputs: ModelInputs) -> dict[str, Any]:
         """Task logits, co-attention over tiles and the fused embedding (clinical data unused)."""
-        bag_list = as_bag_list(bags)
-        if not bag_list:
-            raise ValueError("m2f needs at least one bag")
-        genomic_batch = as_genomics_batch(genomics, len(bag_list))
-        if genomic_batch is None:
-            raise ValueError("m2f needs genomics: its gene groups are the co-attention queries")
-        group_tokens = self.genomic_groups(
-            genomic_batch.to(device=self.missing_tile.device, dtype=self.missing_tile.dtype)
-        )
-        tiles, padding = self._padded_tiles(bag_list)
+        assert inputs.genomics is not None
+        group_tokens = self.genomic_groups(inputs.genomics)
+        tiles, padding = self._padded_tiles(inputs.bags)
         guided, weights = self.co_attention(
             group_tokens, tiles, tiles, key_padding_mask=padding, need_weights=True, average_attn_weights=True
         )
@@ -180,21 +161,17 @@ class MultimodalMultitaskFusion(nn.Module):
         genomic = self.genomic_rho(self.genomic_pool(self.genomic_encoder(group_tokens))[0])
         embedding = self.fusion(torch.cat([wsi, genomic], dim=1))
         tile_weights = weights.mean(dim=1)
-        attention = [tile_weights[index, : bag.shape[0]] for index, bag in enumerate(bag_list)]
+        attention = [tile_weights[index, : bag.shape[0]] for index, bag in enumerate(inputs.bags)]
         return {**self.heads(embedding), "attention": attention, "embedding": embedding}
 
 
 @register_model("m2f")
 def build_m2f(
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
+    dims: InputDims,
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
     joint: bool = True,
     n_heads: int = 4,
     n_layers: int = 1,
@@ -203,17 +180,17 @@ def build_m2f(
 ) -> nn.Module:
     """Builder for ``m2f`` (options: :class:`M2FOptions`); ``joint=False`` gives one copy per task."""
     options = M2FOptions(joint=joint, n_heads=n_heads, n_layers=n_layers, coattn_heads=coattn_heads, rho=rho)
-    if n_genomic < 1 or not gene_groups:
+    if dims.n_genomic < 1 or not dims.gene_groups:
         raise ConfigError(
             "model 'm2f' uses gene groups as queries, but no genomic feature is available.",
             fix="provide a genomics table, or train 'abmil' for slides only.",
         )
     options.check_width(hidden_dim)
-    groups = [list(group) for group in gene_groups]
+    groups = [list(group) for group in dims.gene_groups]
 
     def build(spec: TaskSpec) -> MultimodalMultitaskFusion:
         return MultimodalMultitaskFusion(
-            n_tiles_dim=n_tiles_dim,
+            n_tiles_dim=dims.n_tiles_dim,
             gene_groups=groups,
             task_spec=spec,
             hidden_dim=hidden_dim,
@@ -227,14 +204,10 @@ def build_m2f(
 @register_model("m2f_separate")
 def build_m2f_separate(
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
+    dims: InputDims,
     task_spec: TaskSpec,
     hidden_dim: int = 128,
     dropout: float = 0.25,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
     n_heads: int = 4,
     n_layers: int = 1,
     coattn_heads: int | None = None,
@@ -242,14 +215,10 @@ def build_m2f_separate(
 ) -> nn.Module:
     """Builder for ``m2f_separate``: the ``joint: false`` ablation of ``m2f`` (one model per task)."""
     return build_m2f(
-        n_tiles_dim=n_tiles_dim,
-        n_genomic=n_genomic,
+        dims=dims,
         task_spec=task_spec,
         hidden_dim=hidden_dim,
         dropout=dropout,
-        n_clinical=n_clinical,
-        gene_groups=gene_groups,
-        subspaces=subspaces,
         joint=False,
         n_heads=n_heads,
         n_layers=n_layers,

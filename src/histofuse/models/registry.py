@@ -1,16 +1,17 @@
 """Model registry: one name per architecture, built from the data's dimensions and the task list.
 
 A model module registers its builder with ``@register_model("name")``; the builder is called with
-the keyword arguments ``n_tiles_dim``, ``n_genomic``, ``n_clinical``, ``gene_groups``,
-``subspaces``, ``task_spec``, ``hidden_dim``, ``dropout`` and any extra options given to
-:func:`build_model` (an option the builder does not take is a :class:`ConfigError`).
+the keyword arguments ``dims`` (an :class:`InputDims`: tile feature, genomic and clinical sizes,
+gene groups, genomic subspaces), ``task_spec``, ``hidden_dim``, ``dropout`` and any extra options
+given to :func:`build_model` (an option the builder does not take is a :class:`ConfigError`).
 
-* ``gene_groups``: one list of genomic column indices per gene group (never empty when
+* ``dims.gene_groups``: one tuple of genomic column indices per gene group (never empty when
   ``n_genomic > 0``: no groups given means one group of all columns);
-* ``subspaces``: genomic subspace name → column indices (e.g. ``"tumour"``,
+* ``dims.subspaces``: genomic subspace name → column indices (e.g. ``"tumour"``,
   ``"microenvironment"``), possibly empty.
 
-Every registered model follows one contract:
+Every registered model follows one contract (most derive from
+:class:`histofuse.models.base.MultimodalModel`, which normalises these inputs):
 
 * ``forward(bags, genomics=None, clinical=None, coords=None, *, clinical_present=None)`` where
   ``bags`` is one ``(N, D)`` tile-feature tensor or a sequence of them (``N`` may be 0; models
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from torch import nn
@@ -44,6 +45,7 @@ from histofuse.errors import ConfigError
 __all__ = [
     "CLASSIFICATION_TASKS",
     "KNOWN_TASKS",
+    "InputDims",
     "MODELS",
     "PLANNED_MODELS",
     "SLIDES_ONLY_MODELS",
@@ -237,6 +239,33 @@ def resolve_subspaces(subspaces: Mapping[str, Sequence[int]] | None, n_genomic: 
     }
 
 
+@dataclass(frozen=True, kw_only=True)
+class InputDims:
+    """What a model reads, as sizes: the data's dimensions, validated once.
+
+    ``gene_groups`` and ``subspaces`` are resolved on construction (see :func:`resolve_gene_groups`
+    and :func:`resolve_subspaces`): no groups means one group of every genomic column.
+    """
+
+    n_tiles_dim: int
+    n_genomic: int = 0
+    n_clinical: int = 0
+    gene_groups: Sequence[Sequence[int]] = ()
+    subspaces: Mapping[str, Sequence[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_tiles_dim < 1:
+            raise ConfigError(f"tile feature dimension must be >= 1, got {self.n_tiles_dim}.")
+        if self.n_genomic < 0:
+            raise ConfigError(f"number of genomic features must be >= 0, got {self.n_genomic}.")
+        if self.n_clinical < 0:
+            raise ConfigError(f"number of clinical features must be >= 0, got {self.n_clinical}.")
+        groups = resolve_gene_groups(self.gene_groups or None, self.n_genomic)
+        subspaces = resolve_subspaces(self.subspaces, self.n_genomic)
+        object.__setattr__(self, "gene_groups", tuple(tuple(group) for group in groups))
+        object.__setattr__(self, "subspaces", {name: tuple(columns) for name, columns in subspaces.items()})
+
+
 def register_model(name: str) -> Callable[[_Builder], _Builder]:
     """Decorator that records a model builder under ``name`` (lower case, unique)."""
     key = name.lower()
@@ -257,16 +286,7 @@ def _check_options(name: str, builder: ModelBuilder, options: Mapping[str, Any])
     accepted = {parameter.name for parameter in parameters}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        standard = {
-            "n_tiles_dim",
-            "n_genomic",
-            "n_clinical",
-            "gene_groups",
-            "subspaces",
-            "task_spec",
-            "hidden_dim",
-            "dropout",
-        }
+        standard = {"dims", "task_spec", "hidden_dim", "dropout"}
         own = sorted(accepted - standard)
         raise ConfigError(
             f"model '{name}' has no option(s) {unknown}.",
@@ -276,13 +296,9 @@ def _check_options(name: str, builder: ModelBuilder, options: Mapping[str, Any])
 
 def build_model(
     name: str,
+    dims: InputDims,
     *,
-    n_tiles_dim: int,
-    n_genomic: int,
     task_spec: TaskSpec,
-    n_clinical: int = 0,
-    gene_groups: Sequence[Sequence[int]] | None = None,
-    subspaces: Mapping[str, Sequence[int]] | None = None,
     hidden_dim: int = 128,
     dropout: float = 0.25,
     **options: Any,
@@ -297,25 +313,9 @@ def build_model(
         else:
             problem = f"unknown model '{name}'."
         raise ConfigError(problem, fix=f"use one of the known models: {known}.")
-    if n_tiles_dim < 1:
-        raise ConfigError(f"tile feature dimension must be >= 1, got {n_tiles_dim}.")
-    if n_genomic < 0:
-        raise ConfigError(f"number of genomic features must be >= 0, got {n_genomic}.")
-    if n_clinical < 0:
-        raise ConfigError(f"number of clinical features must be >= 0, got {n_clinical}.")
     if not _is_int(hidden_dim) or hidden_dim < 1:
         raise ConfigError(f"hidden_dim must be an integer >= 1, got {hidden_dim!r}.")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}.")
     _check_options(key, builder, options)
-    return builder(
-        n_tiles_dim=n_tiles_dim,
-        n_genomic=n_genomic,
-        n_clinical=n_clinical,
-        gene_groups=resolve_gene_groups(gene_groups, n_genomic),
-        subspaces=resolve_subspaces(subspaces, n_genomic),
-        task_spec=task_spec,
-        hidden_dim=hidden_dim,
-        dropout=dropout,
-        **options,
-    )
+    return builder(dims=dims, task_spec=task_spec, hidden_dim=hidden_dim, dropout=dropout, **options)

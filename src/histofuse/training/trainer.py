@@ -56,7 +56,13 @@ from histofuse.io import atomic_path
 from histofuse.left_out import write_predictions
 from histofuse.losses import risk_from_logits
 from histofuse.models.gradient_coordination import coordinate_rows
-from histofuse.models.registry import CLASSIFICATION_TASKS, SLIDES_ONLY_MODELS, TaskSpec, build_model
+from histofuse.models.registry import (
+    CLASSIFICATION_TASKS,
+    SLIDES_ONLY_MODELS,
+    InputDims,
+    TaskSpec,
+    build_model,
+)
 from histofuse.training.bags import Bag
 from histofuse.training.data import FoldData, load_fold_for
 from histofuse.training.objective import Objective
@@ -583,13 +589,16 @@ def load_trained_model(
             "not a histofuse model checkpoint.", path=checkpoint, fix="re-run training to recreate it."
         )
     settings = content["settings"]
-    model = build_model(
-        content["model_name"],
+    dims = InputDims(
         n_tiles_dim=int(content["n_tiles_dim"]),
         n_genomic=int(content["n_genomic"]),
         n_clinical=int(content.get("n_clinical", 0)),
-        gene_groups=content.get("gene_groups") or None,
-        subspaces=content.get("subspaces") or None,
+        gene_groups=content.get("gene_groups") or (),
+        subspaces=content.get("subspaces") or {},
+    )
+    model = build_model(
+        content["model_name"],
+        dims,
         task_spec=TaskSpec.from_dict(content["task_spec"]),
         hidden_dim=int(settings["hidden_dim"]),
         dropout=float(settings["dropout"]),
@@ -610,13 +619,16 @@ def build_fold_model(
     options = settings.options_for(model_name)
     subspaces = data.subspaces(settings.subspaces) if data.n_genomic else {}
     check_min_batch(model_name, settings.batch_size)
-    model = build_model(
-        model_name,
+    dims = InputDims(
         n_tiles_dim=data.n_tiles_dim,
         n_genomic=data.n_genomic,
         n_clinical=data.n_clinical,
-        gene_groups=data.gene_groups or None,
-        subspaces=subspaces or None,
+        gene_groups=data.gene_groups or (),
+        subspaces=subspaces,
+    )
+    model = build_model(
+        model_name,
+        dims,
         task_spec=task_spec,
         hidden_dim=settings.hidden_dim,
         dropout=settings.dropout,
