@@ -40,6 +40,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from histofuse import metrics
+from histofuse.configuration import EvaluationConfig
 from histofuse.errors import HistofuseError
 from histofuse.io import atomic_path
 
@@ -102,12 +103,16 @@ _PROB_PATTERN = re.compile(r"^(.+)_prob_(\d+)$")
 _FOLD_STEM = re.compile(r"^fold(\d+)$")
 
 
+_EVALUATION_DEFAULTS = EvaluationConfig()
+"""Defaults of ``EvaluationSettings``: the configuration's ``evaluation`` section."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluationSettings:
     """How the summary's bootstrap interval is drawn."""
 
-    n_boot: int = 1000
-    seed: int = 0
+    n_boot: int = _EVALUATION_DEFAULTS.bootstrap
+    seed: int = _EVALUATION_DEFAULTS.seed
 
     def __post_init__(self) -> None:
         if self.n_boot < 0:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from histofuse.configuration import FoldsConfig
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path
 
@@ -26,15 +27,19 @@ log = logging.getLogger(__name__)
 FOLD_SOURCES: tuple[str, ...] = ("kfold", "cohort", "files")
 
 
+_FOLDSETTINGS_DEFAULTS = FoldsConfig()
+"""Defaults of ``FoldSettings``, from the configuration's description (:mod:`histofuse.configuration`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class FoldSettings:
     """How folds are drawn."""
 
-    k: int = 5
-    seed: int = 0
-    val_fraction: float = 0.2
-    source: str = "kfold"
-    stratify: str = "grade"
+    k: int = _FOLDSETTINGS_DEFAULTS.k
+    seed: int = _FOLDSETTINGS_DEFAULTS.seed
+    val_fraction: float = _FOLDSETTINGS_DEFAULTS.val_fraction
+    source: str = _FOLDSETTINGS_DEFAULTS.source
+    stratify: str = _FOLDSETTINGS_DEFAULTS.stratify
     """Label column stratified on (with the event); ``none`` stratifies on the event only."""
 
     def __post_init__(self) -> None:

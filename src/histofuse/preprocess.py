@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from histofuse.configuration import PreprocessingConfig
 from histofuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,17 +49,21 @@ __all__ = [
 _VERSION = 1
 
 
+_PREPROCESSSETTINGS_DEFAULTS = PreprocessingConfig()
+"""Defaults of ``PreprocessSettings``, from the configuration's description (:mod:`histofuse.configuration`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class PreprocessSettings:
     """How the tables are preprocessed (config section ``preprocessing``)."""
 
-    log1p_suffixes: tuple[str, ...] = ("_rnaseq",)
+    log1p_suffixes: tuple[str, ...] = tuple(_PREPROCESSSETTINGS_DEFAULTS.log1p_suffixes)
     """Numeric genomic columns whose names end with one of these get ``log1p`` (expression)."""
-    top_k_genomic: int | None = None
+    top_k_genomic: int | None = _PREPROCESSSETTINGS_DEFAULTS.top_k_genomic
     """Keep the ``top_k`` most variable genomic columns (None = all non-constant columns)."""
-    missing_indicators: bool = True
+    missing_indicators: bool = _PREPROCESSSETTINGS_DEFAULTS.missing_indicators
     """Add a 0/1 column for each column that has missing values in the training part."""
-    clip: float = 10.0
+    clip: float = _PREPROCESSSETTINGS_DEFAULTS.clip
     """Scaled values are clipped to ±clip training standard deviations."""
 
     def __post_init__(self) -> None:

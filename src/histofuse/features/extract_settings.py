@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from histofuse.configuration import FeaturesConfig
 from histofuse.errors import ConfigError
 from histofuse.features.stain import STAIN_NORMS
 from histofuse.slides.tiff_regions import check_region_decoder
@@ -14,28 +15,32 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+_EXTRACTSETTINGS_DEFAULTS = FeaturesConfig()
+"""Defaults of ``ExtractSettings``, from the configuration's description (:mod:`histofuse.configuration`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExtractSettings:
     """How tiles are read and encoded."""
 
-    batch_size: int = 64
-    num_workers: int = 0
+    batch_size: int = _EXTRACTSETTINGS_DEFAULTS.batch_size
+    num_workers: int = _EXTRACTSETTINGS_DEFAULTS.num_workers
     """DataLoader worker processes reading tiles (0: read in the main process)."""
-    device: str = "auto"
+    device: str = _EXTRACTSETTINGS_DEFAULTS.device
     """auto | cpu | cuda (or cuda:N); auto uses CUDA when available."""
-    precision: str = "auto"
+    precision: str = _EXTRACTSETTINGS_DEFAULTS.precision
     """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."""
     reader: str = "openslide"
-    region_px: int = 2048
+    region_px: int = _EXTRACTSETTINGS_DEFAULTS.region_px
     """Side (read-level px) of the regions neighbouring tiles share; 0 reads every tile alone."""
-    region_decoder: str = "auto"
+    region_decoder: str = _EXTRACTSETTINGS_DEFAULTS.region_decoder
     """auto | reader | tifffile | gpu: who decodes the reads (see :mod:`histofuse.slides.tiff_regions`
     and :mod:`histofuse.features.device_regions`)."""
-    compile: bool = False
+    compile: bool = _EXTRACTSETTINGS_DEFAULTS.compile
     """Compile the encoder with ``torch.compile`` (pays a one-off compile time per process)."""
-    stain_norm: str | None = None
+    stain_norm: str | None = _EXTRACTSETTINGS_DEFAULTS.stain_norm
     """``None`` (off) or ``"macenko"``: normalise each tile's stains to ``stain_target``."""
-    stain_target: str | None = None
+    stain_target: str | None = _EXTRACTSETTINGS_DEFAULTS.stain_target
     """RGB image of H&E tissue whose stains tiles are normalised to (required with ``stain_norm``)."""
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from histofuse.configuration import TissueMaskConfig
 from histofuse.errors import ConfigError
 from histofuse.io import atomic_path
 from histofuse.slides.filters import PEN_COLOURS, blank_background_pixels, pen_mark_pixels, remove_small_regions
@@ -32,22 +33,26 @@ log = logging.getLogger(__name__)
 MASK_METHODS = ("otsu", "morphological")
 
 
+_MASKSETTINGS_DEFAULTS = TissueMaskConfig()
+"""Defaults of ``MaskSettings``, from the configuration's description (:mod:`histofuse.configuration`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class MaskSettings:
     """How a tissue mask is computed."""
 
-    method: str = "otsu"
-    mpp: float = 8.0
+    method: str = _MASKSETTINGS_DEFAULTS.method
+    mpp: float = _MASKSETTINGS_DEFAULTS.mpp
     """Resolution (µm/px) of the low-resolution view the mask is computed on."""
-    background_filter: bool = True
+    background_filter: bool = _MASKSETTINGS_DEFAULTS.background_filter
     """Blank-background filter: bright or grey pixels and specks of debris are never tissue."""
-    max_background_grey: int = 220
+    max_background_grey: int = _MASKSETTINGS_DEFAULTS.max_background_grey
     """Background filter: pixels brighter than this (0–255 grey) are background."""
-    min_saturation: int = 12
+    min_saturation: int = _MASKSETTINGS_DEFAULTS.min_saturation
     """Background filter: pixels whose max−min over RGB is below this are background (glass, noise)."""
-    min_tissue_um2: float = 100.0
+    min_tissue_um2: float = _MASKSETTINGS_DEFAULTS.min_tissue_um2
     """Background filter: tissue regions smaller than this (µm²) are dropped as debris."""
-    pen_marks: tuple[str, ...] = ()
+    pen_marks: tuple[str, ...] = tuple(_MASKSETTINGS_DEFAULTS.pen_marks)
     """Pen-mark filter: ink colours removed from the mask (any of blue, green, red, black; empty = off)."""
     kernel_um: float = 64.0
     """Morphological masker only: closing kernel size in µm."""

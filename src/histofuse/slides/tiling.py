@@ -22,27 +22,32 @@ from typing import Any
 import numpy as np
 
 from histofuse import h5layout
+from histofuse.configuration import TilingConfig
 from histofuse.errors import ConfigError
 from histofuse.slides.reader import SlideInfo
 
 log = logging.getLogger(__name__)
 
 
+_TILINGSETTINGS_DEFAULTS = TilingConfig()
+"""Defaults of ``TilingSettings``, from the configuration's description (:mod:`histofuse.configuration`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class TilingSettings:
     """Where tiles are cut."""
 
-    mpp: float = 0.5
+    mpp: float = _TILINGSETTINGS_DEFAULTS.mpp
     """Target resolution in µm/px."""
-    tile_px: int = 256
+    tile_px: int = _TILINGSETTINGS_DEFAULTS.tile_px
     """Tile side in pixels at the target resolution."""
-    overlap_px: int = 0
+    overlap_px: int = _TILINGSETTINGS_DEFAULTS.overlap_px
     """Overlap between neighbouring tiles, in pixels at the target resolution."""
-    tissue_threshold: float = 0.5
+    tissue_threshold: float = _TILINGSETTINGS_DEFAULTS.tissue_threshold
     """Smallest fraction of a tile covered by tissue for the tile to be kept."""
-    max_tiles: int | None = None
+    max_tiles: int | None = _TILINGSETTINGS_DEFAULTS.max_tiles
     """Keep at most this many tissue tiles per slide, sampled at random (``None``: keep all)."""
-    seed: int = 0
+    seed: int = _TILINGSETTINGS_DEFAULTS.seed
     """Seed of the sampling under ``max_tiles`` (the same seed keeps the same tiles)."""
 
     def __post_init__(self) -> None:

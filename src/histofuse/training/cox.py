@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from histofuse.configuration import CoxConfig, CoxGenomicConfig
 from histofuse.errors import ConfigError, HistofuseError
 from histofuse.io import atomic_path
 from histofuse.preprocess import FoldPreprocessing, TableTransform
@@ -42,13 +43,17 @@ CHECKPOINT_FORMAT = "histofuse-cox-1"
 _LABEL_COLUMNS = ("grade", "diagnosis", "subtype", "aln", "molecular_grade4")
 
 
+_COXSETTINGS_DEFAULTS = CoxConfig()
+"""Defaults of ``CoxSettings``, from the configuration's description (:mod:`histofuse.configuration`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CoxSettings:
     """Config section ``training.cox``."""
 
-    covariates: tuple[str, ...] = ("grade", "subtype")
+    covariates: tuple[str, ...] = tuple(_COXSETTINGS_DEFAULTS.covariates)
     """Columns of the patients table (class labels) or of the clinical table."""
-    penalizer: float = 0.1
+    penalizer: float = _COXSETTINGS_DEFAULTS.penalizer
     """L2 penalty on the coefficients (lifelines' ``penalizer``)."""
 
     def __post_init__(self) -> None:
@@ -67,15 +72,19 @@ class CoxSettings:
         return cls(**values)
 
 
+_COXFEATURESETTINGS_DEFAULTS = CoxGenomicConfig()
+"""Defaults of ``CoxFeatureSettings``, from the configuration's description (:mod:`histofuse.configuration`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CoxFeatureSettings:
     """Config section ``training.cox_genomic``: the penalised Cox model on preprocessed features."""
 
-    inputs: tuple[str, ...] = ("genomics",)
+    inputs: tuple[str, ...] = tuple(_COXFEATURESETTINGS_DEFAULTS.inputs)
     """Tables whose preprocessed features enter the model: genomics and/or clinical."""
-    penalizer: float = 0.1
+    penalizer: float = _COXFEATURESETTINGS_DEFAULTS.penalizer
     """Penalty strength (lifelines' ``penalizer``; the features are z-scored on the fold's training part)."""
-    l1_ratio: float = 0.0
+    l1_ratio: float = _COXFEATURESETTINGS_DEFAULTS.l1_ratio
     """Share of L1 in the penalty: 0 = ridge, 1 = lasso, between = elastic net."""
 
     def __post_init__(self) -> None:
