@@ -206,3 +206,22 @@ def test_values_with_quotes_survive_the_shell(tmp_path: Path) -> None:
     run = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=False, env=env)
     assert run.returncode == 0, run.stderr
     assert Path(argv[argv.index("--out") + 1]).is_file()
+
+
+def test_readme_schema_and_help_commands_run_as_written(tmp_path: Path) -> None:
+    """README: `.venv/bin/python -m histofuse.configuration` and `.venv/bin/histofuse <stage> --help`,
+    typed without the venv on PATH."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != bin_dir)}
+    out = tmp_path / "schema.yaml"
+    schema = subprocess.run([str(bin_dir / "python"), "-m", "histofuse.configuration", str(out)], cwd=repo, env=env, check=False)
+    assert schema.returncode == 0 and out.read_text(encoding="utf-8") == schema_text()
+    helped = subprocess.run(
+        [str(bin_dir / "histofuse"), "tile", "--help"], cwd=repo, env=env, capture_output=True, text=True, check=False
+    )
+    assert helped.returncode == 0 and "--settings" in helped.stdout and "tile_px" in helped.stdout

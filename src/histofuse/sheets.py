@@ -17,7 +17,7 @@ import jsonschema
 import numpy as np
 import pandas as pd
 
-from histofuse.config import _key_path, load_schema
+from histofuse.config import key_path, load_schema
 from histofuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def validate_sheet(frame: pd.DataFrame, *, schema_path: str | Path, path: str | 
             if coerced is not None:
                 record[str(column)] = coerced
         for error in validator.iter_errors(record):
-            column = _key_path(error) if error.absolute_path else None
+            column = key_path(error) if error.absolute_path else None
             if error.validator == "required":
                 column = error.message.split("'")[1]
             row_no = int(index) + 2
